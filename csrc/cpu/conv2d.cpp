@@ -1,0 +1,355 @@
+// conv2d.cpp: 2-D convolution on the CPU as implicit GEMM over packed im2col tiles (gemm.h).
+//
+// Forward, per (image n, group g, block of up to NB output pixels):
+//   C[co][p] = sum_k W[co][k] * col[k][p],  k = (ci, kh, kw) of the group, p = (oh, ow)
+//   A = the weights (MR-row panels), B = im2col of the image, gathered straight from the input
+//   row by row into NR-pixel panels (stride-1 rows are contiguous copies with zeroed borders).
+//   FLOPs per block: 2 * C_out_g * K * NB; bytes: the K x NB gathered tile (read once per block,
+//   reused by every output channel) plus the C_out_g x K weights. Blocks are independent, so the
+//   work is split over (n, g, pixel block) with at::parallel_for.
+// Grad input, per (n, g, block of input pixels): the transposed implicit GEMM
+//   dX[ci][q] = sum_{co,kh,kw} W[co][ci][kh][kw] * dY[co][oh][ow],  oh * sh = ih + pt - kh * dh
+//   i.e. the same machinery with A = W viewed as [ci][(co, kh, kw)] and B gathered from dY
+//   (positions that do not land on the stride grid gather zeros). No scatter, no atomics.
+// Grad weight, per (chunk of images, g, block of weight columns):
+//   dW[co][k] = sum_{n in chunk, p} dY[n][co][p] * col_n[k][p]
+//   the reduction over pixels is the GEMM depth (k-blocks of kKC pixels, image after image).
+//   Images are split into a fixed number of chunks that depends only on the batch size, each chunk
+//   sums into its own buffer, and the buffers are added in chunk order: the result is bitwise
+//   the same whatever the thread count.
+// Grad bias: a per-channel sum in a fixed order, accumulated in double.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "cpu/gemm.h"
+#include "fastconv.h"
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr int64_t kPanelsPerBlock = 8;  // output pixels per work item: 8 NR-panels
+
+// dst[t] = plane[gy*sy + oy][gx*sx + ox] for the `count` points of a grid of width gw starting
+// at flat index p ((gy, gx) = divmod(p + t, gw)); zero where the point falls outside the plane.
+template <typename T>
+void gather_row(const T* __restrict__ plane, int64_t H, int64_t W, int64_t gw, int64_t p, int64_t count,
+                int64_t sy, int64_t sx, int64_t oy, int64_t ox, T* __restrict__ dst) {
+  int64_t gy = p / gw, gx = p % gw;
+  for (int64_t t = 0; t < count;) {
+    const int64_t run = std::min(count - t, gw - gx);
+    const int64_t y = gy * sy + oy;
+    T* __restrict__ d = dst + t;
+    if (y < 0 || y >= H) {
+      for (int64_t i = 0; i < run; ++i) d[i] = T(0);
+    } else {
+      const T* __restrict__ row = plane + y * W;
+      const int64_t x0 = gx * sx + ox;
+      if (sx == 1) {
+        const int64_t lo = std::clamp<int64_t>(-x0, 0, run), hi = std::clamp<int64_t>(W - x0, 0, run);
+        for (int64_t i = 0; i < lo; ++i) d[i] = T(0);
+        for (int64_t i = lo; i < hi; ++i) d[i] = row[x0 + i];
+        for (int64_t i = hi; i < run; ++i) d[i] = T(0);
+      } else {
+        for (int64_t i = 0; i < run; ++i) {
+          const int64_t x = x0 + i * sx;
+          d[i] = (x >= 0 && x < W) ? row[x] : T(0);
+        }
+      }
+    }
+    t += run;
+    gx = 0;
+    ++gy;
+  }
+}
+
+// The transposed gather of grad input for stride > 1:
+// dst[t] = plane[(gy + oy) / sy][(gx + ox) / sx] where both divide exactly, else zero.
+template <typename T>
+void gather_row_strided_transposed(const T* __restrict__ plane, int64_t H, int64_t W, int64_t gw, int64_t p,
+                                   int64_t count, int64_t sy, int64_t sx, int64_t oy, int64_t ox,
+                                   T* __restrict__ dst) {
+  int64_t gy = p / gw, gx = p % gw;
+  for (int64_t t = 0; t < count;) {
+    const int64_t run = std::min(count - t, gw - gx);
+    const int64_t y = gy + oy;
+    T* __restrict__ d = dst + t;
+    if (y < 0 || y % sy != 0 || y / sy >= H) {
+      for (int64_t i = 0; i < run; ++i) d[i] = T(0);
+    } else {
+      const T* __restrict__ row = plane + (y / sy) * W;
+      for (int64_t i = 0; i < run; ++i) {
+        const int64_t x = gx + i + ox;
+        d[i] = (x >= 0 && x % sx == 0 && x / sx < W) ? row[x / sx] : T(0);
+      }
+    }
+    t += run;
+    gx = 0;
+    ++gy;
+  }
+}
+
+// Packs the panels of one k-block of an implicit-GEMM B operand whose row k is produced by
+// row(k, p, count, dst): rows k0..k0+kc of columns p0..p0+plen, as [kc][NR] panels.
+template <typename T, typename Row>
+void pack_b_rows(int64_t kc, int64_t p0, int64_t plen, T* __restrict__ dst, Row&& row) {
+  constexpr int NR = Tile<T>::NR;
+  for (int64_t k = 0; k < kc; ++k)
+    for (int64_t jp = 0; jp * NR < plen; ++jp) {
+      T* d = dst + jp * kc * NR + k * NR;
+      const int64_t cnt = std::min<int64_t>(NR, plen - jp * NR);
+      row(k, p0 + jp * NR, cnt, d);
+      for (int64_t j = cnt; j < NR; ++j) d[j] = T(0);
+    }
+}
+
+template <typename T>
+void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+  constexpr int NR = Tile<T>::NR;
+  const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
+  const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(P, NB);
+  const int64_t n_kblocks = std::max<int64_t>(1, ceil_div(K, kKC));
+  at::parallel_for(0, g.n * g.groups * nblk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t pb = item % nblk, gi = (item / nblk) % g.groups, n = item / (nblk * g.groups);
+      const int64_t p0 = pb * NB, plen = std::min(NB, P - p0);
+      const T* xg = x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w;
+      const T* wg = w + gi * g.cout_g() * K;
+      auto pack_a = [&](int64_t kb, T* dst) {
+        const int64_t k0 = kb * kKC, kc = std::min(kKC, K - k0);
+        pack_a_strided(wg + k0, g.cout_g(), kc, K, int64_t(1), dst);
+        return kc;
+      };
+      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
+        const int64_t k0 = kb * kKC;
+        pack_b_rows<T>(kc, p0, plen, dst, [&](int64_t k, int64_t p, int64_t cnt, T* d) {
+          const int64_t kk = k0 + k, ci = kk / khw, kh = (kk % khw) / g.kw, kw = kk % g.kw;
+          gather_row(xg + ci * g.h * g.w, g.h, g.w, g.ow, p, cnt, g.sh, g.sw, kh * g.dh - g.pt,
+                     kw * g.dw - g.pl, d);
+        });
+      };
+      Epilogue<T> ep;
+      ep.row_bias = bias ? bias + gi * g.cout_g() : nullptr;
+      ep.relu = relu;
+      gemm_block<T>(g.cout_g(), plen, n_kblocks, pack_a, pack_b,
+                    out + (n * g.c_out + gi * g.cout_g()) * P + p0, P, false, ep);
+    }
+  });
+}
+
+template <typename T>
+void grad_input_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  constexpr int NR = Tile<T>::NR;
+  const int64_t Q = g.h * g.w, P = g.oh * g.ow, khw = g.kh * g.kw;
+  const int64_t K = g.cout_g() * khw;  // depth: (co, kh, kw)
+  const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(Q, NB);
+  const int64_t n_kblocks = ceil_div(K, kKC);
+  const bool unit_stride = g.sh == 1 && g.sw == 1;
+  at::parallel_for(0, g.n * g.groups * nblk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t qb = item % nblk, gi = (item / nblk) % g.groups, n = item / (nblk * g.groups);
+      const int64_t q0 = qb * NB, qlen = std::min(NB, Q - q0);
+      const T* dyg = dy + (n * g.c_out + gi * g.cout_g()) * P;
+      const T* wg = w + gi * g.cout_g() * g.cin_g() * khw;
+      auto pack_a = [&](int64_t kb, T* dst) {
+        constexpr int MR = Tile<T>::MR;
+        const int64_t k0 = kb * kKC, kc = std::min(kKC, K - k0), rows = g.cin_g();
+        for (int64_t ip = 0; ip * MR < rows; ++ip) {
+          T* d = dst + ip * kc * MR;
+          const int mr = (int)std::min<int64_t>(MR, rows - ip * MR);
+          for (int64_t k = 0; k < kc; ++k) {
+            const int64_t co = (k0 + k) / khw, r = (k0 + k) % khw;
+            const T* src = wg + (co * g.cin_g() + ip * MR) * khw + r;  // W[co][ci][r], ci = ip*MR + i
+            for (int i = 0; i < mr; ++i) d[k * MR + i] = src[i * khw];
+            for (int i = mr; i < MR; ++i) d[k * MR + i] = T(0);
+          }
+        }
+        return kc;
+      };
+      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
+        const int64_t k0 = kb * kKC;
+        pack_b_rows<T>(kc, q0, qlen, dst, [&](int64_t k, int64_t q, int64_t cnt, T* d) {
+          const int64_t kk = k0 + k, co = kk / khw, kh = (kk % khw) / g.kw, kw = kk % g.kw;
+          const T* plane = dyg + co * P;
+          const int64_t oy = g.pt - kh * g.dh, ox = g.pl - kw * g.dw;
+          if (unit_stride)
+            gather_row(plane, g.oh, g.ow, g.w, q, cnt, int64_t(1), int64_t(1), oy, ox, d);
+          else
+            gather_row_strided_transposed(plane, g.oh, g.ow, g.w, q, cnt, g.sh, g.sw, oy, ox, d);
+        });
+      };
+      gemm_block<T>(g.cin_g(), qlen, n_kblocks, pack_a, pack_b,
+                    dx + (n * g.c_in + gi * g.cin_g()) * Q + q0, Q, false, Epilogue<T>{});
+    }
+  });
+}
+
+// Number of image chunks of the weight-gradient reduction: a function of the batch size only.
+inline int64_t weight_grad_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
+
+template <typename T>
+void grad_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* partial, int64_t nchunks) {
+  constexpr int NR = Tile<T>::NR;
+  const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
+  const int64_t NB = kPanelsPerBlock * NR, ncb = ceil_div(K, NB), pblocks = ceil_div(P, kKC);
+  at::parallel_for(0, nchunks * g.groups * ncb, 1, [&](int64_t begin, int64_t end) {
+    T* row = scratch<T>(2, kKC);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t cb = item % ncb, gi = (item / ncb) % g.groups, chunk = item / (ncb * g.groups);
+      const int64_t n_begin = chunk * g.n / nchunks, n_end = (chunk + 1) * g.n / nchunks;
+      const int64_t j0 = cb * NB, jlen = std::min(NB, K - j0);
+      auto image = [&](int64_t kb) { return n_begin + kb / pblocks; };
+      auto pack_a = [&](int64_t kb, T* dst) {
+        const int64_t p0 = (kb % pblocks) * kKC, kc = std::min(kKC, P - p0);
+        const T* src = dy + (image(kb) * g.c_out + gi * g.cout_g()) * P + p0;
+        pack_a_strided(src, g.cout_g(), kc, P, int64_t(1), dst);
+        return kc;
+      };
+      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
+        const int64_t p0 = (kb % pblocks) * kKC;
+        const T* xg = x + (image(kb) * g.c_in + gi * g.cin_g()) * g.h * g.w;
+        for (int64_t j = 0; j < round_up<T>(jlen, NR); ++j) {
+          T* d = dst + (j / NR) * kc * NR + (j % NR);
+          if (j >= jlen) {
+            for (int64_t t = 0; t < kc; ++t) d[t * NR] = T(0);
+            continue;
+          }
+          const int64_t kk = j0 + j, ci = kk / khw, kh = (kk % khw) / g.kw, kw = kk % g.kw;
+          gather_row(xg + ci * g.h * g.w, g.h, g.w, g.ow, p0, kc, g.sh, g.sw, kh * g.dh - g.pt,
+                     kw * g.dw - g.pl, row);
+          for (int64_t t = 0; t < kc; ++t) d[t * NR] = row[t];
+        }
+      };
+      gemm_block<T>(g.cout_g(), jlen, (n_end - n_begin) * pblocks, pack_a, pack_b,
+                    partial + (chunk * g.c_out + gi * g.cout_g()) * K + j0, K, false, Epilogue<T>{});
+    }
+  });
+}
+
+void check_conv_args(const at::Tensor& input, const at::Tensor& weight, const char* op) {
+  check_floating(input, op, "input");
+  check_same_dtype(input, "input", weight, "weight", op);
+  check_same_device(input, "input", weight, "weight", op);
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      bool relu) {
+  check_conv_args(input, weight, "conv2d");
+  const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, "conv2d");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    b = *bias;
+    check_same_dtype(input, "input", b, "bias", "conv2d");
+    check_same_device(input, "input", b, "bias", "conv2d");
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.c_out, "fastconv.conv2d: bias must have shape [",
+                      g.c_out, "] (one value per output channel), got ", b.sizes());
+    b = b.contiguous();
+  }
+  at::Tensor out = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
+    forward_impl<scalar_t>(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu,
+                           out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                 at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "conv2d_grad_input";
+  check_conv_args(grad_output, weight, op);
+  const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}), "fastconv.", op,
+                    ": grad_output must have shape ", at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}),
+                    ", got ", grad_output.sizes());
+  at::Tensor dx = at::empty(input_size, grad_output.options());
+  if (dx.numel() == 0) return dx;
+  if (grad_output.numel() == 0) return dx.zero_();
+  const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_input", [&] {
+    grad_input_impl<scalar_t>(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                              dx.mutable_data_ptr<scalar_t>());
+  });
+  return dx;
+}
+
+at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                  at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "conv2d_grad_weight";
+  check_conv_args(grad_output, input, op);
+  const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}), "fastconv.", op,
+                    ": grad_output must have shape ", at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}),
+                    ", got ", grad_output.sizes());
+  at::Tensor dw = at::empty(weight_size, grad_output.options());
+  if (dw.numel() == 0) return dw;
+  if (grad_output.numel() == 0) return dw.zero_();
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
+  const int64_t nchunks = weight_grad_chunks(g.n), per_chunk = g.c_out * g.k_gemm();
+  at::Tensor partial = nchunks == 1 ? dw : at::empty({nchunks, per_chunk}, dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
+    scalar_t* pp = partial.mutable_data_ptr<scalar_t>();
+    grad_weight_impl<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
+    if (nchunks > 1) {
+      scalar_t* out = dw.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, per_chunk, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          scalar_t s = pp[i];
+          for (int64_t c = 1; c < nchunks; ++c) s += pp[c * per_chunk + i];
+          out[i] = s;
+        }
+      });
+    }
+  });
+  return dw;
+}
+
+// Sum of grad_output over every dimension but `channel_dim`: the gradient of a per-channel bias.
+at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
+  check_floating(grad_output, "bias_grad", "grad_output");
+  TORCH_CHECK_INDEX(grad_output.dim() > 0, "fastconv.bias_grad: grad_output must have at least 1 dimension");
+  const int64_t cd = channel_dim < 0 ? channel_dim + grad_output.dim() : channel_dim;
+  TORCH_CHECK_INDEX(cd >= 0 && cd < grad_output.dim(), "fastconv.bias_grad: channel_dim ", channel_dim,
+                    " is out of range for a ", grad_output.dim(), "-D tensor");
+  const at::Tensor g = grad_output.contiguous();
+  const int64_t C = g.size(cd);
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < cd; ++d) outer *= g.size(d);
+  for (int64_t d = cd + 1; d < g.dim(); ++d) inner *= g.size(d);
+  at::Tensor out = at::empty({C}, g.options());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fastconv_bias_grad", [&] {
+    const scalar_t* src = g.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        double s = 0;
+        for (int64_t o = 0; o < outer; ++o) {
+          const scalar_t* row = src + (o * C + c) * inner;
+          double rs = 0;
+          for (int64_t i = 0; i < inner; ++i) rs += row[i];
+          s += rs;
+        }
+        dst[c] = static_cast<scalar_t>(s);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_grad_input", &conv2d_grad_input_cpu);
+  m.impl("conv2d_grad_weight", &conv2d_grad_weight_cpu);
+  m.impl("bias_grad", &bias_grad_cpu);
+}
+
+}  // namespace fastconv::cpu

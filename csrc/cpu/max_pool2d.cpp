@@ -1,0 +1,134 @@
+// max_pool2d.cpp: 2-D max pooling with indices, and its deterministic backward, on the CPU.
+//
+// Forward: one (n, c) plane per task; each output scans its window (clipped to the input, with
+// dilation) and keeps the first maximum, or the last NaN (NaN propagates as in torch). Indices are
+// flat positions ih * W + iw in the input plane, torch's convention.
+// Backward: dX = 0, then each output adds its gradient at its index. A plane is owned by one
+// task and its outputs are visited in order, so overlapping windows sum in a fixed order: no
+// atomics, bitwise-reproducible results.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "fastconv.h"
+
+namespace fastconv::cpu {
+namespace {
+
+template <typename T>
+void pool_plane(const T* __restrict__ x, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t kh, int64_t kw,
+                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, T* __restrict__ y,
+                int64_t* __restrict__ idx) {
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    int64_t h0 = oh * sh - ph;
+    const int64_t h1 = std::min(h0 + (kh - 1) * dh + 1, H);
+    while (h0 < 0) h0 += dh;
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      int64_t w0 = ow * sw - pw;
+      const int64_t w1 = std::min(w0 + (kw - 1) * dw + 1, W);
+      while (w0 < 0) w0 += dw;
+      T best = -std::numeric_limits<T>::infinity();
+      int64_t best_i = h0 * W + w0;
+      for (int64_t ih = h0; ih < h1; ih += dh)
+        for (int64_t iw = w0; iw < w1; iw += dw) {
+          const T v = x[ih * W + iw];
+          if (v > best || std::isnan(v)) {
+            best = v;
+            best_i = ih * W + iw;
+          }
+        }
+      y[oh * OW + ow] = best;
+      idx[oh * OW + ow] = best_i;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  const char* op = "max_pool2d";
+  check_floating(input, op, "input");
+  check_dim(input, 4, op, "input", "N, C, H, W");
+  check_pair(kernel_size, op, "kernel_size", 1);
+  check_pair(stride, op, "stride", 1);
+  check_pair(padding, op, "padding", 0);
+  check_pair(dilation, op, "dilation", 1);
+  for (int i = 0; i < 2; ++i)
+    TORCH_CHECK_VALUE(padding[i] <= kernel_size[i] / 2, "fastconv.max_pool2d: padding must be at most half of "
+                      "kernel_size, got padding ", padding, " for kernel_size ", kernel_size);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  TORCH_CHECK_VALUE(H > 0 && W > 0 && C > 0, "fastconv.max_pool2d: input must have non-zero C, H and W, got ",
+                    input.sizes());
+  const int64_t OH = pool_out(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode);
+  const int64_t OW = pool_out(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode);
+  TORCH_CHECK_VALUE(OH >= 1 && OW >= 1, "fastconv.max_pool2d: the window (kernel_size ", kernel_size,
+                    ", dilation ", dilation, ") does not fit the padded input ", H, "x", W);
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options());
+  at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_max_pool2d", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    int64_t* ip = idx.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t plane = b; plane < e; ++plane)
+        pool_plane(xp + plane * H * W, H, W, OH, OW, kernel_size[0], kernel_size[1], stride[0], stride[1],
+                   padding[0], padding[1], dilation[0], dilation[1], yp + plane * OH * OW, ip + plane * OH * OW);
+    });
+  });
+  return {y, idx};
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   at::IntArrayRef input_size) {
+  const char* op = "max_pool2d_backward";
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(grad_output, "grad_output", indices, "indices", op);
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "fastconv.", op, ": indices must be int64, got ",
+                   indices.scalar_type());
+  check_dim(grad_output, 4, op, "grad_output", "N, C, OH, OW");
+  TORCH_CHECK_VALUE(indices.sizes() == grad_output.sizes(), "fastconv.", op, ": indices ", indices.sizes(),
+                    " and grad_output ", grad_output.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(input_size.size() == 4 && input_size[0] == grad_output.size(0) &&
+                        input_size[1] == grad_output.size(1),
+                    "fastconv.", op, ": input_size ", input_size, " does not match grad_output ",
+                    grad_output.sizes());
+  const int64_t planes = input_size[0] * input_size[1], HW = input_size[2] * input_size[3];
+  const int64_t OHW = grad_output.size(2) * grad_output.size(3);
+  at::Tensor dx = at::zeros(input_size, grad_output.options());
+  const at::Tensor dy = grad_output.contiguous(), ix = indices.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward", [&] {
+    const scalar_t* g = dy.const_data_ptr<scalar_t>();
+    const int64_t* id = ix.const_data_ptr<int64_t>();
+    scalar_t* out = dx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, 1, [&](int64_t b, int64_t e) {
+      for (int64_t plane = b; plane < e; ++plane) {
+        const scalar_t* gp = g + plane * OHW;
+        const int64_t* ip = id + plane * OHW;
+        scalar_t* op_ = out + plane * HW;
+        for (int64_t o = 0; o < OHW; ++o) {
+          const int64_t i = ip[o];
+          TORCH_CHECK_INDEX(i >= 0 && i < HW, "fastconv.max_pool2d_backward: index ", i,
+                            " is outside the input plane of ", HW, " elements");
+          op_[i] += gp[o];
+        }
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+}
+
+}  // namespace fastconv::cpu

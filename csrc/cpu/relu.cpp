@@ -1,0 +1,59 @@
+// relu.cpp: y = max(x, 0) and its gradient dx = (y <= 0 ? 0 : dy), elementwise on the CPU.
+// NaN propagates forward and backward exactly as in torch (comparisons with NaN are false). The loops are
+// branch-free selects over contiguous memory, which the compiler turns into vector blends;
+// at::parallel_for splits them into chunks of at least 32K elements. 1 FLOP, 8 (fwd) or 12 (bwd)
+// bytes per float element: memory-bound.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "fastconv.h"
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr int64_t kGrain = 32768;
+
+at::Tensor relu_cpu(const at::Tensor& input) {
+  check_floating(input, "relu", "input");
+  const at::Tensor x = input.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu", [&] {
+    const scalar_t* __restrict__ src = x.const_data_ptr<scalar_t>();
+    scalar_t* __restrict__ dst = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dst[i] = src[i] < scalar_t(0) ? scalar_t(0) : src[i];
+    });
+  });
+  return out;
+}
+
+at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_floating(grad_output, "relu_backward", "grad_output");
+  check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
+  check_same_device(grad_output, "grad_output", result, "result", "relu_backward");
+  TORCH_CHECK_VALUE(grad_output.sizes() == result.sizes(), "fastconv.relu_backward: grad_output ",
+                    grad_output.sizes(), " and result ", result.sizes(), " must have the same shape");
+  const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
+  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward", [&] {
+    const scalar_t* __restrict__ g = dy.const_data_ptr<scalar_t>();
+    const scalar_t* __restrict__ r = y.const_data_ptr<scalar_t>();
+    scalar_t* __restrict__ dst = dx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, dy.numel(), kGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dst[i] = r[i] <= scalar_t(0) ? scalar_t(0) : g[i];
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("relu", &relu_cpu);
+  m.impl("relu_backward", &relu_backward_cpu);
+}
+
+}  // namespace fastconv::cpu

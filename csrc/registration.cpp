@@ -1,0 +1,39 @@
+// registration.cpp: the schema of every fastconv op, defined once. Backends register kernels for
+// these names in their own TORCH_LIBRARY_IMPL blocks; autograd and fake (shape) kernels live in
+// fastconv/ops.py.
+//
+// Conventions: padding of conv2d is (top, bottom, left, right); `reduction` of cross_entropy is
+// 0 = none, 1 = mean, 2 = sum (torch's at::Reduction); dropout's `seed` is an int64 tensor of one
+// element drawn from torch's generator, so the mask is a pure function of (seed, element index).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastconv, m) {
+  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups, bool relu=False) -> Tensor");
+  m.def("conv2d_grad_input(Tensor grad_output, Tensor weight, SymInt[4] input_size, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_grad_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("bias_grad(Tensor grad_output, int channel_dim) -> Tensor");
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_grad_input(Tensor grad_output, Tensor weight) -> Tensor");
+  m.def("linear_grad_weight(Tensor grad_output, Tensor input) -> Tensor");
+  m.def("relu(Tensor input) -> Tensor");
+  m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
+  m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+        "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
+  m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+        "float label_smoothing) -> (Tensor, Tensor)");
+  m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
+        "Tensor lse, int reduction, int ignore_index, float label_smoothing) -> Tensor");
+  m.def("dropout(Tensor input, float p, Tensor seed) -> Tensor");
+}
+
+// The extension is a plain shared library whose static initialisers register the ops above;
+// `import fastconv._C` only needs a module object to exist.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastconv's compiled kernels", -1, nullptr};
+  return PyModule_Create(&module);
+}

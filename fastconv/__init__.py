@@ -1,0 +1,46 @@
+"""fastconv: hand-written CPU (and CUDA) kernels for convolutional networks, as torch custom ops.
+
+    import fastconv.functional as FF     # conv2d, conv1d, relu, max_pool2d, cross_entropy, linear, dropout
+    import fastconv.nn as fnn            # Conv2d, Conv1d, ReLU, MaxPool2d, Linear, Dropout, CrossEntropyLoss
+
+The ops live under ``torch.ops.fastconv``; autograd and fake (shape) kernels are in ``fastconv.ops``.
+"""
+import torch
+
+try:
+    from . import _build_info
+except ImportError as exc:  # running from a source tree that was never built
+    raise ImportError(
+        "fastconv's extension is not built. Build it with `pip install --no-build-isolation .` "
+        "from the fastconv source folder."
+    ) from exc
+
+if torch.__version__ != _build_info.torch_version:
+    raise ImportError(
+        f"fastconv was built against torch {_build_info.torch_version} but torch {torch.__version__} is "
+        "imported; rebuild it for this torch with `pip install --no-build-isolation --force-reinstall "
+        "--no-deps .` from the fastconv source folder."
+    )
+
+from . import _C  # noqa: E402,F401  (registers the ops with torch's dispatcher)
+from . import ops  # noqa: E402,F401  (fake kernels and autograd)
+from . import functional, nn  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What this installation of fastconv was built with."""
+    return {
+        "fastconv": __version__,
+        "torch (built against)": _build_info.torch_version,
+        "torch (running)": torch.__version__,
+        "cpu kernels": f"yes (-march={_build_info.cpu_arch})",
+        "cuda kernels": ", ".join(_build_info.cuda_archs) or "not built",
+        "simulator": "built" if _build_info.simulator else "not built",
+        "ops": sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
+                      if name.startswith("fastconv::")),
+    }
+
+
+__all__ = ["functional", "nn", "ops", "build_info"]

@@ -1,0 +1,168 @@
+"""torch.nn.functional's CNN ops, computed by fastconv's kernels.
+
+Names, signatures and semantics follow torch.nn.functional: the same calls give the same results
+(up to floating-point rounding order). Argument normalisation (ints to pairs, "same" padding, 3-D
+unbatched inputs, legacy reduction flags) happens here; the checks of shapes, dtypes and values
+happen once, in the C++ ops, for every backend.
+"""
+import math
+
+import torch
+
+from .ops import REDUCTIONS, ops
+
+__all__ = ["conv2d", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear", "dropout"]
+
+
+def _pair(value, name):
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    if len(value) == 1:
+        return (value[0], value[0])
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return value
+
+
+def _conv_padding(padding, kernel, dilation, stride):
+    """(top, bottom, left, right) for padding given as int, pair, "valid" or "same"."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            pads = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]  # the odd one out goes bottom / right
+            return tuple(pads)
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _pair(padding, "padding")
+    return (ph, ph, pw, pw)
+
+
+def _batched(input, dims, op):
+    """Returns (batched input, whether a batch dimension was added) for a (dims)-D op input."""
+    if input.dim() == dims:
+        return input, False
+    if input.dim() == dims - 1:
+        return input.unsqueeze(0), True
+    raise ValueError(f"fastconv.{op}: expected a {dims - 1}-D (unbatched) or {dims}-D (batched) input, "
+                     f"got {input.dim()}-D with shape {tuple(input.shape)}")
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution, as torch.nn.functional.conv2d."""
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if weight.dim() != 4:
+        raise ValueError(f"fastconv.conv2d: weight must be 4-D (C_out, C_in / groups, kH, kW), "
+                         f"got shape {tuple(weight.shape)}")
+    pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
+    x, unbatched = _batched(input, 4, "conv2d")
+    out = ops.conv2d(x, weight, bias, stride, pad, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D convolution (e.g. of ECG signals), as torch.nn.functional.conv1d: run by the conv2d
+    kernels on a unit-height image."""
+    def single(v, name):
+        v = (v,) if isinstance(v, int) else tuple(v)
+        if len(v) != 1:
+            raise ValueError(f"{name} of conv1d must be an int or a 1-tuple, got {v!r}")
+        return v[0]
+
+    stride, dilation = single(stride, "stride"), single(dilation, "dilation")
+    if weight.dim() != 3:
+        raise ValueError(f"fastconv.conv1d: weight must be 3-D (C_out, C_in / groups, k), got shape "
+                         f"{tuple(weight.shape)}")
+    if isinstance(padding, str):
+        pad = _conv_padding(padding, (1, weight.shape[2]), (1, dilation), (1, stride))
+    else:
+        p = single(padding, "padding")
+        pad = (0, 0, p, p)
+    x, unbatched = _batched(input, 3, "conv1d")
+    out = ops.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), pad, (1, dilation), groups)
+    out = out.squeeze(2)
+    return out.squeeze(0) if unbatched else out
+
+
+def relu(input, inplace=False):
+    """max(input, 0), as torch.nn.functional.relu. With inplace=True the result is written back
+    into input (which is then returned), as torch does."""
+    out = ops.relu(input)
+    return input.copy_(out) if inplace else out
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat positions in each
+    input plane, like torch's)."""
+    kernel_size = _pair(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
+        else _pair(stride, "stride")
+    x, unbatched = _batched(input, 4, "max_pool2d")
+    out, indices = ops.max_pool2d(x, kernel_size, stride, _pair(padding, "padding"), _pair(dilation, "dilation"),
+                                  bool(ceil_mode))
+    if unbatched:
+        out, indices = out.squeeze(0), indices.squeeze(0)
+    return (out, indices) if return_indices else out
+
+
+def _legacy_reduction(size_average, reduce, reduction):
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "none" if not reduce else ("mean" if size_average else "sum")
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Softmax + cross-entropy in one fused op, as torch.nn.functional.cross_entropy with class-index
+    targets: input (N, C), (C,) or (N, C, d1, ...); target (N,), () or (N, d1, ...)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    if target.is_floating_point():
+        raise NotImplementedError("fastconv.cross_entropy takes class-index targets (int64); "
+                                  "class-probability targets are not supported")
+    if input.dim() == 0:
+        raise ValueError("fastconv.cross_entropy: input must have a class dimension, got a 0-D tensor")
+    spatial = None
+    if input.dim() == 1:
+        x, t = input.unsqueeze(0), target.reshape(1)
+    elif input.dim() == 2:
+        x, t = input, target
+    else:
+        if target.shape != input.shape[:1] + input.shape[2:]:
+            raise ValueError(f"fastconv.cross_entropy: target shape {tuple(target.shape)} does not match "
+                             f"input shape {tuple(input.shape)} without its class dimension")
+        spatial = target.shape
+        x, t = input.movedim(1, -1).reshape(-1, input.shape[1]), target.reshape(-1)
+    loss, _ = ops.cross_entropy(x, t, weight, REDUCTIONS[reduction], ignore_index, float(label_smoothing))
+    if reduction == "none":
+        if spatial is not None:
+            loss = loss.reshape(spatial)
+        elif input.dim() == 1:
+            loss = loss.reshape(())
+    return loss
+
+
+def linear(input, weight, bias=None):
+    """input @ weight.T + bias, as torch.nn.functional.linear."""
+    return ops.linear(input, weight, bias)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """Inverted dropout, as torch.nn.functional.dropout. The mask comes from a counter-based
+    generator keyed by a seed drawn from torch's generator: torch.manual_seed reproduces it.
+    When not training (or p == 0) the input itself is returned, as torch does."""
+    if not isinstance(p, (int, float)) or math.isnan(p) or p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)
+    out = ops.dropout(input, float(p), seed)
+    return input.copy_(out) if inplace else out

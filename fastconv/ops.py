@@ -1,0 +1,216 @@
+"""Fake (shape) kernels and autograd for every op in ``torch.ops.fastconv``.
+
+The schemas and kernels are C++ (csrc/registration.cpp, csrc/cpu/*.cpp); this module makes the ops
+differentiable (``torch.library.register_autograd``) and traceable by ``torch.compile`` and
+``torch.library.opcheck`` (``torch.library.register_fake``). Every backward is itself a fastconv op.
+"""
+import torch
+
+ops = torch.ops.fastconv
+
+# reduction names <-> the integers of the C++ schema (torch's at::Reduction)
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _window_out(size, pad_lo, pad_hi, kernel, dilation, stride):
+    return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_out(size, kernel, stride, padding, dilation, ceil_mode):
+    """torch's max-pool output length (ceil mode: the last window must start inside input or left pad)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+# ---------------------------------------------------------------- conv2d
+
+@torch.library.register_fake("fastconv::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=False):
+    n, _, h, w = input.shape
+    c_out, _, kh, kw = weight.shape
+    oh = _window_out(h, padding[0], padding[1], kh, dilation[0], stride[0])
+    ow = _window_out(w, padding[2], padding[3], kw, dilation[1], stride[1])
+    return input.new_empty((n, c_out, oh, ow))
+
+
+@torch.library.register_fake("fastconv::conv2d_grad_input")
+def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    return grad_output.new_empty(input_size)
+
+
+@torch.library.register_fake("fastconv::conv2d_grad_weight")
+def _conv2d_grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
+    return grad_output.new_empty(weight_size)
+
+
+@torch.library.register_fake("fastconv::bias_grad")
+def _bias_grad_fake(grad_output, channel_dim):
+    return grad_output.new_empty((grad_output.shape[channel_dim],))
+
+
+def _conv2d_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, relu = inputs
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.relu = relu
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, output if relu else None)
+
+
+def _conv2d_backward(ctx, grad):
+    input, weight, result = ctx.saved_tensors
+    if ctx.relu:
+        grad = ops.relu_backward(grad, result)
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.conv2d_grad_input(grad, weight, input.shape, *ctx.conv_args)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.conv2d_grad_weight(grad, input, weight.shape, *ctx.conv_args)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = ops.bias_grad(grad, 1)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
+
+# ---------------------------------------------------------------- linear
+
+@torch.library.register_fake("fastconv::linear")
+def _linear_fake(input, weight, bias):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("fastconv::linear_grad_input")
+def _linear_grad_input_fake(grad_output, weight):
+    return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
+
+
+@torch.library.register_fake("fastconv::linear_grad_weight")
+def _linear_grad_weight_fake(grad_output, input):
+    return grad_output.new_empty((grad_output.shape[-1], input.shape[-1]))
+
+
+def _linear_setup(ctx, inputs, output):
+    input, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight)
+
+
+def _linear_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.linear_grad_input(grad, weight)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.linear_grad_weight(grad, input)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = ops.bias_grad(grad, -1)
+    return grad_input, grad_weight, grad_bias
+
+
+torch.library.register_autograd("fastconv::linear", _linear_backward, setup_context=_linear_setup)
+
+# ---------------------------------------------------------------- relu
+
+@torch.library.register_fake("fastconv::relu")
+def _relu_fake(input):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fastconv::relu_backward")
+def _relu_backward_fake(grad_output, result):
+    return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
+
+
+def _relu_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _relu_backward(ctx, grad):
+    (result,) = ctx.saved_tensors
+    return ops.relu_backward(grad, result)
+
+
+torch.library.register_autograd("fastconv::relu", _relu_backward, setup_context=_relu_setup)
+
+# ---------------------------------------------------------------- max_pool2d
+
+@torch.library.register_fake("fastconv::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    n, c, h, w = input.shape
+    oh = pool_out(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_out(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+    return input.new_empty((n, c, oh, ow)), input.new_empty((n, c, oh, ow), dtype=torch.int64)
+
+
+@torch.library.register_fake("fastconv::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, indices, input_size):
+    return grad_output.new_empty(input_size)
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    ctx.input_shape = inputs[0].shape
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _max_pool2d_backward(ctx, grad, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return ops.max_pool2d_backward(grad, indices, ctx.input_shape), None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)
+
+# ---------------------------------------------------------------- cross_entropy
+
+@torch.library.register_fake("fastconv::cross_entropy")
+def _cross_entropy_fake(input, target, weight, reduction, ignore_index, label_smoothing):
+    n = input.shape[0]
+    loss = input.new_empty((n,)) if reduction == REDUCTIONS["none"] else input.new_empty(())
+    return loss, input.new_empty((n,))
+
+
+@torch.library.register_fake("fastconv::cross_entropy_backward")
+def _cross_entropy_backward_fake(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _cross_entropy_setup(ctx, inputs, output):
+    input, target, weight, reduction, ignore_index, label_smoothing = inputs
+    ctx.args = (reduction, ignore_index, label_smoothing)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(input, target, weight, output[1])
+
+
+def _cross_entropy_backward(ctx, grad_loss, _grad_lse):
+    input, target, weight, lse = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.cross_entropy_backward(grad_loss, input, target, weight, lse, *ctx.args)
+    return grad_input, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::cross_entropy", _cross_entropy_backward,
+                                setup_context=_cross_entropy_setup)
+
+# ---------------------------------------------------------------- dropout
+
+@torch.library.register_fake("fastconv::dropout")
+def _dropout_fake(input, p, seed):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _dropout_setup(ctx, inputs, output):
+    ctx.p = inputs[1]
+    ctx.save_for_backward(inputs[2])
+
+
+def _dropout_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    # the mask is a function of (seed, element index): the gradient is dropout of grad, same seed
+    return ops.dropout(grad, ctx.p, seed), None, None
+
+
+torch.library.register_autograd("fastconv::dropout", _dropout_backward, setup_context=_dropout_setup)
