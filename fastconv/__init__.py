@@ -22,7 +22,14 @@ if torch.__version__ != _build_info.torch_version:
         "--no-deps .` from the fastconv source folder."
     )
 
-from . import _C  # noqa: E402,F401  (registers the ops with torch's dispatcher)
+try:
+    from . import _C  # noqa: E402,F401  (registers the ops with torch's dispatcher)
+except ImportError as exc:
+    raise ImportError(
+        f"fastconv's compiled extension is missing from {__path__[0]}: this is probably the source "
+        "folder of a fastconv installed elsewhere. Run from another folder, or build in place with "
+        "`python setup.py build_ext --inplace`."
+    ) from exc
 from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import functional, nn  # noqa: E402
 

@@ -1,0 +1,230 @@
+"""Per-op and whole-training-step benchmark: fastconv against torch, in the same run.
+
+Each op runs on the layer shapes of the two reference nets (fastconv.models: the Keras MNIST and
+CIFAR-10 convnets) at batch 128, forward and forward+backward. Every case is first checked against
+torch (outputs must agree), then timed with warm-up, fastconv and torch interleaved call by call
+(the order alternating), and reported as medians and the ratio fastconv / torch (< 1: fastconv is
+faster). The whole-step rows time one SGD training step of each net.
+
+    python bench/ops.py                      # all cases, CPU, batch 128
+    python bench/ops.py --only conv --reps 30
+    python bench/ops.py --json out.json      # also write the results as JSON
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import fastconv
+import fastconv.functional as FF
+from fastconv.models import MODELS
+
+try:
+    from tqdm import tqdm
+except ImportError:  # progress bars are a nicety, not a requirement
+    def tqdm(iterable, **_):
+        return iterable
+
+
+@dataclass
+class Case:
+    name: str
+    shape: str
+    inputs: list            # tensors; floating ones get gradients in fwd+bwd mode
+    ours: object            # callable(*inputs) -> tensor
+    theirs: object
+    backward: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def conv_cases(batch, net, layers):
+    cases = []
+    for cin, cout, hw, pad in layers:
+        x = torch.randn(batch, cin, hw, hw)
+        w = torch.randn(cout, cin, 3, 3) / (cin * 9) ** 0.5
+        b = torch.randn(cout)
+        out_hw = hw + 2 * pad - 2
+        cases.append(Case(
+            "conv2d", f"{net} {cin}->{cout} {hw}x{hw} k3 p{pad}", [x, w, b],
+            lambda x, w, b, pad=pad: FF.conv2d(x, w, b, padding=pad),
+            lambda x, w, b, pad=pad: F.conv2d(x, w, b, padding=pad),
+            extra={"flops_fwd": 2 * batch * cout * out_hw * out_hw * cin * 9}))
+    return cases
+
+
+def make_cases(batch):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    cases = []
+    cases += conv_cases(batch, "mnist", [(1, 32, 28, 0), (32, 64, 26, 0)])
+    cases += conv_cases(batch, "cifar", [(3, 32, 32, 1), (32, 32, 32, 0), (32, 64, 15, 1), (64, 64, 15, 0)])
+    for net, shape in [("mnist", (batch, 64, 24, 24)), ("cifar", (batch, 32, 32, 32))]:
+        x = torch.randn(shape, generator=g)
+        cases.append(Case("relu", f"{net} {tuple(shape)}", [x], FF.relu, F.relu))
+    for net, shape in [("mnist", (batch, 64, 24, 24)), ("cifar", (batch, 32, 30, 30)), ("cifar", (batch, 64, 13, 13))]:
+        x = torch.randn(shape, generator=g)
+        cases.append(Case("max_pool2d", f"{net} {tuple(shape)} k2", [x],
+                          lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)))
+    for net, fin, fout in [("mnist", 9216, 128), ("mnist", 128, 10), ("cifar", 2304, 512), ("cifar", 512, 10)]:
+        x = torch.randn(batch, fin, generator=g)
+        w = torch.randn(fout, fin, generator=g) / fin ** 0.5
+        b = torch.randn(fout, generator=g)
+        cases.append(Case("linear", f"{net} {fin}->{fout}", [x, w, b], FF.linear, F.linear,
+                          extra={"flops_fwd": 2 * batch * fin * fout}))
+    logits = torch.randn(batch, 10, generator=g)
+    target = torch.randint(0, 10, (batch,), generator=g)
+    cases.append(Case("cross_entropy", f"{batch}x10", [logits, target], FF.cross_entropy, F.cross_entropy))
+    # dropout: the masks differ by design (different generators), so only shapes are compared
+    x = torch.randn(batch, 64, 12, 12, generator=g)
+    cases.append(Case("dropout", f"mnist {tuple(x.shape)} p0.25", [x],
+                      lambda x: FF.dropout(x, 0.25), lambda x: F.dropout(x, 0.25), extra={"compare": False}))
+    return cases
+
+
+def run_interleaved(fns, reps, warmup):
+    """Times each zero-argument callable `reps` times, interleaved, alternating which goes first."""
+    times = [[] for _ in fns]
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    for r in range(reps):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def check_case(case):
+    ours, theirs = case.ours(*case.inputs), case.theirs(*case.inputs)
+    if case.extra.get("compare", True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"{case.name} {case.shape}: fastconv disagrees with torch: {m}")
+    else:
+        assert ours.shape == theirs.shape
+
+
+def fwd_bwd(fn, inputs):
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    grad_out = [None]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        out = fn(*leaves)
+        if grad_out[0] is None:
+            grad_out[0] = torch.randn_like(out)
+        out.backward(grad_out[0])
+    return step
+
+
+def bench_ops(cases, reps, warmup):
+    rows = []
+    for case in tqdm(cases, desc="ops", unit="case", file=sys.stderr):
+        check_case(case)
+        with torch.no_grad():
+            f_ours, f_theirs = run_interleaved([lambda: case.ours(*case.inputs), lambda: case.theirs(*case.inputs)],
+                                               reps, warmup)
+        row = {"op": case.name, "shape": case.shape, "fwd_fastconv_ms": f_ours, "fwd_torch_ms": f_theirs,
+               "fwd_ratio": f_ours / f_theirs}
+        if "flops_fwd" in case.extra:
+            row["fwd_fastconv_gflops"] = case.extra["flops_fwd"] / f_ours / 1e6
+        if case.backward:
+            b_ours, b_theirs = run_interleaved([fwd_bwd(case.ours, case.inputs), fwd_bwd(case.theirs, case.inputs)],
+                                               reps, warmup)
+            row.update({"fwdbwd_fastconv_ms": b_ours, "fwdbwd_torch_ms": b_theirs, "fwdbwd_ratio": b_ours / b_theirs})
+        rows.append(row)
+    return rows
+
+
+def bench_steps(batch, reps, warmup):
+    rows = []
+    for name, (builder, in_shape) in tqdm(list(MODELS.items()), desc="train steps", unit="net", file=sys.stderr):
+        torch.manual_seed(0)
+        ref = builder(torch.nn)
+        ours = builder(fastconv.nn)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(batch, *in_shape)
+        y = torch.randint(0, 10, (batch,))
+
+        def stepper(net, loss_fn):
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(net(x), y)
+                loss.backward()
+                opt.step()
+            return step
+        t_ours, t_ref = run_interleaved([stepper(ours, FF.cross_entropy), stepper(ref, F.cross_entropy)],
+                                        reps, warmup)
+        rows.append({"op": "train step", "shape": f"{name} net, batch {batch}", "step_fastconv_ms": t_ours,
+                     "step_torch_ms": t_ref, "step_ratio": t_ours / t_ref,
+                     "fastconv_images_per_s": batch / t_ours * 1e3, "torch_images_per_s": batch / t_ref * 1e3})
+    return rows
+
+
+def fmt(v, spec=".2f"):
+    return "" if v is None else format(v, spec)
+
+
+def markdown(op_rows, step_rows):
+    lines = ["| op | shape | fwd fastconv ms | fwd torch ms | fwd ratio | fwd+bwd fastconv ms | fwd+bwd torch ms "
+             "| fwd+bwd ratio |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in op_rows:
+        lines.append(f"| {r['op']} | {r['shape']} | {fmt(r['fwd_fastconv_ms'])} | {fmt(r['fwd_torch_ms'])} | "
+                     f"{fmt(r['fwd_ratio'])} | {fmt(r.get('fwdbwd_fastconv_ms'))} | {fmt(r.get('fwdbwd_torch_ms'))} | "
+                     f"{fmt(r.get('fwdbwd_ratio'))} |")
+    lines += ["", "| whole training step | fastconv ms | torch ms | ratio | fastconv img/s | torch img/s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in step_rows:
+        lines.append(f"| {r['shape']} | {fmt(r['step_fastconv_ms'])} | {fmt(r['step_torch_ms'])} | "
+                     f"{fmt(r['step_ratio'])} | {fmt(r['fastconv_images_per_s'], '.0f')} | "
+                     f"{fmt(r['torch_images_per_s'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per case (median reported)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--only", default=None, help="run only ops whose name contains this (e.g. conv)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the whole-training-step rows")
+    ap.add_argument("--threads", type=int, default=None, help="torch/fastconv CPU threads (default: torch's)")
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cases = [c for c in make_cases(args.batch_size) if args.only is None or args.only in c.name]
+    op_rows = bench_ops(cases, args.reps, args.warmup)
+    step_rows = [] if args.no_steps or args.only else bench_steps(args.batch_size, max(3, args.reps // 3), 1)
+
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}, fastconv {fastconv.__version__}")
+    print(f"fastconv vs torch on the CPU ({machine}); medians of {args.reps} runs; ratio = fastconv / torch\n")
+    print(markdown(op_rows, step_rows))
+    conv = [r for r in op_rows if r["op"] == "conv2d"]
+    if conv:
+        fwd = statistics.geometric_mean(r["fwd_ratio"] for r in conv)
+        bwd = statistics.geometric_mean(r["fwdbwd_ratio"] for r in conv)
+        print(f"\nconv2d geometric-mean ratio: forward {fwd:.2f}x, forward+backward {bwd:.2f}x (target <= 1.5x)")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"), "device": "cpu",
+                       "batch_size": args.batch_size, "reps": args.reps, "ops": op_rows, "steps": step_rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()

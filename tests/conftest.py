@@ -1,0 +1,118 @@
+"""Shared fixtures and helpers of the fastconv test suite.
+
+Backends: every op test takes the ``backend`` fixture, which runs the test once per entry of
+``BACKENDS`` inside that backend's context and tells it on which device to create tensors.
+Today there is only "cpu". Adding a backend is one entry in ``BACKENDS`` plus one in
+``_BACKEND_SPECS``, e.g.
+
+    "sim":  _BackendSpec("cpu", fastconv.simulate)           # CUDA kernels on a CPU simulator
+    "cuda": _BackendSpec("cuda", contextlib.nullcontext, torch.cuda.is_available)
+
+Test modules import the helpers below with ``from conftest import ...`` (tests/ is not a
+package, so pytest puts it on sys.path).
+"""
+import contextlib
+import dataclasses
+import math
+from typing import Callable, ContextManager
+
+import pytest
+import torch
+
+import fastconv  # noqa: F401  (registers torch.ops.fastconv)
+
+SEED = 1234
+
+BACKENDS = ["cpu"]
+
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+
+
+@dataclasses.dataclass(frozen=True)
+class _BackendSpec:
+    device: str
+    context: Callable[[], ContextManager] = contextlib.nullcontext
+    available: Callable[[], bool] = lambda: True
+
+
+_BACKEND_SPECS = {
+    "cpu": _BackendSpec("cpu"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    device: torch.device
+
+    def randn(self, *shape, dtype=torch.float32, requires_grad=False):
+        return torch.randn(*shape, dtype=dtype, device=self.device, requires_grad=requires_grad)
+
+    def tensor(self, data, dtype=torch.float32, requires_grad=False):
+        return torch.tensor(data, dtype=dtype, device=self.device, requires_grad=requires_grad)
+
+
+def backend_context(name):
+    """The context manager the tests of backend `name` run in (also used by subprocess helpers)."""
+    return _BACKEND_SPECS[name].context()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    spec = _BACKEND_SPECS[request.param]
+    if not spec.available():
+        pytest.skip(f"backend {request.param!r} is not available on this machine")
+    with spec.context():
+        yield Backend(request.param, torch.device(spec.device))
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    """Every test starts from the same generator state, whatever ran before it."""
+    torch.manual_seed(SEED)
+    yield
+
+
+_BASE_TOL = {
+    torch.float32: (1e-4, 1e-5),
+    torch.float64: (1e-10, 1e-10),
+}
+
+
+def tol(dtype, terms=1):
+    """assert_close kwargs for a result that is a sum of `terms` products of O(1) random values.
+
+    The relative tolerance covers large outputs. Outputs near zero need an absolute one: the
+    rounding error of a dot product summed term by term grows like eps * terms (the partial sums
+    are O(sqrt(terms)) and each of the `terms` additions rounds), whatever the final value, so
+    the base atol is scaled linearly beyond 10 terms. For K = 300 in float32 that is 3e-4,
+    about 10x the typical difference between two summation orders.
+    """
+    rtol, atol = _BASE_TOL[dtype]
+    return dict(rtol=rtol, atol=atol * max(1.0, terms / 10.0))
+
+
+def assert_bitwise_equal(actual, expected, msg=""):
+    """Same shape, dtype and bits (so -0.0 != 0.0 and NaN == NaN of the same payload)."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, msg
+    if actual.dtype.is_floating_point:
+        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+        assert torch.equal(actual.contiguous().view(view), expected.contiguous().view(view)), msg
+    else:
+        assert torch.equal(actual, expected), msg
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """Runs the block with n intra-op threads (at::parallel_for), then restores the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def conv_terms(weight_shape):
+    """Products summed per conv output value: C_in / groups * kH * kW."""
+    return math.prod(weight_shape[1:])

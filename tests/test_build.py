@@ -1,0 +1,97 @@
+"""The installed package: `python -m fastconv`, the torch-version guard, and setup.py without torch."""
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastconv import _build_info
+
+REPO = Path(__file__).resolve().parents[1]
+
+# every op of csrc/registration.cpp
+OPS = {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_grad", "linear", "linear_grad_input",
+       "linear_grad_weight", "relu", "relu_backward", "max_pool2d", "max_pool2d_backward", "cross_entropy",
+       "cross_entropy_backward", "dropout"}
+
+
+def _run(args, cwd, pythonpath, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_python_m_fastconv_prints_build_info():
+    proc = _run([sys.executable, "-m", "fastconv"], cwd=REPO, pythonpath=[REPO])
+    assert proc.returncode == 0, proc.stderr
+    rows = {line[:22].strip(): line[22:].strip() for line in proc.stdout.splitlines()}
+    assert rows["torch (built against)"] == _build_info.torch_version == torch.__version__
+    assert rows["torch (running)"] == torch.__version__
+    listed = set(rows["ops"].split(", "))
+    assert OPS <= listed, OPS - listed
+
+
+def test_import_with_mismatched_torch_says_how_to_rebuild(tmp_path):
+    pkg = tmp_path / "fastconv"
+    shutil.copytree(REPO / "fastconv", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert list(pkg.glob("_C*.so")), "the built extension was not copied"
+    info = pkg / "_build_info.py"
+    text = info.read_text()
+    patched = re.sub(r"^torch_version = .*$", "torch_version = '0.0.0'", text, flags=re.M)
+    assert patched != text
+    info.write_text(patched)
+
+    proc = _run([sys.executable, "-c", "import fastconv"], cwd=tmp_path, pythonpath=[tmp_path])
+    assert proc.returncode != 0
+    assert str(pkg / "__init__.py") in proc.stderr  # the copy was imported, not the repo's package
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fastconv was built against torch 0.0.0 but torch "
+                           f"{torch.__version__} is imported"), last
+    assert "rebuild it for this torch with `pip install --no-build-isolation --force-reinstall --no-deps .`" in last
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """The python of a fresh venv with nothing installed: no torch, no pip, no setuptools."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    assert _run([python, "-c", "import torch"], cwd=venv, pythonpath=None).returncode != 0
+    return python
+
+
+def _assert_one_clear_sentence(proc):
+    assert proc.returncode != 0
+    out = (proc.stdout + proc.stderr).strip()
+    assert "Traceback" not in out, out
+    assert len(out.splitlines()) == 1, out
+    assert out.startswith("fastconv needs PyTorch to build: install torch first"), out
+    assert "pip install --no-build-isolation ." in out, out
+
+
+def test_setup_py_without_torch_stops_with_one_sentence(bare_python, tmp_path):
+    """A python that has setuptools but no torch (setuptools alone put on its path)."""
+    only_setuptools = tmp_path / "site"
+    only_setuptools.mkdir()
+    for name in ("setuptools", "_distutils_hack", "pkg_resources"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            os.symlink(list(spec.submodule_search_locations)[0], only_setuptools / name)
+    assert _run([bare_python, "-c", "import setuptools"], cwd=tmp_path, pythonpath=[only_setuptools]).returncode == 0
+    proc = _run([bare_python, REPO / "setup.py", "--name"], cwd=tmp_path, pythonpath=[only_setuptools])
+    _assert_one_clear_sentence(proc)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "setup.py imports setuptools before it checks for torch: a Python without torch and without setuptools "
+    "(a bare `python -m venv --without-pip`) gets a traceback ending in \"ModuleNotFoundError: No module named "
+    "'setuptools'\" instead of the one-sentence 'fastconv needs PyTorch to build' message"))
+def test_setup_py_in_bare_venv_stops_with_one_sentence(bare_python, tmp_path):
+    proc = _run([bare_python, REPO / "setup.py", "--name"], cwd=tmp_path, pythonpath=None)
+    _assert_one_clear_sentence(proc)

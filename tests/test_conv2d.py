@@ -1,0 +1,392 @@
+"""fastconv conv2d / conv1d (and the fused conv+relu op) against torch.nn.functional."""
+import dataclasses
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv.functional as FF
+from conftest import DTYPES, assert_bitwise_equal, conv_terms, num_threads, tol
+
+ops = torch.ops.fastconv
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+    x: tuple  # input shape: (N, C, H, W) or unbatched (C, H, W)
+    w: tuple  # weight shape: (C_out, C_in / groups, kH, kW)
+    kwargs: dict = dataclasses.field(default_factory=dict)  # stride, padding, dilation, groups
+    bias: bool = True
+
+
+def case(id, x, w, bias=True, **kwargs):
+    return pytest.param(ConvCase(x, w, kwargs, bias), id=id)
+
+
+CONV2D_CASES = [
+    case("odd_7x11", (2, 3, 7, 11), (4, 3, 3, 3)),
+    case("odd_13x5_pad1", (2, 3, 13, 5), (5, 3, 3, 3), padding=1),
+    case("stride2", (2, 3, 9, 11), (4, 3, 3, 3), stride=2),
+    case("stride2x3_padpair", (2, 2, 13, 11), (3, 2, 3, 3), stride=(2, 3), padding=(1, 2)),
+    case("stride2_kernel_rect", (2, 3, 10, 9), (4, 3, 2, 5), stride=(2, 1), padding=(0, 2)),
+    case("pad_valid", (1, 3, 8, 6), (2, 3, 3, 2), padding="valid"),
+    case("pad_same_3x3", (2, 3, 7, 11), (4, 3, 3, 3), padding="same"),
+    case("pad_same_even_2x4", (2, 3, 7, 9), (4, 3, 2, 4), padding="same"),
+    case("pad_same_even_2x4_dil2", (2, 3, 7, 9), (4, 3, 2, 4), padding="same", dilation=2),
+    case("pad_same_5x3_dil2x3", (1, 2, 11, 13), (3, 2, 5, 3), padding="same", dilation=(2, 3)),
+    case("dilation2", (2, 3, 11, 11), (4, 3, 3, 3), dilation=2),
+    case("dilation2_stride2_pad2", (2, 3, 12, 9), (4, 3, 3, 3), dilation=2, stride=2, padding=2),
+    case("groups2", (2, 4, 7, 9), (6, 2, 3, 3), groups=2, padding=1),
+    case("groups2_stride2", (2, 6, 9, 8), (4, 3, 3, 3), groups=2, stride=2),
+    case("depthwise", (2, 5, 9, 7), (5, 1, 3, 3), groups=5, padding=1),
+    case("depthwise_stride2_dil2", (2, 4, 11, 10), (4, 1, 3, 3), groups=4, stride=2, dilation=2, padding=2),
+    case("1x1", (2, 16, 5, 7), (8, 16, 1, 1)),
+    case("1x1_stride2", (2, 8, 7, 9), (5, 8, 1, 1), stride=2),
+    case("batch1", (1, 3, 6, 6), (4, 3, 3, 3), padding=1),
+    case("no_bias", (2, 3, 7, 11), (4, 3, 3, 3), bias=False, padding=1),
+    case("no_bias_groups2", (2, 4, 6, 5), (4, 2, 2, 2), bias=False, groups=2),
+    case("unbatched_3d", (3, 7, 11), (4, 3, 3, 3), padding=1),
+    case("unbatched_3d_stride2", (2, 9, 8), (3, 2, 3, 2), stride=2),
+    # K = 32 * 3 * 3 = 288 > 256: two k-blocks of the GEMM; 20 output channels: several row panels
+    case("K288_two_kblocks", (2, 32, 8, 8), (20, 32, 3, 3), padding=1),
+    # 17 x 19 = 323 output pixels: more than one pixel block (and grad-weight depth block)
+    case("many_pixels", (1, 2, 19, 21), (3, 2, 3, 3)),
+    # 9 images: the weight gradient is reduced over 8 uneven image chunks
+    case("batch9_chunks", (9, 2, 5, 6), (3, 2, 3, 3), padding=1),
+    case("kernel_equals_input", (2, 3, 4, 5), (2, 3, 4, 5)),
+    # stride 4 > kernel 3: input rows / columns 7..9 feed no output and get zero gradient
+    case("stride_gt_kernel", (2, 3, 10, 10), (4, 3, 3, 3), stride=4),
+]
+
+
+def _torch_conv_asym(x, w, b, stride, padding, dilation, groups):
+    """torch's conv2d with (top, bottom, left, right) padding, which F.conv2d cannot take directly."""
+    pt, pb, pl, pr = padding
+    return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, stride, 0, dilation, groups)
+
+
+def _make_inputs(c, dtype, device):
+    x = torch.randn(c.x, dtype=dtype, device=device, requires_grad=True)
+    w = torch.randn(c.w, dtype=dtype, device=device, requires_grad=True)
+    b = torch.randn(c.w[0], dtype=dtype, device=device, requires_grad=True) if c.bias else None
+    return x, w, b
+
+
+def _grad_terms(c, out_shape):
+    """Products summed per value of (grad input, grad weight, grad bias)."""
+    groups = c.kwargs.get("groups", 1)
+    n_pixels = math.prod(out_shape) // c.w[0]  # N * OH * OW
+    return c.w[0] // groups * c.w[2] * c.w[3], n_pixels, n_pixels
+
+
+def _check_against_torch(fc_fn, ref_fn, inputs, fwd_terms, grad_terms, dtype, grad_out=None):
+    """Forward output and the gradient of every input of fc_fn vs ref_fn (same leaves, same dY)."""
+    leaves = [t for t in inputs if t is not None]
+    out = fc_fn(*inputs)
+    ref = ref_fn(*inputs)
+    torch.testing.assert_close(out, ref, **tol(dtype, fwd_terms))
+    if grad_out is None:
+        grad_out = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
+    for i, (g, r, terms) in enumerate(zip(grads, ref_grads, grad_terms)):
+        torch.testing.assert_close(g, r, **tol(dtype, terms), msg=lambda m: f"gradient of input {i}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", CONV2D_CASES)
+def test_conv2d_matches_torch(backend, c, dtype):
+    x, w, b = _make_inputs(c, dtype, backend.device)
+    out_shape = F.conv2d(x.detach(), w.detach(), None, **c.kwargs).shape
+    _check_against_torch(lambda *a: FF.conv2d(*a, **c.kwargs), lambda *a: F.conv2d(*a, **c.kwargs),
+                         (x, w, b), conv_terms(c.w), _grad_terms(c, out_shape), dtype)
+
+
+@pytest.mark.parametrize("c", CONV2D_CASES)
+def test_conv2d_fake_kernel_shapes(c):
+    """The fake (meta) kernel that torch.compile traces with gives the shape of the real kernel."""
+    x, w = torch.randn(c.x), torch.randn(c.w)
+    real = FF.conv2d(x, w, None, **c.kwargs)
+    fake = FF.conv2d(x.to("meta"), w.to("meta"), None, **c.kwargs)
+    assert fake.device.type == "meta" and fake.shape == real.shape
+
+
+def test_conv2d_thread_count_invariance(backend):
+    """Forward, grad input, grad weight (reduced over 9 images in 8 chunks) and grad bias are bitwise
+    the same with 1, 2 and 3 threads."""
+    x, w, b = backend.randn(9, 16, 13, 11), backend.randn(20, 8, 3, 3), backend.randn(20)
+    args = ([1, 2], [1, 1, 0, 1], [1, 1], 2)
+    dy = torch.randn_like(ops.conv2d(x, w, b, *args))
+    results = []
+    for n in (1, 2, 3):
+        with num_threads(n):
+            results.append([ops.conv2d(x, w, b, *args),
+                            ops.conv2d_grad_input(dy, w, list(x.shape), *args),
+                            ops.conv2d_grad_weight(dy, x, [20, 8, 3, 3], *args),
+                            ops.bias_grad(dy, 1)])
+    for other in results[1:]:
+        for a, r in zip(results[0], other):
+            assert_bitwise_equal(a, r)
+
+
+def _random_conv_configs(count, seed=2024):
+    """Seeded random geometries: combinations of stride, asymmetric padding, dilation, groups and
+    kernel / image size that the hand-picked cases above may have missed."""
+    rng = random.Random(seed)
+    configs = []
+    for _ in range(count):
+        groups = rng.choice([1, 1, 2, 3])
+        kh, kw, dh, dw = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3), rng.randint(1, 3)
+        pad = tuple(rng.randint(0, 3) for _ in range(4))
+        eff_h, eff_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        h = max(1, eff_h - pad[0] - pad[1] + rng.randint(0, 8))
+        w = max(1, eff_w - pad[2] - pad[3] + rng.randint(0, 8))
+        configs.append(dict(x=(rng.randint(1, 3), groups * rng.randint(1, 4), h, w),
+                            w_out=groups * rng.randint(1, 4), k=(kh, kw), stride=(rng.randint(1, 3), rng.randint(1, 3)),
+                            padding=pad, dilation=(dh, dw), groups=groups))
+    return configs
+
+
+@pytest.mark.parametrize("cfg", [pytest.param(c, id=f"rand{i:02d}") for i, c in enumerate(_random_conv_configs(60))])
+def test_conv2d_random_geometries(backend, cfg):
+    x = backend.randn(*cfg["x"], dtype=torch.float64, requires_grad=True)
+    w = backend.randn(cfg["w_out"], cfg["x"][1] // cfg["groups"], *cfg["k"], dtype=torch.float64, requires_grad=True)
+    b = backend.randn(cfg["w_out"], dtype=torch.float64, requires_grad=True)
+    args = (cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+    out_shape = _torch_conv_asym(x.detach(), w.detach(), None, *args).shape
+    c = ConvCase(cfg["x"], tuple(w.shape), dict(groups=cfg["groups"]))
+    _check_against_torch(lambda x, w, b: ops.conv2d(x, w, b, *args), lambda x, w, b: _torch_conv_asym(x, w, b, *args),
+                         (x, w, b), conv_terms(w.shape), _grad_terms(c, out_shape), torch.float64)
+
+
+LAYOUT_CASES = [
+    case("plain", (2, 3, 9, 10), (4, 3, 3, 3), padding=1),
+    case("stride2x3_dil2", (2, 4, 11, 13), (6, 4, 3, 2), stride=(2, 3), dilation=2, padding=1),
+    case("depthwise", (2, 4, 8, 9), (4, 1, 3, 3), groups=4, padding="same"),
+    case("1x1", (2, 6, 5, 7), (3, 6, 1, 1)),
+]
+
+
+def _with_layout(shape, layout, dtype, device):
+    """A leaf tensor of `shape` (4-D) in the given memory layout."""
+    if layout == "channels_last":
+        t = torch.randn(shape, dtype=dtype, device=device).to(memory_format=torch.channels_last)
+    elif layout == "transposed":  # strides of a (N, C, W, H) tensor viewed as (N, C, H, W)
+        n, c, h, w = shape
+        t = torch.randn(n, c, w, h, dtype=dtype, device=device).transpose(2, 3)
+    elif layout == "sliced":  # every other channel and row of a bigger tensor, shifted by one column
+        n, c, h, w = shape
+        t = torch.randn(n, 2 * c, 2 * h, w + 1, dtype=dtype, device=device)[:, ::2, ::2, 1:]
+        assert not t.is_contiguous()
+    else:
+        raise AssertionError(layout)
+    return t.requires_grad_()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", LAYOUT_CASES)
+def test_conv2d_layouts(backend, c, dtype, layout):
+    """Non-contiguous and channels_last input, weight and grad_output give the same results."""
+    x = _with_layout(c.x, layout, dtype, backend.device)
+    w = _with_layout(c.w, layout, dtype, backend.device)
+    assert not x.is_contiguous()
+    b = torch.randn(2 * c.w[0], dtype=dtype, device=backend.device)[::2].requires_grad_()  # stride 2
+    out_shape = F.conv2d(x.detach(), w.detach(), None, **c.kwargs).shape
+    g = _with_layout(out_shape, layout, dtype, backend.device).detach()
+    _check_against_torch(lambda *a: FF.conv2d(*a, **c.kwargs), lambda *a: F.conv2d(*a, **c.kwargs),
+                         (x, w, b), conv_terms(c.w), _grad_terms(c, out_shape), dtype, grad_out=g)
+
+
+# ------------------------------------------------------------------ the raw op: asymmetric padding, fused relu
+
+FUSED_CASES = [
+    # (input, weight, stride, (top, bottom, left, right), dilation, groups)
+    pytest.param(((2, 3, 7, 9), (4, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1), id="pad1"),
+    pytest.param(((2, 3, 7, 9), (4, 3, 2, 4), (1, 1), (0, 1, 1, 2), (1, 1), 1), id="asym_pad"),
+    pytest.param(((2, 4, 9, 8), (6, 2, 3, 3), (2, 1), (2, 0, 0, 3), (1, 2), 2), id="asym_stride_dil_groups"),
+    pytest.param(((1, 3, 6, 7), (3, 1, 3, 3), (2, 2), (1, 2, 2, 1), (1, 1), 3), id="depthwise_asym"),
+    pytest.param(((2, 32, 6, 6), (9, 32, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1), id="K288"),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv_relu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", FUSED_CASES)
+def test_conv2d_op_fused_relu(backend, cfg, dtype, relu):
+    xs, ws, stride, padding, dilation, groups = cfg
+    x = torch.randn(xs, dtype=dtype, device=backend.device, requires_grad=True)
+    w = torch.randn(ws, dtype=dtype, device=backend.device, requires_grad=True)
+    b = torch.randn(ws[0], dtype=dtype, device=backend.device, requires_grad=True)
+
+    def fc(x, w, b):
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, relu)
+
+    def ref(x, w, b):
+        y = _torch_conv_asym(x, w, b, stride, padding, dilation, groups)
+        return F.relu(y) if relu else y
+
+    out = fc(x.detach(), w.detach(), b.detach())
+    if relu:  # the test is only meaningful if some outputs are clipped and some are not
+        assert (out == 0).any() and (out > 0).any()
+    c = ConvCase(xs, ws, dict(groups=groups))
+    _check_against_torch(fc, ref, (x, w, b), conv_terms(ws), _grad_terms(c, out.shape), dtype)
+
+
+# ------------------------------------------------------------------ gradcheck and opcheck
+
+GRADCHECK_CASES = [
+    pytest.param(((1, 2, 5, 6), (3, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False), id="pad1"),
+    pytest.param(((2, 2, 7, 6), (2, 2, 2, 3), (2, 1), (0, 1, 2, 0), (2, 1), 1, False), id="stride_dil_asym"),
+    pytest.param(((1, 4, 5, 5), (4, 2, 3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 2, False), id="groups2"),
+    pytest.param(((1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="fused_relu"),
+]
+
+
+@pytest.mark.parametrize("cfg", GRADCHECK_CASES)
+def test_conv2d_gradcheck(backend, cfg):
+    xs, ws, stride, padding, dilation, groups, relu = cfg
+    x = backend.randn(*xs, dtype=torch.float64, requires_grad=True)
+    w = backend.randn(*ws, dtype=torch.float64, requires_grad=True)
+    b = backend.randn(ws[0], dtype=torch.float64, requires_grad=True)
+    if relu:  # keep pre-activations away from the kink
+        y = ops.conv2d(x, w, b, stride, padding, dilation, groups, False)
+        assert y.abs().min() > 1e-3
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride, padding, dilation, groups, relu),
+                                    (x, w, b))
+
+
+def test_conv2d_functional_gradcheck(backend):
+    x = backend.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)  # unbatched, "same" with even kernel
+    w = backend.randn(3, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = backend.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: FF.conv2d(x, w, b, padding="same", dilation=(2, 1)), (x, w, b))
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv_relu"])
+def test_opcheck_conv2d(backend, relu):
+    x = backend.randn(1, 2, 4, 5, requires_grad=True)
+    w = backend.randn(3, 2, 2, 3, requires_grad=True)
+    b = backend.randn(3, requires_grad=True)
+    torch.library.opcheck(ops.conv2d, (x, w, b, [1, 2], [1, 0, 1, 1], [1, 1], 1, relu))
+    torch.library.opcheck(ops.conv2d, (x, w, None, [2, 1], [0, 0, 0, 0], [1, 2], 1, relu))
+
+
+def test_opcheck_conv2d_grads(backend):
+    stride, padding, dilation, groups = [1, 2], [1, 0, 1, 1], [1, 1], 2
+    x = backend.randn(2, 4, 4, 5)
+    w = backend.randn(2, 2, 2, 3)
+    dy = backend.randn(*ops.conv2d(x, w, None, stride, padding, dilation, groups).shape)
+    torch.library.opcheck(ops.conv2d_grad_input, (dy, w, list(x.shape), stride, padding, dilation, groups))
+    torch.library.opcheck(ops.conv2d_grad_weight, (dy, x, list(w.shape), stride, padding, dilation, groups))
+    torch.library.opcheck(ops.bias_grad, (dy, 1))
+    torch.library.opcheck(ops.bias_grad, (backend.randn(3, 5), -1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_grad_op(backend, dtype):
+    g = backend.randn(3, 4, 5, 6, dtype=dtype)
+    for dim in range(-4, 4):
+        others = [d for d in range(4) if d != dim % 4]
+        torch.testing.assert_close(ops.bias_grad(g, dim), g.sum(others), **tol(dtype, g.numel() // g.shape[dim]))
+
+
+# ------------------------------------------------------------------ conv1d
+
+CONV1D_CASES = [
+    case("plain", (2, 3, 17), (4, 3, 5)),
+    case("pad2", (2, 3, 17), (4, 3, 5), padding=2),
+    case("pad_tuple", (2, 3, 12), (4, 3, 3), padding=(1,)),
+    case("valid", (2, 3, 9), (4, 3, 4), padding="valid"),
+    case("same_odd", (2, 3, 17), (4, 3, 5), padding="same"),
+    case("same_even_dil2", (2, 3, 16), (4, 3, 4), padding="same", dilation=2),
+    case("stride3", (2, 3, 20), (5, 3, 4), stride=3, padding=1),
+    case("dilation2", (2, 3, 19), (4, 3, 3), dilation=2),
+    case("groups3", (2, 3, 13), (6, 1, 3), groups=3, padding=1),
+    case("groups2_stride2", (2, 4, 15), (2, 2, 3), groups=2, stride=2),
+    case("no_bias", (1, 3, 11), (2, 3, 3), bias=False),
+    case("unbatched_2d", (3, 17), (4, 3, 5), padding="same"),
+    case("long_K", (2, 64, 40), (8, 64, 5), padding=2),  # K = 320
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", CONV1D_CASES)
+def test_conv1d_matches_torch(backend, c, dtype):
+    x, w, b = _make_inputs(c, dtype, backend.device)
+    out = F.conv1d(x.detach(), w.detach(), None, **c.kwargs)
+    n_pixels = out.numel() // c.w[0]
+    grad_terms = (c.w[0] // c.kwargs.get("groups", 1) * c.w[2], n_pixels, n_pixels)
+    _check_against_torch(lambda *a: FF.conv1d(*a, **c.kwargs), lambda *a: F.conv1d(*a, **c.kwargs),
+                         (x, w, b), math.prod(c.w[1:]), grad_terms, dtype)
+
+
+def test_conv1d_gradcheck(backend):
+    x = backend.randn(2, 2, 9, dtype=torch.float64, requires_grad=True)
+    w = backend.randn(4, 1, 4, dtype=torch.float64, requires_grad=True)
+    b = backend.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: FF.conv1d(x, w, b, padding="same", dilation=2, groups=2),
+                                    (x, w, b))
+
+
+# ------------------------------------------------------------------ lecture worked examples
+
+VERTICAL_EDGE = [[1.0, 0.0, -1.0],
+                 [1.0, 0.0, -1.0],
+                 [1.0, 0.0, -1.0]]
+
+
+def test_lecture_5x5_vertical_edge(backend):
+    image = backend.tensor([[4, 2, 1, 0, 3],
+                            [3, 1, 0, 2, 5],
+                            [2, 0, 2, 1, 1],
+                            [1, 3, 5, 0, 2],
+                            [0, 4, 1, 2, 6]])
+    kernel = backend.tensor(VERTICAL_EDGE)
+    out = FF.conv2d(image[None, None], kernel[None, None])[0, 0]
+    # Top-left output, cross-correlation (no kernel flip): the 3x3 window of rows 0-2, cols 0-2
+    #   left column  (weight +1): 4 + 3 + 2 = 9
+    #   middle       (weight  0): ignored
+    #   right column (weight -1): 1 + 0 + 2 = 3
+    #   9 - 3 = 6
+    assert out[0, 0].item() == 6.0
+    # Every output is (column sum j) - (column sum j + 2) over 3 rows. Column sums:
+    #   rows 0-2: 9 3 3 3 9    rows 1-3: 6 4 7 3 8    rows 2-4: 3 7 8 3 9
+    expected = backend.tensor([[6, 0, -6],
+                               [-1, 1, -1],
+                               [-5, 4, -1]])
+    assert torch.equal(out, expected)
+    assert torch.equal(out, F.conv2d(image[None, None], kernel[None, None])[0, 0])
+
+
+def test_lecture_6x6_exercise(backend):
+    image = backend.tensor([[1, 5, 3, 0, 2, 4],
+                            [0, 2, 4, 1, 3, 1],
+                            [2, 1, 3, 5, 0, 2],
+                            [4, 0, 1, 2, 6, 3],
+                            [3, 2, 0, 1, 4, 5],
+                            [1, 3, 2, 4, 0, 1]])
+    kernel = backend.tensor(VERTICAL_EDGE)
+    out = FF.conv2d(image[None, None], kernel[None, None])[0, 0]
+    # Top-left output: window rows 0-2, cols 0-2
+    #   left column  (+1): 1 + 0 + 2 = 3
+    #   right column (-1): 3 + 4 + 3 = 10
+    #   3 - 10 = -7
+    assert out.shape == (4, 4)  # 6 - 3 + 1
+    assert out[0, 0].item() == -7.0
+    # small integers: every product and sum is exact, so the whole output equals torch's exactly
+    assert torch.equal(out, F.conv2d(image[None, None], kernel[None, None])[0, 0])
+    # 2x2 max pooling halves H and W: 6x6 -> 3x3, each value the max of its 2x2 block
+    pooled = FF.max_pool2d(image[None, None], 2)[0, 0]
+    assert pooled.shape == (3, 3)
+    #   rows 0-1: max(1,5,0,2)=5  max(3,0,4,1)=4  max(2,4,3,1)=4
+    #   rows 2-3: max(2,1,4,0)=4  max(3,5,1,2)=5  max(0,2,6,3)=6
+    #   rows 4-5: max(3,2,1,3)=3  max(0,1,2,4)=4  max(4,5,0,1)=5
+    assert torch.equal(pooled, backend.tensor([[5, 4, 4], [4, 5, 6], [3, 4, 5]]))
+    # and the 4x4 conv output pools to 2x2
+    assert FF.max_pool2d(out[None, None], 2).shape == (1, 1, 2, 2)
+    assert torch.equal(FF.max_pool2d(out[None, None], 2), F.max_pool2d(out[None, None], 2))

@@ -1,0 +1,102 @@
+"""fastconv linear against torch.nn.functional.linear."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv.functional as FF
+from conftest import DTYPES, assert_bitwise_equal, num_threads, tol
+
+ops = torch.ops.fastconv
+
+# (input shape, out_features); the GEMM blocks are 8 * MR rows x 4 * NR columns x 256 deep, so
+# 300 -> 130 with 70 rows uses several blocks along every dimension (and a partial one in each)
+SHAPES = [
+    pytest.param((37,), 9, id="1d_37to9"),
+    pytest.param((5, 37), 9, id="2d_37to9"),
+    pytest.param((2, 3, 37), 9, id="3d_37to9"),
+    pytest.param((6, 1), 5, id="2d_1to5"),
+    pytest.param((1,), 5, id="1d_1to5"),
+    pytest.param((1, 8), 1, id="batch1_8to1"),
+    pytest.param((7, 300), 130, id="2d_300to130"),
+    pytest.param((2, 35, 300), 130, id="3d_70rows_300to130"),
+    pytest.param((3, 2, 4, 19), 23, id="4d_19to23"),
+]
+
+
+def _check(x, w, b, dtype):
+    leaves = [t for t in (x, w, b) if t is not None]
+    out = FF.linear(x, w, b)
+    ref = F.linear(x, w, b)
+    in_f, out_f = w.shape[1], w.shape[0]
+    rows = math.prod(x.shape[:-1])
+    torch.testing.assert_close(out, ref, **tol(dtype, in_f))
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, g)
+    ref_grads = torch.autograd.grad(ref, leaves, g)
+    for name, a, r, terms in zip(["input", "weight", "bias"], grads, ref_grads, [out_f, rows, rows]):
+        torch.testing.assert_close(a, r, **tol(dtype, terms), msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, out_f", SHAPES)
+def test_linear_matches_torch(backend, x_shape, out_f, dtype, bias):
+    x = backend.randn(*x_shape, dtype=dtype, requires_grad=True)
+    w = backend.randn(out_f, x_shape[-1], dtype=dtype, requires_grad=True)
+    b = backend.randn(out_f, dtype=dtype, requires_grad=True) if bias else None
+    _check(x, w, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, out_f", [pytest.param((5, 37), 9, id="37to9"),
+                                            pytest.param((2, 35, 300), 130, id="300to130")])
+def test_linear_non_contiguous(backend, x_shape, out_f, dtype):
+    """Transposed weight (as in x @ W.T layers stored the other way), sliced input and bias."""
+    in_f = x_shape[-1]
+    x = backend.randn(*x_shape[:-1], 2 * in_f, dtype=dtype)[..., ::2].requires_grad_()
+    w = backend.randn(in_f, out_f, dtype=dtype).t().requires_grad_()
+    b = backend.randn(out_f, 3, dtype=dtype)[:, 1].requires_grad_()
+    assert not (x.is_contiguous() or w.is_contiguous() or b.is_contiguous())
+    _check(x, w, b, dtype)
+
+
+def test_linear_transposed_input(backend):
+    x = backend.randn(6, 37).t().requires_grad_()  # (37, 6) with strides (1, 37)
+    w = backend.randn(9, 6, requires_grad=True)
+    _check(x, w, None, torch.float32)
+
+
+@pytest.mark.parametrize("x_shape, out_f", [pytest.param((4,), 3, id="1d"), pytest.param((3, 5), 4, id="2d"),
+                                            pytest.param((2, 2, 3), 2, id="3d")])
+def test_linear_gradcheck(backend, x_shape, out_f):
+    x = backend.randn(*x_shape, dtype=torch.float64, requires_grad=True)
+    w = backend.randn(out_f, x_shape[-1], dtype=torch.float64, requires_grad=True)
+    b = backend.randn(out_f, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(FF.linear, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: FF.linear(x, w), (x, w))
+
+
+def test_opcheck_linear(backend):
+    x = backend.randn(2, 3, 5, requires_grad=True)
+    w = backend.randn(4, 5, requires_grad=True)
+    b = backend.randn(4, requires_grad=True)
+    torch.library.opcheck(ops.linear, (x, w, b))
+    torch.library.opcheck(ops.linear, (x[0, 0], w, None))
+    dy = backend.randn(2, 3, 4)
+    torch.library.opcheck(ops.linear_grad_input, (dy, w.detach()))
+    torch.library.opcheck(ops.linear_grad_weight, (dy, x.detach()))
+
+
+def test_linear_thread_count_invariance(backend):
+    x, w, b = backend.randn(70, 300), backend.randn(130, 300), backend.randn(130)
+    dy = backend.randn(70, 130)
+    results = []
+    for n in (1, 2, 3):
+        with num_threads(n):
+            results.append([ops.linear(x, w, b), ops.linear_grad_input(dy, w), ops.linear_grad_weight(dy, x),
+                            ops.bias_grad(dy, -1)])
+    for other in results[1:]:
+        for a, r in zip(results[0], other):
+            assert_bitwise_equal(a, r)

@@ -1,0 +1,162 @@
+"""fastconv.nn layers are drop-in twins of their torch.nn namesakes, alone and in whole networks."""
+import pytest
+import torch
+
+import fastconv.nn as fnn
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+
+# (layer name, constructor args, constructor kwargs, input shape or None for the loss)
+LAYERS = [
+    pytest.param("Conv2d", (3, 8, 3), {}, (2, 3, 9, 10), id="Conv2d_plain"),
+    pytest.param("Conv2d", (4, 6, (3, 2)), dict(stride=2, padding=1, dilation=2, groups=2, bias=False),
+                 (2, 4, 11, 9), id="Conv2d_all_args"),
+    pytest.param("Conv2d", (3, 5, 4), dict(padding="same"), (1, 3, 7, 8), id="Conv2d_same_even"),
+    pytest.param("Conv2d", (3, 5, 3), dict(padding="valid", stride=(1, 2)), (3, 7, 8), id="Conv2d_unbatched"),
+    pytest.param("Conv1d", (3, 6, 5), dict(padding=2, stride=2), (2, 3, 17), id="Conv1d_plain"),
+    pytest.param("Conv1d", (4, 4, 3), dict(padding="same", dilation=2, groups=4, bias=False), (2, 4, 12),
+                 id="Conv1d_depthwise_same"),
+    pytest.param("ReLU", (), {}, (3, 8), id="ReLU"),
+    pytest.param("ReLU", (), dict(inplace=True), (3, 8), id="ReLU_inplace"),
+    pytest.param("MaxPool2d", (2,), {}, (2, 3, 7, 9), id="MaxPool2d_k2"),
+    pytest.param("MaxPool2d", (3,), dict(stride=2, padding=1, dilation=1, ceil_mode=True), (2, 3, 8, 9),
+                 id="MaxPool2d_all_args"),
+    pytest.param("MaxPool2d", ((2, 3),), dict(stride=(1, 2), return_indices=True), (1, 2, 6, 7),
+                 id="MaxPool2d_indices"),
+    pytest.param("Linear", (37, 9), {}, (4, 37), id="Linear"),
+    pytest.param("Linear", (5, 3), dict(bias=False), (2, 4, 5), id="Linear_no_bias"),
+    pytest.param("Dropout", (0.3,), {}, (4, 10), id="Dropout"),
+    pytest.param("Dropout", (), dict(p=0.6, inplace=True), (4, 10), id="Dropout_inplace"),
+    pytest.param("CrossEntropyLoss", (), {}, None, id="CrossEntropyLoss"),
+    pytest.param("CrossEntropyLoss", (), dict(weight="rand", ignore_index=1, reduction="sum", label_smoothing=0.1),
+                 None, id="CrossEntropyLoss_all_args"),
+]
+
+
+def _kwargs(kwargs):
+    return {k: (torch.rand(5) + 0.5 if v == "rand" else v) for k, v in kwargs.items()}
+
+
+def _randomize(module):
+    """Non-default parameter values, so that loading a state_dict is visible."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize("name, args, kwargs, in_shape", LAYERS)
+def test_layer_is_a_twin(backend, name, args, kwargs, in_shape):
+    kwargs = _kwargs(kwargs)
+    ref = getattr(torch.nn, name)(*args, **kwargs).to(backend.device)
+    ours = getattr(fnn, name)(*args, **kwargs).to(backend.device)
+    assert isinstance(ours, getattr(torch.nn, name))
+    assert repr(ours) == repr(ref)
+    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+    assert list(our_sd) == list(ref_sd)
+    assert {k: v.shape for k, v in our_sd.items()} == {k: v.shape for k, v in ref_sd.items()}
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+
+    _randomize(ref)
+    ours.load_state_dict(ref.state_dict())
+    ref.eval(), ours.eval()
+    if name == "CrossEntropyLoss":
+        x = backend.randn(6, 5, requires_grad=True)
+        target = torch.tensor([0, 1, 4, 1, 2, 3], device=backend.device)
+        out, expected = ours(x, target), ref(x, target)
+    else:
+        x = backend.randn(*in_shape, requires_grad=True)
+        # in-place layers get their own copy of the input
+        out, expected = ours(x * 1.0), ref(x * 1.0)
+    if isinstance(out, tuple):  # MaxPool2d(return_indices=True)
+        assert torch.equal(out[1], expected[1])
+        out, expected = out[0], expected[0]
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(expected, x, g)[0],
+                               rtol=1e-4, atol=1e-4)
+    if name not in ("ReLU", "MaxPool2d", "Dropout", "CrossEntropyLoss"):
+        assert not torch.equal(out, torch.zeros_like(out))
+
+
+def test_padding_mode_other_than_zeros_is_refused():
+    with pytest.raises(NotImplementedError, match="padding_mode='zeros' only"):
+        fnn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(NotImplementedError, match="padding_mode='zeros' only"):
+        fnn.Conv1d(3, 4, 3, padding=1, padding_mode="circular")
+
+
+# ------------------------------------------------------------------ reference networks
+
+def mnist_net(nn):
+    return torch.nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        torch.nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
+
+
+def cifar_net(nn):
+    return torch.nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        torch.nn.Flatten(), nn.Linear(2304, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
+
+
+NETS = [pytest.param(mnist_net, (1, 28, 28), id="mnist"), pytest.param(cifar_net, (3, 32, 32), id="cifar10")]
+
+
+def _net_pair(make, device):
+    ref = make(torch.nn).to(device)
+    ours = make(fnn).to(device)
+    assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in ref]
+    assert [type(m).__module__ for m in ours if not isinstance(m, torch.nn.Flatten)] == \
+        ["fastconv.nn"] * (len(ours) - 1)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("make, in_shape", NETS)
+def test_network_matches_torch(backend, make, in_shape):
+    ref, ours = _net_pair(make, backend.device)
+    ref.eval(), ours.eval()
+    x = backend.randn(4, *in_shape)
+    target = torch.tensor([3, 0, 9, 5], device=backend.device)
+    out, expected = ours(x), ref(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    loss = fnn.CrossEntropyLoss()(out, target)
+    ref_loss = torch.nn.CrossEntropyLoss()(expected, target)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), (_, rp) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        # gradients of the first layers sum over many pixels and pass through every layer above:
+        # compare relative to the gradient's own scale
+        scale = rp.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, rp.grad, rtol=1e-4, atol=2e-5 * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("make, in_shape", NETS)
+def test_sgd_steps_decrease_loss(backend, make, in_shape):
+    _, net = _net_pair(make, backend.device)
+    x = backend.randn(8, *in_shape)
+    target = torch.randint(0, 10, (8,), device=backend.device)
+    loss_fn = fnn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def eval_loss():
+        net.eval()
+        with torch.no_grad():
+            return loss_fn(net(x), target).item()
+
+    before = eval_loss()
+    net.train()  # dropout on
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = loss_fn(net(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    after = eval_loss()
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert after < before - 0.1, (before, losses, after)
