@@ -24,6 +24,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "cpu/gemm.h"
 #include "fastconv.h"
 
@@ -105,13 +107,237 @@ void pack_b_rows(int64_t kc, int64_t p0, int64_t plen, T* __restrict__ dst, Row&
     }
 }
 
+// ---------------------------------------------------------------- stride-1 direct paths
+//
+// With unit stride, row k = (ci, kh, kw) of the im2col matrix of a zero-padded image is the image
+// itself shifted by off[k] = ci*Hp*Wp + kh*dh*Wp + kw*dw, if outputs are laid out on the padded
+// row pitch (j = oh*Wp + ow; the Wp - OW extra columns per row are computed and dropped). So the
+// micro-kernel loads its B vectors straight from the padded image (ShiftedB): nothing is packed
+// but the weights, once per call, and the image, once per (image, group), into a padded copy that
+// stays in L2 while every output channel is computed from it.
+
+constexpr int64_t kDirectKC = 512;  // depth of one k-block of the direct path (A panel: 16 KiB fp32)
+constexpr int64_t kDirectJB = 256;  // pixels per block of the direct weight gradient (B chunk: 32 KiB fp32)
+
+// dst = C planes of Hp x Wp holding src (C planes of H x W) placed at (top, left) -- either may
+// be negative, which crops -- with zeros elsewhere, then `slack` zeros.
+template <typename T>
+void pad_planes(const T* __restrict__ src, int64_t C, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Hp,
+                int64_t Wp, T* __restrict__ dst, int64_t slack) {
+  const int64_t x_lo = std::clamp<int64_t>(left, 0, Wp), x_hi = std::clamp<int64_t>(W + left, x_lo, Wp);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t y = 0; y < Hp; ++y) {
+      T* __restrict__ d = dst + (c * Hp + y) * Wp;
+      const int64_t sy = y - top;
+      if (sy < 0 || sy >= H) {
+        std::memset(d, 0, sizeof(T) * Wp);
+        continue;
+      }
+      const T* __restrict__ s = src + (c * H + sy) * W - left;
+      for (int64_t x = 0; x < x_lo; ++x) d[x] = T(0);
+      for (int64_t x = x_lo; x < x_hi; ++x) d[x] = s[x];
+      for (int64_t x = x_hi; x < Wp; ++x) d[x] = T(0);
+    }
+  std::memset(dst + C * Hp * Wp, 0, sizeof(T) * slack);
+}
+
+// The valid output columns of the NR-wide panel starting at j0 of the padded-pitch grid: runs
+// (t, len) of panel lanes and where they go in the OH x OW plane.
+struct Segment {
+  int t, len;
+  int64_t dst;
+};
+
+template <typename T>
+int panel_segments(int64_t j0, int64_t J, int64_t Wp, int64_t OW, Segment* segs) {
+  constexpr int NR = Tile<T>::NR;
+  int n = 0;
+  int64_t oh = j0 / Wp, ow = j0 % Wp;
+  for (int t = 0; t < NR && j0 + t < J;) {
+    const int run = (int)std::min<int64_t>(NR - t, Wp - ow);
+    const int valid = (int)std::clamp<int64_t>(OW - ow, 0, run);
+    if (valid > 0) segs[n++] = Segment{t, valid, oh * OW + ow};
+    t += run;
+    ow = 0;
+    ++oh;
+  }
+  return n;
+}
+
+template <typename T>
+void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int nseg, T* __restrict__ c,
+                    int64_t plane, bool load_c, bool last, const T* row_bias, bool relu) {
+  constexpr int NR = Tile<T>::NR;
+  for (int i = 0; i < mr; ++i) {
+    T* __restrict__ crow = c + i * plane;
+    const T bias = last && row_bias ? row_bias[i] : T(0);
+    for (int s = 0; s < nseg; ++s) {
+      const T* __restrict__ a = acc + i * NR + segs[s].t;
+      T* __restrict__ d = crow + segs[s].dst;
+      for (int l = 0; l < segs[s].len; ++l) {
+        T v = a[l] + bias;
+        if (load_c) v += d[l];
+        if (last && relu) v = v < T(0) ? T(0) : v;
+        d[l] = v;
+      }
+    }
+  }
+}
+
+// out[m][oh][ow] (M planes of OH x OW) = sum_k A[m][k] * xpad[off[k] + oh*Wp + ow], A packed as
+// ceil(M/MR) panels of [K][MR]. One image of one group, on the calling thread.
+template <typename T>
+void direct_conv_image(const T* xpad, const int64_t* off, const T* a_packed, int64_t M, int64_t K, int64_t OH,
+                       int64_t OW, int64_t Wp, T* out, const T* row_bias, bool relu) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const int64_t J = OH * Wp, m_panels = ceil_div(M, MR);
+  const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kDirectKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
+  alignas(64) T acc[MR * NR];
+  Segment segs[NR];
+  for (int64_t j0 = 0; j0 < J; j0 += NR) {
+    const int nseg = panel_segments<T>(j0, J, Wp, OW, segs);
+    if (nseg == 0) continue;
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t k0 = kb * kcb, kc = std::clamp<int64_t>(K - k0, 0, kcb);
+      for (int64_t ip = 0; ip < m_panels; ++ip) {
+        const int mr = (int)std::min<int64_t>(MR, M - ip * MR);
+        micro_kernel<T>(kc, PackedA<T>{a_packed + (ip * K + k0) * MR}, ShiftedB<T>{xpad + j0, off + k0}, acc);
+        store_segments(acc, mr, segs, nseg, out + ip * MR * OH * OW, OH * OW, kb > 0, kb == nkb - 1,
+                       row_bias ? row_bias + ip * MR : nullptr, relu);
+      }
+    }
+  }
+}
+
+// off[k] for k = (c, kh, kw) over a stack of C planes of Hp x Wp.
+inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64_t dh, int64_t dw, int64_t Hp,
+                                        int64_t Wp) {
+  std::vector<int64_t> off(C * KH * KW);
+  for (int64_t c = 0, k = 0; c < C; ++c)
+    for (int64_t kh = 0; kh < KH; ++kh)
+      for (int64_t kw = 0; kw < KW; ++kw) off[k++] = c * Hp * Wp + kh * dh * Wp + kw * dw;
+  return off;
+}
+
+template <typename T>
+void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const int64_t K = g.k_gemm(), M = g.cout_g(), m_panels = ceil_div(M, MR);
+  const int64_t Hp = g.h + g.pt + g.pb, Wp = g.w + g.pl + g.pr;
+  const int64_t slack = NR + (g.kw - 1) * g.dw + 1;
+  std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * std::max<int64_t>(K, 1) * MR);
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), a.data() + gi * m_panels * K * MR);
+  const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
+  const double flops = 2.0 * M * K * g.oh * g.ow;
+  at::parallel_for(0, g.n * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + slack);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item % g.groups, n = item / g.groups;
+      pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad, slack);
+      direct_conv_image(xpad, off.data(), a.data() + gi * m_panels * K * MR, M, K, g.oh, g.ow, Wp,
+                        out + (n * g.c_out + gi * M) * g.oh * g.ow, bias ? bias + gi * M : nullptr, relu);
+    }
+  });
+}
+
+// Unit-stride grad input is the convolution of grad_output, padded by the dilated kernel extent
+// minus the forward padding, with the kernel flipped and its channel axes swapped.
+template <typename T>
+void grad_input_direct(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const int64_t khw = g.kh * g.kw, K = g.cout_g() * khw, M = g.cin_g(), m_panels = ceil_div(M, MR);
+  const int64_t top = (g.kh - 1) * g.dh - g.pt, left = (g.kw - 1) * g.dw - g.pl;
+  const int64_t Hp = g.h + (g.kh - 1) * g.dh, Wp = g.w + (g.kw - 1) * g.dw;
+  const int64_t slack = NR + (g.kw - 1) * g.dw + 1;
+  std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * K * MR, T(0));
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t ci = 0; ci < M; ++ci)
+      for (int64_t co = 0; co < g.cout_g(); ++co)
+        for (int64_t r = 0; r < khw; ++r) {  // A[ci][(co, r)] = W[co][ci][flipped r]
+          const int64_t k = co * khw + r;
+          a[((gi * m_panels + ci / MR) * K + k) * MR + ci % MR] =
+              w[((gi * g.cout_g() + co) * M + ci) * khw + (khw - 1 - r)];
+        }
+  const std::vector<int64_t> off = shift_table(g.cout_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
+  const double flops = 2.0 * M * K * g.h * g.w;
+  at::parallel_for(0, g.n * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* dypad = scratch<T>(3, g.cout_g() * Hp * Wp + slack);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item % g.groups, n = item / g.groups;
+      pad_planes(dy + (n * g.c_out + gi * g.cout_g()) * g.oh * g.ow, g.cout_g(), g.oh, g.ow, top, left, Hp, Wp,
+                 dypad, slack);
+      direct_conv_image(dypad, off.data(), a.data() + gi * m_panels * K * MR, M, K, g.h, g.w, Wp,
+                        dx + (n * g.c_in + gi * M) * g.h * g.w, (const T*)nullptr, false);
+    }
+  });
+}
+
+// Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch
+// grid j, with dY' the gradient transposed into NR-channel panels and zero on the dropped columns.
+// A comes from MR shifted rows of the padded image (RowsA), B from the dY' panel; the MR x NR tile
+// is added, transposed, into the chunk's [co][k] sum.
+template <typename T>
+void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* partial, int64_t nchunks) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const int64_t K = g.k_gemm(), M = g.cout_g(), c_panels = ceil_div(M, NR), k_panels = ceil_div(K, MR);
+  const int64_t Hp = g.h + g.pt + g.pb, Wp = g.w + g.pl + g.pr, J = g.oh * Wp;
+  const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
+  const double flops = 2.0 * M * K * J * g.n / nchunks;
+  at::parallel_for(0, nchunks * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + 1);
+    T* d = scratch<T>(0, c_panels * J * NR);
+    alignas(64) T acc[MR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item % g.groups, chunk = item / g.groups;
+      T* c = partial + (chunk * g.c_out + gi * M) * K;
+      std::memset(c, 0, sizeof(T) * M * K);
+      for (int64_t n = chunk * g.n / nchunks; n < (chunk + 1) * g.n / nchunks; ++n) {
+        pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad,
+                   int64_t(1));
+        const T* dyn = dy + (n * g.c_out + gi * M) * g.oh * g.ow;
+        for (int64_t cp = 0; cp < c_panels; ++cp)
+          for (int t = 0; t < NR; ++t) {
+            const int64_t co = cp * NR + t;
+            T* dst = d + cp * J * NR + t;
+            if (co >= M) {
+              for (int64_t j = 0; j < J; ++j) dst[j * NR] = T(0);
+              continue;
+            }
+            const T* src = dyn + co * g.oh * g.ow;
+            for (int64_t oh = 0; oh < g.oh; ++oh)
+              for (int64_t ow = 0; ow < Wp; ++ow)
+                dst[(oh * Wp + ow) * NR] = ow < g.ow ? src[oh * g.ow + ow] : T(0);
+          }
+        for (int64_t j0 = 0; j0 < J; j0 += kDirectJB) {
+          const int64_t jl = std::min(kDirectJB, J - j0);
+          for (int64_t cp = 0; cp < c_panels; ++cp) {
+            const int nt = (int)std::min<int64_t>(NR, M - cp * NR);
+            for (int64_t kp = 0; kp < k_panels; ++kp) {
+              const int mr = (int)std::min<int64_t>(MR, K - kp * MR);
+              RowsA<T> rows;
+              for (int i = 0; i < MR; ++i) rows.row[i] = xpad + j0 + (i < mr ? off[kp * MR + i] : 0);
+              micro_kernel<T>(jl, rows, PackedB<T>{d + (cp * J + j0) * NR}, acc);
+              for (int i = 0; i < mr; ++i)
+                for (int t = 0; t < nt; ++t) c[(cp * NR + t) * K + kp * MR + i] += acc[i * NR + t];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- packed paths (any stride)
+
 template <typename T>
 void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
   constexpr int NR = Tile<T>::NR;
   const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
   const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(P, NB);
   const int64_t n_kblocks = std::max<int64_t>(1, ceil_div(K, kKC));
-  at::parallel_for(0, g.n * g.groups * nblk, 1, [&](int64_t begin, int64_t end) {
+  const double flops = 2.0 * g.cout_g() * K * std::min(NB, P);
+  at::parallel_for(0, g.n * g.groups * nblk, grain_for(flops), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t pb = item % nblk, gi = (item / nblk) % g.groups, n = item / (nblk * g.groups);
       const int64_t p0 = pb * NB, plen = std::min(NB, P - p0);
@@ -147,7 +373,8 @@ void grad_input_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(Q, NB);
   const int64_t n_kblocks = ceil_div(K, kKC);
   const bool unit_stride = g.sh == 1 && g.sw == 1;
-  at::parallel_for(0, g.n * g.groups * nblk, 1, [&](int64_t begin, int64_t end) {
+  const double flops = 2.0 * g.cin_g() * K * std::min(NB, Q);
+  at::parallel_for(0, g.n * g.groups * nblk, grain_for(flops), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = item % nblk, gi = (item / nblk) % g.groups, n = item / (nblk * g.groups);
       const int64_t q0 = qb * NB, qlen = std::min(NB, Q - q0);
@@ -194,7 +421,8 @@ void grad_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* partial
   constexpr int NR = Tile<T>::NR;
   const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
   const int64_t NB = kPanelsPerBlock * NR, ncb = ceil_div(K, NB), pblocks = ceil_div(P, kKC);
-  at::parallel_for(0, nchunks * g.groups * ncb, 1, [&](int64_t begin, int64_t end) {
+  const double flops = 2.0 * g.cout_g() * std::min(NB, K) * P * g.n / nchunks;
+  at::parallel_for(0, nchunks * g.groups * ncb, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* row = scratch<T>(2, kKC);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t cb = item % ncb, gi = (item / ncb) % g.groups, chunk = item / (ncb * g.groups);
@@ -252,9 +480,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   if (out.numel() == 0) return out;
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
-    forward_impl<scalar_t>(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu,
-                           out.mutable_data_ptr<scalar_t>());
+    auto impl = g.sh == 1 && g.sw == 1 ? forward_direct<scalar_t> : forward_impl<scalar_t>;
+    impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+         b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu, out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }
@@ -273,8 +501,8 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   if (grad_output.numel() == 0) return dx.zero_();
   const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_input", [&] {
-    grad_input_impl<scalar_t>(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                              dx.mutable_data_ptr<scalar_t>());
+    auto impl = g.sh == 1 && g.sw == 1 ? grad_input_direct<scalar_t> : grad_input_impl<scalar_t>;
+    impl(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
   });
   return dx;
 }
@@ -296,10 +524,11 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
   at::Tensor partial = nchunks == 1 ? dw : at::empty({nchunks, per_chunk}, dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
     scalar_t* pp = partial.mutable_data_ptr<scalar_t>();
-    grad_weight_impl<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
+    auto impl = g.sh == 1 && g.sw == 1 ? grad_weight_direct<scalar_t> : grad_weight_impl<scalar_t>;
+    impl(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
     if (nchunks > 1) {
       scalar_t* out = dw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, per_chunk, 4096, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, per_chunk, 32768 / nchunks, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           scalar_t s = pp[i];
           for (int64_t c = 1; c < nchunks; ++c) s += pp[c * per_chunk + i];
@@ -327,13 +556,25 @@ at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fastconv_bias_grad", [&] {
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+    using V = Tile<scalar_t>::V;
+    constexpr int W = Tile<scalar_t>::W;
+    at::parallel_for(0, C, grain_for(double(outer) * inner), [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         double s = 0;
         for (int64_t o = 0; o < outer; ++o) {
+          // W lanes of partial sums per row, then the lanes and the rows in double: vectorised,
+          // and a fixed summation order.
           const scalar_t* row = src + (o * C + c) * inner;
+          V lanes{};
+          int64_t i = 0;
+          for (; i + W <= inner; i += W) {
+            V v;
+            std::memcpy(&v, row + i, sizeof(V));
+            lanes += v;
+          }
           double rs = 0;
-          for (int64_t i = 0; i < inner; ++i) rs += row[i];
+          for (int l = 0; l < W; ++l) rs += lanes[l];
+          for (; i < inner; ++i) rs += row[i];
           s += rs;
         }
         dst[c] = static_cast<scalar_t>(s);

@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
     T* row_p = rows.mutable_data_ptr<T>();
     const int64_t C = a.c;
     const double eps = label_smoothing;
-    at::parallel_for(0, a.n, 64, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, a.n, std::max<int64_t>(64, 65536 / C), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const T* zi = z + i * C;
         T m = -std::numeric_limits<T>::infinity();
@@ -155,7 +155,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
       for (int64_t i = 0; i < a.n; ++i)
         if (t[i] != ignore_index) denom += class_weight(w, t[i]);
     }
-    at::parallel_for(0, a.n, 64, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, a.n, std::max<int64_t>(64, 65536 / C), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         T* oi = out + i * C;
         const int64_t ti = t[i];

@@ -53,6 +53,13 @@ constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Iterations per parallel task such that each task does at least ~1 MFLOP (~10 us): smaller
+// problems run on the calling thread instead of paying for a fork/join of the thread pool.
+inline int64_t grain_for(double flops_per_item) {
+  constexpr double kMinTaskFlops = 1e6;
+  return std::max<int64_t>(1, (int64_t)(kMinTaskFlops / std::max(flops_per_item, 1.0)));
+}
+
 // One growable, 64-byte aligned scratch buffer per thread and slot; packing buffers live here so
 // that a kernel call allocates nothing in its inner loops.
 template <typename T>
@@ -74,6 +81,23 @@ T* scratch(int slot, int64_t elems) {
   return static_cast<T*>(b.p);
 }
 
+// std::vector storage aligned to 64 bytes (packed weights).
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, round_up<T>(n * sizeof(T) + 64, 64));
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+};
+
 template <typename T>
 struct Epilogue {
   const T* row_bias = nullptr;  // bias[m], added to row m (conv: one per output channel)
@@ -81,10 +105,48 @@ struct Epilogue {
   bool relu = false;
 };
 
-// acc[MR][NR] = sum_k a[k][0..MR) (outer) b[k][0..NR)
+// Operand sources of the micro-kernel. A gives one scalar a(k, i) per row i < MR, B gives the two
+// vectors b(k, 0..W) and b(k, W..NR). Packed sources read panels; the direct sources read the image
+// in place, which is what lets stride-1 convolution skip im2col packing altogether:
+//   ShiftedB: B[k][j] = base[off[k] + j]   (row k of im2col is the padded image shifted by off[k])
+//   RowsA:    A[i][k] = row[i][k]          (MR rows read where they lie)
 template <typename T>
-inline void micro_kernel(int64_t kc, const T* __restrict__ a, const T* __restrict__ b,
-                         T* __restrict__ acc_out) {
+struct PackedA {
+  const T* __restrict__ p;
+  T get(int64_t k, int i) const { return p[k * Tile<T>::MR + i]; }
+};
+template <typename T>
+struct RowsA {
+  const T* row[Tile<T>::MR];
+  T get(int64_t k, int i) const { return row[i][k]; }
+};
+template <typename T>
+struct StridedA {  // A[i][k] = p[k * ld + i]: MR adjacent elements per k
+  const T* __restrict__ p;
+  int64_t ld;
+  T get(int64_t k, int i) const { return p[k * ld + i]; }
+};
+template <typename T>
+struct StridedB {  // B[k][j] = p[k * ld + j]: rows of B read where they lie
+  const T* p;
+  int64_t ld;
+  const T* at(int64_t k) const { return p + k * ld; }
+};
+template <typename T>
+struct PackedB {
+  const T* __restrict__ p;
+  const T* at(int64_t k) const { return p + k * Tile<T>::NR; }
+};
+template <typename T>
+struct ShiftedB {
+  const T* base;
+  const int64_t* __restrict__ off;
+  const T* at(int64_t k) const { return base + off[k]; }
+};
+
+// acc[MR][NR] = sum_k a(k, 0..MR) (outer) b(k, 0..NR)
+template <typename T, typename A, typename B>
+inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_out) {
   using Tl = Tile<T>;
   using V = typename Tl::V;
   constexpr int MR = Tl::MR, W = Tl::W;
@@ -92,12 +154,13 @@ inline void micro_kernel(int64_t kc, const T* __restrict__ a, const T* __restric
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) { c0[i] = V{}; c1[i] = V{}; }
   for (int64_t k = 0; k < kc; ++k) {
+    const T* bk = b.at(k);
     V b0, b1;
-    std::memcpy(&b0, b + k * Tl::NR, sizeof(V));
-    std::memcpy(&b1, b + k * Tl::NR + W, sizeof(V));
+    std::memcpy(&b0, bk, sizeof(V));
+    std::memcpy(&b1, bk + W, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const T ai = a[k * MR + i];
+      const T ai = a.get(k, i);
       c0[i] += ai * b0;
       c1[i] += ai * b1;
     }
@@ -109,29 +172,58 @@ inline void micro_kernel(int64_t kc, const T* __restrict__ a, const T* __restric
   }
 }
 
-// C[0..mr)[0..nr) (= or +=) acc, then bias and ReLU if this is the last k-block.
+// C[0..mr)[0..nr) (= or +=) acc, then bias and ReLU if this is the last k-block. Full-width
+// tiles take the vector path (two vectors a row); edge tiles a scalar one.
 template <typename T>
 inline void store_tile(const T* __restrict__ acc, int mr, int nr, T* __restrict__ c, int64_t ldc,
                        bool load_c, bool last, const Epilogue<T>& ep, int64_t m0, int64_t n0) {
-  constexpr int NR = Tile<T>::NR;
+  using V = typename Tile<T>::V;
+  constexpr int NR = Tile<T>::NR, W = Tile<T>::W;
+  if (nr == NR) {
+    V cb0{}, cb1{};
+    if (last && ep.col_bias) {
+      std::memcpy(&cb0, ep.col_bias + n0, sizeof(V));
+      std::memcpy(&cb1, ep.col_bias + n0 + W, sizeof(V));
+    }
+    for (int i = 0; i < mr; ++i) {
+      T* crow = c + i * ldc;
+      V v0, v1;
+      std::memcpy(&v0, acc + i * NR, sizeof(V));
+      std::memcpy(&v1, acc + i * NR + W, sizeof(V));
+      if (load_c) {
+        V c0, c1;
+        std::memcpy(&c0, crow, sizeof(V));
+        std::memcpy(&c1, crow + W, sizeof(V));
+        v0 += c0;
+        v1 += c1;
+      }
+      if (last) {
+        const T rb = ep.row_bias ? ep.row_bias[m0 + i] : T(0);
+        v0 += rb + cb0;
+        v1 += rb + cb1;
+        if (ep.relu) {
+          const V zero{};
+          v0 = v0 < zero ? zero : v0;
+          v1 = v1 < zero ? zero : v1;
+        }
+      }
+      std::memcpy(crow, &v0, sizeof(V));
+      std::memcpy(crow + W, &v1, sizeof(V));
+    }
+    return;
+  }
   for (int i = 0; i < mr; ++i) {
     T* __restrict__ crow = c + i * ldc;
     const T* __restrict__ arow = acc + i * NR;
-    T v[NR];
-    for (int j = 0; j < NR; ++j) v[j] = arow[j];
-    if (load_c)
-      for (int j = 0; j < nr; ++j) v[j] += crow[j];
-    if (last) {
-      if (ep.row_bias) {
-        const T rb = ep.row_bias[m0 + i];
-        for (int j = 0; j < NR; ++j) v[j] += rb;
-      }
-      if (ep.col_bias)
-        for (int j = 0; j < nr; ++j) v[j] += ep.col_bias[n0 + j];
-      if (ep.relu)
-        for (int j = 0; j < NR; ++j) v[j] = v[j] < T(0) ? T(0) : v[j];
+    const T rb = last && ep.row_bias ? ep.row_bias[m0 + i] : T(0);
+#pragma GCC novector
+    for (int j = 0; j < nr; ++j) {
+      T v = arow[j] + rb;
+      if (load_c) v += crow[j];
+      if (last && ep.col_bias) v += ep.col_bias[n0 + j];
+      if (last && ep.relu) v = v < T(0) ? T(0) : v;
+      crow[j] = v;
     }
-    for (int j = 0; j < nr; ++j) crow[j] = v[j];
   }
 }
 
@@ -155,7 +247,7 @@ void gemm_block(int64_t mlen, int64_t nlen, int64_t n_kblocks, PackA&& pack_a, P
       const int nr = (int)std::min<int64_t>(NR, nlen - jp * NR);
       for (int64_t ip = 0; ip < m_panels; ++ip) {
         const int mr = (int)std::min<int64_t>(MR, mlen - ip * MR);
-        micro_kernel<T>(kc, abuf + ip * kc * MR, bbuf + jp * kc * NR, acc);
+        micro_kernel<T>(kc, PackedA<T>{abuf + ip * kc * MR}, PackedB<T>{bbuf + jp * kc * NR}, acc);
         store_tile<T>(acc, mr, nr, c + ip * MR * ldc + jp * NR, ldc, load_c, last, ep,
                       m_offset + ip * MR, n_offset + jp * NR);
       }

@@ -1,12 +1,14 @@
-// linear.cpp: y = x W^T + b on the CPU, through the same packed GEMM as convolution (gemm.h).
+// linear.cpp: y = x W^T + b on the CPU, with the register-tiled micro-kernel of gemm.h.
 //
-//   forward      Y[r][o]  = sum_i X[r][i] W[o][i]   A = X (rows),   B = W^T (packed transposed)
-//   grad input   dX[r][i] = sum_o dY[r][o] W[o][i]  A = dY,         B = W
-//   grad weight  dW[o][i] = sum_r dY[r][o] X[r][i]  A = dY^T,       B = X
-// x may have any number of leading dimensions; they are flattened into rows r. Work is split
-// over (row block, column block) of the output; each output element is reduced by one thread in
-// a fixed order, so results do not depend on the thread count. FLOPs: 2 * rows * in * out per
-// GEMM; with MC x NC output blocks each packed operand element is reused MC or NC times.
+//   forward      Y[r][o]  = sum_i X[r][i] W^T[i][o]   A = rows of X,        B = W^T
+//   grad input   dX[r][i] = sum_o dY[r][o] W[o][i]    A = rows of dY,       B = rows of W
+//   grad weight  dW[o][i] = sum_r dY[r][o] X[r][i]    A = columns of dY,    B = rows of X
+// A is read where it lies (RowsA / StridedA); B is packed once per call into NR-column panels
+// (pack_b_panels), shared by all threads. x may have any number of leading
+// dimensions; they are flattened into rows r. Work is split over blocks of C; each output element
+// is reduced by one thread in a fixed order, so results do not depend on the thread count.
+// FLOPs: 2 * rows * in * out per GEMM. Blocking: kc = 256 deep; a 256 x NR slice of B (32 KiB
+// fp32) stays in L1 while the MR-row panels of A pass by.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -19,30 +21,100 @@
 namespace fastconv::cpu {
 namespace {
 
-// C[M][N] = sum_k A[m][k] B[k][n] with A[m][k] = a[m * ars + k * acs], B[k][n] = b[k * brs + n * bcs].
+// Packs B (K x N, B[k][n] = b[k * b_rs + n * b_cs]) once into zero-padded NR-column panels
+// bp[p][k][0..NR), so that every block of C then reads contiguous panels (a strided B would also
+// map its rows, ldb apart, into a few L1 sets). One pass over B, reading along its contiguous axis.
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ars, int64_t acs, const T* b, int64_t brs,
-          int64_t bcs, T* c, const T* col_bias) {
-  const int64_t MC = 8 * Tile<T>::MR, NC = 4 * Tile<T>::NR;
-  const int64_t mblk = ceil_div(M, MC), nblk = ceil_div(N, NC);
-  const int64_t n_kblocks = std::max<int64_t>(1, ceil_div(K, kKC));
-  at::parallel_for(0, mblk * nblk, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t m0 = (item / nblk) * MC, n0 = (item % nblk) * NC;
-      const int64_t mlen = std::min(MC, M - m0), nlen = std::min(NC, N - n0);
-      auto pack_a = [&](int64_t kb, T* dst) {
-        const int64_t k0 = kb * kKC, kc = std::min(kKC, K - k0);
-        pack_a_strided(a + m0 * ars + k0 * acs, mlen, kc, ars, acs, dst);
-        return kc;
-      };
-      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
-        pack_b_strided(b + kb * kKC * brs + n0 * bcs, kc, nlen, brs, bcs, dst);
-      };
-      Epilogue<T> ep;
-      ep.col_bias = col_bias;
-      gemm_block<T>(mlen, nlen, n_kblocks, pack_a, pack_b, c + m0 * N + n0, N, false, ep, m0, n0);
+void pack_b_panels(const T* b, int64_t K, int64_t N, int64_t b_rs, int64_t b_cs, T* bp) {
+  constexpr int NR = Tile<T>::NR, W = Tile<T>::W;
+  using V = typename Tile<T>::V;
+  constexpr int64_t KB = 64;  // rows per step: the reads and writes of a step touch few pages
+  const int64_t panels = ceil_div(N, NR), kblocks = ceil_div(K, KB);
+  at::parallel_for(0, kblocks, std::max<int64_t>(1, 16384 / (KB * N)), [&](int64_t begin, int64_t end) {
+    for (int64_t kb = begin; kb < end; ++kb) {
+      const int64_t k_lo = kb * KB, k_hi = std::min(K, k_lo + KB);
+      for (int64_t p = 0; p < panels; ++p) {
+        T* __restrict__ d = bp + p * K * NR;
+        const int nr = (int)std::min<int64_t>(NR, N - p * NR);
+        if (b_cs == 1 && nr == NR) {  // rows of B contiguous: copy NR-long runs as two vectors
+          for (int64_t k = k_lo; k < k_hi; ++k) {
+            const T* s = b + k * b_rs + p * NR;
+            V v0, v1;
+            std::memcpy(&v0, s, sizeof(V));
+            std::memcpy(&v1, s + W, sizeof(V));
+            std::memcpy(d + k * NR, &v0, sizeof(V));
+            std::memcpy(d + k * NR + W, &v1, sizeof(V));
+          }
+        } else {
+          for (int64_t k = k_lo; k < k_hi; ++k)
+            for (int j = nr; j < NR; ++j) d[k * NR + j] = T(0);
+          for (int j = 0; j < nr; ++j) {
+            const T* __restrict__ s = b + (p * NR + j) * b_cs;
+            for (int64_t k = k_lo; k < k_hi; ++k) d[k * NR + j] = s[k * b_rs];
+          }
+        }
+      }
     }
   });
+}
+
+// C[M][N] = sum_k A[m][k] B[k][n] (+ col_bias[n]) with A[m][k] = a[m * a_rs + k * a_cs], where
+// a_cs == 1 (rows of A contiguous) or a_rs == 1 (columns contiguous), and B packed by pack_b_panels.
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* bp, T* c,
+          const T* col_bias) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  // Blocks of C of up to 128 x 256, halved until each thread has a few. Blocking changes no
+  // order of summation, so the result does not depend on the thread count.
+  int64_t MB = 16 * MR, NB = 8 * NR;
+  const int64_t want = 4 * at::get_num_threads();
+  while (ceil_div(M, MB) * ceil_div(N, NB) < want && (MB > MR || NB > NR)) {
+    if (MB > MR && (MB >= NB / 2 || NB == NR)) MB /= 2;
+    else NB /= 2;
+  }
+  const int64_t mblk = ceil_div(M, MB), nblk = ceil_div(N, NB);
+  const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
+  const double flops = 2.0 * std::min(MB, M) * std::min(NB, N) * K;
+  at::parallel_for(0, mblk * nblk, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* edge_a = scratch<T>(0, kcb * MR);
+    alignas(64) T acc[MR * NR];
+    Epilogue<T> ep;
+    ep.col_bias = col_bias;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t m_lo = (item % mblk) * MB, m_hi = std::min(M, m_lo + MB);
+      const int64_t n_lo = (item / mblk) * NB, n_hi = std::min(N, n_lo + NB);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kb * kcb, kc = std::clamp<int64_t>(K - k0, 0, kcb);
+        for (int64_t n0 = n_lo; n0 < n_hi; n0 += NR) {
+          const int nr = (int)std::min<int64_t>(NR, n_hi - n0);
+          const PackedB<T> bsrc{bp + ((n0 / NR) * K + k0) * NR};
+          for (int64_t m0 = m_lo; m0 < m_hi; m0 += MR) {
+            const int mr = (int)std::min<int64_t>(MR, m_hi - m0);
+            if (a_cs == 1) {
+              RowsA<T> asrc;  // rows past M repeat row m0; their results are not stored
+              for (int i = 0; i < MR; ++i) asrc.row[i] = a + (m0 + (i < mr ? i : 0)) * a_rs + k0;
+              micro_kernel<T>(kc, asrc, bsrc, acc);
+            } else if (mr == MR) {
+              micro_kernel<T>(kc, StridedA<T>{a + m0 + k0 * a_cs, a_cs}, bsrc, acc);
+            } else {
+              pack_a_strided(a + m0 + k0 * a_cs, mr, kc, int64_t(1), a_cs, edge_a);
+              micro_kernel<T>(kc, PackedA<T>{edge_a}, bsrc, acc);
+            }
+            store_tile<T>(acc, mr, nr, c + m0 * N + n0, N, kb > 0, kb == nkb - 1, ep, m0, n0);
+          }
+        }
+      }
+    }
+  });
+}
+
+// C = A B with B given as b (K x N, B[k][n] = b[k * b_rs + n * b_cs]): packs B, then multiplies.
+template <typename T>
+void gemm_packing_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
+                    int64_t b_rs, int64_t b_cs, T* c, const T* col_bias) {
+  T* bp = scratch<T>(2, ceil_div(N, Tile<T>::NR) * Tile<T>::NR * std::max<int64_t>(K, 1));
+  pack_b_panels(b, K, N, b_rs, b_cs, bp);
+  gemm(M, N, K, a, a_rs, a_cs, bp, c, col_bias);
 }
 
 void check_pair_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
@@ -75,8 +147,9 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const int64_t rows = out.numel() / out_f;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_linear", [&] {
-    gemm<scalar_t>(rows, out_f, in, x.const_data_ptr<scalar_t>(), in, 1, w.const_data_ptr<scalar_t>(), 1, in,
-                   out.mutable_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+    gemm_packing_b<scalar_t>(rows, out_f, in, x.const_data_ptr<scalar_t>(), in, 1, w.const_data_ptr<scalar_t>(), 1,
+                             in, out.mutable_data_ptr<scalar_t>(),
+                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
   });
   return out;
 }
@@ -95,8 +168,8 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
   const int64_t rows = dx.numel() / in;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_input", [&] {
-    gemm<scalar_t>(rows, in, out_f, dy.const_data_ptr<scalar_t>(), out_f, 1, w.const_data_ptr<scalar_t>(), in, 1,
-                   dx.mutable_data_ptr<scalar_t>(), nullptr);
+    gemm_packing_b<scalar_t>(rows, in, out_f, dy.const_data_ptr<scalar_t>(), out_f, 1, w.const_data_ptr<scalar_t>(),
+                             in, 1, dx.mutable_data_ptr<scalar_t>(), nullptr);
   });
   return dx;
 }
@@ -116,8 +189,8 @@ at::Tensor linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
   if (rows == 0) return dw.zero_();
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_weight", [&] {
-    gemm<scalar_t>(out_f, in, rows, dy.const_data_ptr<scalar_t>(), 1, out_f, x.const_data_ptr<scalar_t>(), in, 1,
-                   dw.mutable_data_ptr<scalar_t>(), nullptr);
+    gemm_packing_b<scalar_t>(out_f, in, rows, dy.const_data_ptr<scalar_t>(), 1, out_f, x.const_data_ptr<scalar_t>(),
+                             in, 1, dw.mutable_data_ptr<scalar_t>(), nullptr);
   });
   return dw;
 }

@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     int64_t* ip = idx.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / (OH * OW * kernel_size[0] * kernel_size[1])), [&](int64_t b, int64_t e) {
       for (int64_t plane = b; plane < e; ++plane)
         pool_plane(xp + plane * H * W, H, W, OH, OW, kernel_size[0], kernel_size[1], stride[0], stride[1],
                    padding[0], padding[1], dilation[0], dilation[1], yp + plane * OH * OW, ip + plane * OH * OW);
@@ -107,7 +107,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     const scalar_t* g = dy.const_data_ptr<scalar_t>();
     const int64_t* id = ix.const_data_ptr<int64_t>();
     scalar_t* out = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, planes, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
       for (int64_t plane = b; plane < e; ++plane) {
         const scalar_t* gp = g + plane * OHW;
         const int64_t* ip = id + plane * OHW;
