@@ -6,14 +6,14 @@ Install with `pip install --no-build-isolation .` so the build uses the torch al
 import os
 import sys
 
-from setuptools import setup
-
-try:
+try:  # before anything else, so that a Python without torch gets this one sentence
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 except ImportError:
     sys.exit("fastconv needs PyTorch to build: install torch first (pip install torch), then run "
              "`pip install --no-build-isolation .` so the build sees it.")
+
+from setuptools import setup  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

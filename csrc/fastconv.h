@@ -101,9 +101,12 @@ inline ConvGeometry conv_geometry(at::IntArrayRef input, at::IntArrayRef weight,
 
 // Max-pool output length, torch's rule: in ceil mode the last window must start inside the
 // input or the left padding.
+// Floor division for any sign of the numerator (C++ division truncates toward zero).
+inline int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+
 inline int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
-  const int64_t span = in + 2 * p - d * (k - 1) - 1;
-  int64_t out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;  // negative: the window is larger than the padded input
+  int64_t out = floor_div(ceil_mode ? span + s - 1 : span, s) + 1;
   if (ceil_mode && (out - 1) * s >= in + p) --out;
   return out;
 }

@@ -25,10 +25,22 @@ def pool_out(size, kernel, stride, padding, dilation, ceil_mode):
     return out
 
 
+def _same_device(op, **tensors):
+    """The device check of the C++ kernels, for the fake kernels: a call that mixes devices (say CPU
+    and meta tensors) is dispatched to the fake kernel, which must refuse it as the real one would."""
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise RuntimeError(f"fastconv.{op}: {name} is on {t.device} but {first_name} is on {first.device}; "
+                               "move both to one device")
+
+
 # ---------------------------------------------------------------- conv2d
 
 @torch.library.register_fake("fastconv::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=False):
+    _same_device("conv2d", input=input, weight=weight, bias=bias)
     n, _, h, w = input.shape
     c_out, _, kh, kw = weight.shape
     oh = _window_out(h, padding[0], padding[1], kh, dilation[0], stride[0])
@@ -38,11 +50,13 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=Fa
 
 @torch.library.register_fake("fastconv::conv2d_grad_input")
 def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    _same_device("conv2d_grad_input", grad_output=grad_output, weight=weight)
     return grad_output.new_empty(input_size)
 
 
 @torch.library.register_fake("fastconv::conv2d_grad_weight")
 def _conv2d_grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
+    _same_device("conv2d_grad_weight", grad_output=grad_output, input=input)
     return grad_output.new_empty(weight_size)
 
 
@@ -79,16 +93,19 @@ torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_cont
 
 @torch.library.register_fake("fastconv::linear")
 def _linear_fake(input, weight, bias):
+    _same_device("linear", input=input, weight=weight, bias=bias)
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
 @torch.library.register_fake("fastconv::linear_grad_input")
 def _linear_grad_input_fake(grad_output, weight):
+    _same_device("linear_grad_input", grad_output=grad_output, weight=weight)
     return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
 
 
 @torch.library.register_fake("fastconv::linear_grad_weight")
 def _linear_grad_weight_fake(grad_output, input):
+    _same_device("linear_grad_weight", grad_output=grad_output, input=input)
     return grad_output.new_empty((grad_output.shape[-1], input.shape[-1]))
 
 
@@ -121,6 +138,7 @@ def _relu_fake(input):
 
 @torch.library.register_fake("fastconv::relu_backward")
 def _relu_backward_fake(grad_output, result):
+    _same_device("relu_backward", grad_output=grad_output, result=result)
     return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
 
 
@@ -147,6 +165,7 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 @torch.library.register_fake("fastconv::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, indices, input_size):
+    _same_device("max_pool2d_backward", grad_output=grad_output, indices=indices)
     return grad_output.new_empty(input_size)
 
 
@@ -167,6 +186,7 @@ torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, se
 
 @torch.library.register_fake("fastconv::cross_entropy")
 def _cross_entropy_fake(input, target, weight, reduction, ignore_index, label_smoothing):
+    _same_device("cross_entropy", input=input, target=target, weight=weight)
     n = input.shape[0]
     loss = input.new_empty((n,)) if reduction == REDUCTIONS["none"] else input.new_empty(())
     return loss, input.new_empty((n,))
@@ -174,6 +194,8 @@ def _cross_entropy_fake(input, target, weight, reduction, ignore_index, label_sm
 
 @torch.library.register_fake("fastconv::cross_entropy_backward")
 def _cross_entropy_backward_fake(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing):
+    _same_device("cross_entropy_backward", input=input, grad_loss=grad_loss, target=target, weight=weight,
+                 lse=lse)
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 

@@ -456,16 +456,16 @@ void grad_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* partial
   });
 }
 
-void check_conv_args(const at::Tensor& input, const at::Tensor& weight, const char* op) {
-  check_floating(input, op, "input");
-  check_same_dtype(input, "input", weight, "weight", op);
-  check_same_device(input, "input", weight, "weight", op);
+void check_conv_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
+  check_floating(a, op, an);
+  check_same_dtype(a, an, b, bn, op);
+  check_same_device(a, an, b, bn, op);
 }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       bool relu) {
-  check_conv_args(input, weight, "conv2d");
+  check_conv_args(input, "input", weight, "weight", "conv2d");
   const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, "conv2d");
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
@@ -491,7 +491,7 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
                                  at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, int64_t groups) {
   const char* op = "conv2d_grad_input";
-  check_conv_args(grad_output, weight, op);
+  check_conv_args(grad_output, "grad_output", weight, "weight", op);
   const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}), "fastconv.", op,
                     ": grad_output must have shape ", at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}),
@@ -511,7 +511,7 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, int64_t groups) {
   const char* op = "conv2d_grad_weight";
-  check_conv_args(grad_output, input, op);
+  check_conv_args(grad_output, "grad_output", input, "input", op);
   const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}), "fastconv.", op,
                     ": grad_output must have shape ", at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}),
