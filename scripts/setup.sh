@@ -15,4 +15,4 @@ echo "== installing torch 2.13.0 and the build/test tools"
 "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 numpy pytest ninja "setuptools>=64" wheel tqdm
 echo "== building fastconv"
 ( cd "$ROOT" && "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall . )
-"$VENV/bin/python" -m fastconv
+( cd "$VENV" && "$VENV/bin/python" -m fastconv )  # outside the source folder, so the installed build is what runs

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import fastconv.nn as fnn
+from fastconv.models import MODELS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
@@ -87,20 +88,9 @@ def test_padding_mode_other_than_zeros_is_refused():
 
 # ------------------------------------------------------------------ reference networks
 
-def mnist_net(nn):
-    return torch.nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-        torch.nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
-
-
-def cifar_net(nn):
-    return torch.nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-        torch.nn.Flatten(), nn.Linear(2304, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
-
-
-NETS = [pytest.param(mnist_net, (1, 28, 28), id="mnist"), pytest.param(cifar_net, (3, 32, 32), id="cifar10")]
+# The two nets of fastconv.models (the classic Keras MNIST and CIFAR-10 convnets), built from either
+# fastconv.nn or torch.nn.
+NETS = [pytest.param(builder, in_shape, id=name) for name, (builder, in_shape) in MODELS.items()]
 
 
 def _net_pair(make, device):
