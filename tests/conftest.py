@@ -14,6 +14,7 @@ package, so pytest puts it on sys.path).
 import contextlib
 import dataclasses
 import math
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import pytest
@@ -22,6 +23,12 @@ import torch
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 
 SEED = 1234
+
+# The fastconv under test: installed in site-packages (scripts/test.sh) or built in the source tree.
+# Subprocesses get its parent folder on PYTHONPATH and run outside the source tree, so they import
+# the same build.
+FASTCONV_DIR = Path(fastconv.__file__).resolve().parent
+FASTCONV_PATH = str(FASTCONV_DIR.parent)
 
 BACKENDS = ["cpu"]
 

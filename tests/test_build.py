@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import FASTCONV_DIR, FASTCONV_PATH
 from fastconv import _build_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +28,8 @@ def _run(args, cwd, pythonpath, timeout=120):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_python_m_fastconv_prints_build_info():
-    proc = _run([sys.executable, "-m", "fastconv"], cwd=REPO, pythonpath=[REPO])
+def test_python_m_fastconv_prints_build_info(tmp_path):
+    proc = _run([sys.executable, "-m", "fastconv"], cwd=tmp_path, pythonpath=[FASTCONV_PATH])
     assert proc.returncode == 0, proc.stderr
     rows = {line[:22].strip(): line[22:].strip() for line in proc.stdout.splitlines()}
     assert rows["torch (built against)"] == _build_info.torch_version == torch.__version__
@@ -39,7 +40,7 @@ def test_python_m_fastconv_prints_build_info():
 
 def test_import_with_mismatched_torch_says_how_to_rebuild(tmp_path):
     pkg = tmp_path / "fastconv"
-    shutil.copytree(REPO / "fastconv", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(FASTCONV_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     assert list(pkg.glob("_C*.so")), "the built extension was not copied"
     info = pkg / "_build_info.py"
     text = info.read_text()

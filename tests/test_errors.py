@@ -18,11 +18,10 @@ import pytest
 import torch
 
 import fastconv.functional as FF
-from conftest import SEED, assert_bitwise_equal
+from conftest import FASTCONV_PATH, SEED, assert_bitwise_equal
 
 ops = torch.ops.fastconv
 TESTS_DIR = Path(__file__).resolve().parent
-REPO = TESTS_DIR.parent
 
 
 def r(*shape, dtype=torch.float32):
@@ -359,10 +358,10 @@ def _run_in_subprocess(backend_name, case_ids):
     """Runs the cases in a subprocess: {case id: result}; the result of a case that killed the
     interpreter has 'crashed' set, and the cases after it run in a fresh subprocess."""
     results, remaining = {}, list(case_ids)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([FASTCONV_PATH, os.environ.get("PYTHONPATH", "")]))
     while remaining:
         proc = subprocess.run([sys.executable, "-c", _RUNNER, str(TESTS_DIR), backend_name, json.dumps(remaining)],
-                              capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+                              capture_output=True, text=True, cwd=TESTS_DIR, env=env, timeout=300)
         started = None
         for line in proc.stdout.splitlines():
             try:

@@ -462,6 +462,12 @@ void check_conv_args(const at::Tensor& a, const char* an, const at::Tensor& b, c
   check_same_device(a, an, b, bn, op);
 }
 
+void check_grad_output_shape(const at::Tensor& grad_output, const ConvGeometry& g, const char* op) {
+  const std::vector<int64_t> expected{g.n, g.c_out, g.oh, g.ow};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "fastconv.", op,
+                    ": grad_output must have shape ", at::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       bool relu) {
@@ -493,9 +499,7 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   const char* op = "conv2d_grad_input";
   check_conv_args(grad_output, "grad_output", weight, "weight", op);
   const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}), "fastconv.", op,
-                    ": grad_output must have shape ", at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}),
-                    ", got ", grad_output.sizes());
+  check_grad_output_shape(grad_output, g, op);
   at::Tensor dx = at::empty(input_size, grad_output.options());
   if (dx.numel() == 0) return dx;
   if (grad_output.numel() == 0) return dx.zero_();
@@ -513,9 +517,7 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
   const char* op = "conv2d_grad_weight";
   check_conv_args(grad_output, "grad_output", input, "input", op);
   const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}), "fastconv.", op,
-                    ": grad_output must have shape ", at::IntArrayRef({g.n, g.c_out, g.oh, g.ow}),
-                    ", got ", grad_output.sizes());
+  check_grad_output_shape(grad_output, g, op);
   at::Tensor dw = at::empty(weight_size, grad_output.options());
   if (dw.numel() == 0) return dw;
   if (grad_output.numel() == 0) return dw.zero_();

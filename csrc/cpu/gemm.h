@@ -106,10 +106,11 @@ struct Epilogue {
 };
 
 // Operand sources of the micro-kernel. A gives one scalar a(k, i) per row i < MR, B gives the two
-// vectors b(k, 0..W) and b(k, W..NR). Packed sources read panels; the direct sources read the image
-// in place, which is what lets stride-1 convolution skip im2col packing altogether:
+// vectors b(k, 0..W) and b(k, W..NR). Packed sources read panels; the others read operands where
+// they lie, which is what lets stride-1 convolution skip im2col packing altogether:
 //   ShiftedB: B[k][j] = base[off[k] + j]   (row k of im2col is the padded image shifted by off[k])
 //   RowsA:    A[i][k] = row[i][k]          (MR rows read where they lie)
+//   StridedA: A[i][k] = p[k * ld + i]      (MR adjacent elements per k)
 template <typename T>
 struct PackedA {
   const T* __restrict__ p;
@@ -121,16 +122,10 @@ struct RowsA {
   T get(int64_t k, int i) const { return row[i][k]; }
 };
 template <typename T>
-struct StridedA {  // A[i][k] = p[k * ld + i]: MR adjacent elements per k
+struct StridedA {
   const T* __restrict__ p;
   int64_t ld;
   T get(int64_t k, int i) const { return p[k * ld + i]; }
-};
-template <typename T>
-struct StridedB {  // B[k][j] = p[k * ld + j]: rows of B read where they lie
-  const T* p;
-  int64_t ld;
-  const T* at(int64_t k) const { return p + k * ld; }
 };
 template <typename T>
 struct PackedB {
@@ -271,30 +266,6 @@ void pack_a_strided(const T* __restrict__ src, int64_t rows, int64_t kc, int64_t
     } else {        // walk each row along k
       for (int i = 0; i < mr; ++i)
         for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = s[i * rs + k * cs];
-    }
-  }
-}
-
-// B[k][j] = src[k * rs + j * cs] for k < kc, j < cols, packed as panels [kc][NR] (zero cols pad).
-template <typename T>
-void pack_b_strided(const T* __restrict__ src, int64_t kc, int64_t cols, int64_t rs, int64_t cs,
-                    T* __restrict__ dst) {
-  constexpr int NR = Tile<T>::NR;
-  for (int64_t p = 0; p * NR < cols; ++p) {
-    T* __restrict__ d = dst + p * kc * NR;
-    const int nr = (int)std::min<int64_t>(NR, cols - p * NR);
-    if (cs == 1) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* __restrict__ s = src + k * rs + p * NR;
-        for (int j = 0; j < nr; ++j) d[k * NR + j] = s[j];
-        for (int j = nr; j < NR; ++j) d[k * NR + j] = T(0);
-      }
-    } else {
-      if (nr < NR) std::memset(d, 0, sizeof(T) * kc * NR);
-      for (int j = 0; j < nr; ++j) {
-        const T* __restrict__ s = src + (p * NR + j) * cs;
-        for (int64_t k = 0; k < kc; ++k) d[k * NR + j] = s[k * rs];
-      }
     }
   }
 }
