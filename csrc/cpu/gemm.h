@@ -1,19 +1,19 @@
 // gemm.h: the register-blocked GEMM machinery behind every CPU convolution and linear kernel.
 //
-// A block of C (mlen x nlen, row-major with leading dimension ldc) is computed as a sum over
-// k-blocks of packed A panels times packed B panels, in the GotoBLAS arrangement:
+// The heart is micro_kernel: an MR x NR tile of C held in vector registers and updated by kc
+// rank-1 steps, each one broadcast A element times two B vectors. Where A and B come from is a
+// template parameter (the operand sources below), so one micro-kernel serves every layout:
+//   - packed panels ([kc][MR] of A, [kc][NR] of B), zero-padded to MR / NR;
+//   - operands read where they lie: rows of a matrix (linear), or the zero-padded image shifted
+//     by a constant per k (stride-1 convolution: implicit GEMM with no im2col at all).
+// gemm_block is the GotoBLAS arrangement for packed operands (strided convolutions):
 //
 //   for each k-block kb:                 pack_a(kb) -> ceil(mlen/MR) panels, each [kc][MR]
 //                                        pack_b(kb) -> ceil(nlen/NR) panels, each [kc][NR]
 //     for each B panel (stays in L1):
 //       for each A panel (streams from L2):
-//         micro-kernel: an MR x NR tile of accumulators held in vector registers, kc rank-1
-//                       updates of one broadcast A element times two B vectors each
-//
-// The packers are the only part that knows the operand layout: convolution packs im2col tiles
-// straight from the image (implicit GEMM, no im2col buffer in memory), linear packs strided
-// matrices. Panels are zero-padded to MR / NR, so the micro-kernel never branches; the epilogue
-// writes only the valid part, adds the bias and applies ReLU on the last k-block.
+//         micro-kernel, then the epilogue: store (or add) the valid part of the tile, and on the
+//         last k-block add the bias and apply ReLU
 //
 // Tile sizes: with AVX-512 a vector is 16 floats / 8 doubles; the tile is MR = 8 rows by NR = 2
 // vectors, i.e. 16 accumulator registers, 2 B loads and 8 broadcast-FMAs per k step: enough
