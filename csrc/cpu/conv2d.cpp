@@ -117,7 +117,7 @@ void pack_b_rows(int64_t kc, int64_t p0, int64_t plen, T* __restrict__ dst, Row&
 // stays in L2 while every output channel is computed from it.
 
 constexpr int64_t kDirectKC = 512;  // depth of one k-block of the direct path (A panel: 16 KiB fp32)
-constexpr int64_t kDirectJB = 256;  // pixels per block of the direct weight gradient (B chunk: 32 KiB fp32)
+constexpr int64_t kDirectJB = 2048;  // pixels per block of the direct weight gradient (B chunk: 256 KiB fp32)
 
 // dst = C planes of Hp x Wp holding src (C planes of H x W) placed at (top, left) -- either may
 // be negative, which crops -- with zeros elsewhere, then `slack` zeros.
@@ -275,14 +275,17 @@ void grad_input_direct(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 
 // Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch
 // grid j, with dY' the gradient transposed into NR-channel panels and zero on the dropped columns.
-// A comes from MR shifted rows of the padded image (RowsA), B from the dY' panel; the MR x NR tile
-// is added, transposed, into the chunk's [co][k] sum.
+// A comes from MR shifted rows of the padded image (RowsA), B from the dY' panel; each MR x NR
+// tile runs over a whole block of pixels in registers and is then added, as two vectors a row, into
+// the chunk's [k][co] sum. The chunk sums are added in chunk order and transposed into dW[co][k].
 template <typename T>
-void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* partial, int64_t nchunks) {
+void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* dw, int64_t nchunks) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t K = g.k_gemm(), M = g.cout_g(), c_panels = ceil_div(M, NR), k_panels = ceil_div(K, MR);
+  const int64_t CoP = c_panels * NR;  // row length of a chunk sum: output channels padded to NR
   const int64_t Hp = g.h + g.pt + g.pb, Wp = g.w + g.pl + g.pr, J = g.oh * Wp;
   const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
+  std::vector<T, AlignedAllocator<T>> sums(nchunks * g.groups * K * CoP);
   const double flops = 2.0 * M * K * J * g.n / nchunks;
   at::parallel_for(0, nchunks * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + 1);
@@ -290,8 +293,8 @@ void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* parti
     alignas(64) T acc[MR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t gi = item % g.groups, chunk = item / g.groups;
-      T* c = partial + (chunk * g.c_out + gi * M) * K;
-      std::memset(c, 0, sizeof(T) * M * K);
+      T* c = sums.data() + item * K * CoP;  // item == chunk * groups + gi
+      std::memset(c, 0, sizeof(T) * K * CoP);
       for (int64_t n = chunk * g.n / nchunks; n < (chunk + 1) * g.n / nchunks; ++n) {
         pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad,
                    int64_t(1));
@@ -311,18 +314,25 @@ void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* parti
           }
         for (int64_t j0 = 0; j0 < J; j0 += kDirectJB) {
           const int64_t jl = std::min(kDirectJB, J - j0);
-          for (int64_t cp = 0; cp < c_panels; ++cp) {
-            const int nt = (int)std::min<int64_t>(NR, M - cp * NR);
+          for (int64_t cp = 0; cp < c_panels; ++cp)
             for (int64_t kp = 0; kp < k_panels; ++kp) {
               const int mr = (int)std::min<int64_t>(MR, K - kp * MR);
               RowsA<T> rows;
               for (int i = 0; i < MR; ++i) rows.row[i] = xpad + j0 + (i < mr ? off[kp * MR + i] : 0);
               micro_kernel<T>(jl, rows, PackedB<T>{d + (cp * J + j0) * NR}, acc);
-              for (int i = 0; i < mr; ++i)
-                for (int t = 0; t < nt; ++t) c[(cp * NR + t) * K + kp * MR + i] += acc[i * NR + t];
+              store_tile<T>(acc, mr, NR, c + kp * MR * CoP + cp * NR, CoP, true, false, Epilogue<T>{}, 0, 0);
             }
-          }
         }
+      }
+    }
+  });
+  at::parallel_for(0, g.groups * K, std::max<int64_t>(1, 32768 / (M * nchunks)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {  // row = gi * K + k
+      const int64_t gi = row / K, k = row % K;
+      for (int64_t co = 0; co < M; ++co) {
+        T s = 0;
+        for (int64_t ch = 0; ch < nchunks; ++ch) s += sums[((ch * g.groups + gi) * K + k) * CoP + co];
+        dw[(gi * M + co) * K + k] = s;
       }
     }
   });
@@ -523,11 +533,15 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
   if (grad_output.numel() == 0) return dw.zero_();
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
   const int64_t nchunks = weight_grad_chunks(g.n), per_chunk = g.c_out * g.k_gemm();
-  at::Tensor partial = nchunks == 1 ? dw : at::empty({nchunks, per_chunk}, dy.options());
+  const bool direct = g.sh == 1 && g.sw == 1;
+  at::Tensor partial = nchunks == 1 || direct ? dw : at::empty({nchunks, per_chunk}, dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
     scalar_t* pp = partial.mutable_data_ptr<scalar_t>();
-    auto impl = g.sh == 1 && g.sw == 1 ? grad_weight_direct<scalar_t> : grad_weight_impl<scalar_t>;
-    impl(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
+    if (direct) {
+      grad_weight_direct<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
+      return;
+    }
+    grad_weight_impl<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
     if (nchunks > 1) {
       scalar_t* out = dw.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, per_chunk, 32768 / nchunks, [&](int64_t b, int64_t e) {
