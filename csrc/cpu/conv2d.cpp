@@ -290,6 +290,7 @@ void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* dw, i
   at::parallel_for(0, nchunks * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + 1);
     T* d = scratch<T>(0, c_panels * J * NR);
+    T* dypad = scratch<T>(1, M * J);
     alignas(64) T acc[MR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t gi = item % g.groups, chunk = item / g.groups;
@@ -298,20 +299,10 @@ void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* dw, i
       for (int64_t n = chunk * g.n / nchunks; n < (chunk + 1) * g.n / nchunks; ++n) {
         pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad,
                    int64_t(1));
-        const T* dyn = dy + (n * g.c_out + gi * M) * g.oh * g.ow;
-        for (int64_t cp = 0; cp < c_panels; ++cp)
-          for (int t = 0; t < NR; ++t) {
-            const int64_t co = cp * NR + t;
-            T* dst = d + cp * J * NR + t;
-            if (co >= M) {
-              for (int64_t j = 0; j < J; ++j) dst[j * NR] = T(0);
-              continue;
-            }
-            const T* src = dyn + co * g.oh * g.ow;
-            for (int64_t oh = 0; oh < g.oh; ++oh)
-              for (int64_t ow = 0; ow < Wp; ++ow)
-                dst[(oh * Wp + ow) * NR] = ow < g.ow ? src[oh * g.ow + ow] : T(0);
-          }
+        // dY' = the gradient on the padded pitch (zero in the dropped columns), transposed into panels
+        pad_planes(dy + (n * g.c_out + gi * M) * g.oh * g.ow, M, g.oh, g.ow, int64_t(0), int64_t(0), g.oh, Wp,
+                   dypad, int64_t(0));
+        pack_transposed_panels(dypad, M, J, J, d);
         for (int64_t j0 = 0; j0 < J; j0 += kDirectJB) {
           const int64_t jl = std::min(kDirectJB, J - j0);
           for (int64_t cp = 0; cp < c_panels; ++cp)

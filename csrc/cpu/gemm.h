@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 namespace fastconv::cpu {
 
@@ -247,6 +248,59 @@ void gemm_block(int64_t mlen, int64_t nlen, int64_t n_kblocks, PackA&& pack_a, P
                       m_offset + ip * MR, n_offset + jp * NR);
       }
     }
+  }
+}
+
+// Transposes a W x W block held as W vectors, in log2(W) stages: stage h swaps, in every pair of
+// rows (r, r + h) with r & h == 0, the h-wide blocks off the diagonal (two-input lane shuffles).
+template <typename T>
+inline void transpose_block(typename Tile<T>::V* rows) {
+  using V = typename Tile<T>::V;
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef I IV __attribute__((vector_size(kVecBytes)));
+  constexpr int W = Tile<T>::W;
+  for (int h = W / 2; h >= 1; h /= 2) {
+    IV keep_lo, keep_hi;
+    for (int k = 0; k < W; ++k) {
+      keep_lo[k] = (k & h) ? W + k - h : k;
+      keep_hi[k] = (k & h) ? W + k : k + h;
+    }
+    for (int r = 0; r < W; ++r)
+      if (!(r & h)) {
+        const V a = rows[r], b = rows[r + h];
+        rows[r] = __builtin_shuffle(a, b, keep_lo);
+        rows[r + h] = __builtin_shuffle(a, b, keep_hi);
+      }
+  }
+}
+
+// Panels of a transpose: dst[p][c][t] = src[(p * NR + t) * ld + c] for c < cols, t < NR, zero
+// where p * NR + t >= rows. Whole W x W blocks go through transpose_block; the last cols % W
+// columns are copied one by one.
+template <typename T>
+void pack_transposed_panels(const T* __restrict__ src, int64_t rows, int64_t cols, int64_t ld,
+                            T* __restrict__ dst) {
+  using V = typename Tile<T>::V;
+  constexpr int W = Tile<T>::W, NR = Tile<T>::NR;
+  for (int64_t p = 0; p * NR < rows; ++p) {
+    T* __restrict__ d = dst + p * cols * NR;
+    int64_t c0 = 0;
+    for (; c0 + W <= cols; c0 += W)
+      for (int half = 0; half < 2; ++half) {
+        V blk[W];
+        for (int i = 0; i < W; ++i) {
+          const int64_t r = p * NR + half * W + i;
+          if (r < rows) std::memcpy(&blk[i], src + r * ld + c0, sizeof(V));
+          else blk[i] = V{};
+        }
+        transpose_block<T>(blk);
+        for (int l = 0; l < W; ++l) std::memcpy(d + (c0 + l) * NR + half * W, &blk[l], sizeof(V));
+      }
+    for (int64_t c = c0; c < cols; ++c)
+      for (int t = 0; t < NR; ++t) {
+        const int64_t r = p * NR + t;
+        d[c * NR + t] = r < rows ? src[r * ld + c] : T(0);
+      }
   }
 }
 

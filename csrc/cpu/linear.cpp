@@ -28,29 +28,33 @@ template <typename T>
 void pack_b_panels(const T* b, int64_t K, int64_t N, int64_t b_rs, int64_t b_cs, T* bp) {
   constexpr int NR = Tile<T>::NR, W = Tile<T>::W;
   using V = typename Tile<T>::V;
-  constexpr int64_t KB = 64;  // rows per step: the reads and writes of a step touch few pages
-  const int64_t panels = ceil_div(N, NR), kblocks = ceil_div(K, KB);
+  const int64_t panels = ceil_div(N, NR);
+  if (b_rs == 1) {  // B is the transpose of a row-major matrix (ld b_cs): W x W block transposes
+    at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / (K * NR)), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        pack_transposed_panels(b + p * NR * b_cs, std::min<int64_t>(NR, N - p * NR), K, b_cs, bp + p * K * NR);
+    });
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(b_cs == 1, "pack_b_panels: B needs unit stride along one axis");
+  constexpr int64_t KB = 64;  // rows per task step: its reads and writes touch few pages
+  const int64_t kblocks = ceil_div(K, KB);
   at::parallel_for(0, kblocks, std::max<int64_t>(1, 16384 / (KB * N)), [&](int64_t begin, int64_t end) {
     for (int64_t kb = begin; kb < end; ++kb) {
       const int64_t k_lo = kb * KB, k_hi = std::min(K, k_lo + KB);
       for (int64_t p = 0; p < panels; ++p) {
         T* __restrict__ d = bp + p * K * NR;
         const int nr = (int)std::min<int64_t>(NR, N - p * NR);
-        if (b_cs == 1 && nr == NR) {  // rows of B contiguous: copy NR-long runs as two vectors
-          for (int64_t k = k_lo; k < k_hi; ++k) {
-            const T* s = b + k * b_rs + p * NR;
+        for (int64_t k = k_lo; k < k_hi; ++k) {
+          const T* s = b + k * b_rs + p * NR;
+          if (nr == NR) {  // copy NR-long runs as two vectors
             V v0, v1;
             std::memcpy(&v0, s, sizeof(V));
             std::memcpy(&v1, s + W, sizeof(V));
             std::memcpy(d + k * NR, &v0, sizeof(V));
             std::memcpy(d + k * NR + W, &v1, sizeof(V));
-          }
-        } else {
-          for (int64_t k = k_lo; k < k_hi; ++k)
-            for (int j = nr; j < NR; ++j) d[k * NR + j] = T(0);
-          for (int j = 0; j < nr; ++j) {
-            const T* __restrict__ s = b + (p * NR + j) * b_cs;
-            for (int64_t k = k_lo; k < k_hi; ++k) d[k * NR + j] = s[k * b_rs];
+          } else {
+            for (int j = 0; j < NR; ++j) d[k * NR + j] = j < nr ? s[j] : T(0);
           }
         }
       }
