@@ -116,7 +116,7 @@ void pack_b_rows(int64_t kc, int64_t p0, int64_t plen, T* __restrict__ dst, Row&
 // but the weights, once per call, and the image, once per (image, group), into a padded copy that
 // stays in L2 while every output channel is computed from it.
 
-constexpr int64_t kDirectKC = 512;  // depth of one k-block of the direct path (A panel: 16 KiB fp32)
+constexpr int64_t kDirectKC = 1024;  // depth of one k-block of the direct path (A panel: 32 KiB fp32)
 constexpr int64_t kDirectJB = 2048;  // pixels per block of the direct weight gradient (B chunk: 256 KiB fp32)
 
 // dst = C planes of Hp x Wp holding src (C planes of H x W) placed at (top, left) -- either may
@@ -164,6 +164,8 @@ int panel_segments(int64_t j0, int64_t J, int64_t Wp, int64_t OW, Segment* segs)
   return n;
 }
 
+// Writes (or, with load_c, adds) the valid runs of an MR x NR tile into M planes; on the last
+// k-block adds the bias and applies ReLU. One simple loop per case, so each vectorises.
 template <typename T>
 void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int nseg, T* __restrict__ c,
                     int64_t plane, bool load_c, bool last, const T* row_bias, bool relu) {
@@ -174,12 +176,13 @@ void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int 
     for (int s = 0; s < nseg; ++s) {
       const T* __restrict__ a = acc + i * NR + segs[s].t;
       T* __restrict__ d = crow + segs[s].dst;
-      for (int l = 0; l < segs[s].len; ++l) {
-        T v = a[l] + bias;
-        if (load_c) v += d[l];
-        if (last && relu) v = v < T(0) ? T(0) : v;
-        d[l] = v;
-      }
+      const int len = segs[s].len;
+      if (load_c)
+        for (int l = 0; l < len; ++l) d[l] += a[l] + bias;
+      else
+        for (int l = 0; l < len; ++l) d[l] = a[l] + bias;
+      if (last && relu)
+        for (int l = 0; l < len; ++l) d[l] = d[l] < T(0) ? T(0) : d[l];
     }
   }
 }
