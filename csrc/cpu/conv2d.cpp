@@ -188,16 +188,18 @@ void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int 
 }
 
 // out[m][oh][ow] (M planes of OH x OW) = sum_k A[m][k] * xpad[off[k] + oh*Wp + ow], A packed as
-// ceil(M/MR) panels of [K][MR]. One image of one group, on the calling thread.
+// ceil(M/MR) panels of [K][MR], for the NR-pixel panels [p_begin, p_end) of the padded-pitch grid.
+// One image of one group, on the calling thread.
 template <typename T>
 void direct_conv_image(const T* xpad, const int64_t* off, const T* a_packed, int64_t M, int64_t K, int64_t OH,
-                       int64_t OW, int64_t Wp, T* out, const T* row_bias, bool relu) {
+                       int64_t OW, int64_t Wp, T* out, const T* row_bias, bool relu, int64_t p_begin,
+                       int64_t p_end) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t J = OH * Wp, m_panels = ceil_div(M, MR);
   const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kDirectKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
   alignas(64) T acc[MR * NR];
   Segment segs[NR];
-  for (int64_t j0 = 0; j0 < J; j0 += NR) {
+  for (int64_t j0 = p_begin * NR; j0 < std::min(J, p_end * NR); j0 += NR) {
     const int nseg = panel_segments<T>(j0, J, Wp, OW, segs);
     if (nseg == 0) continue;
     for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -210,6 +212,13 @@ void direct_conv_image(const T* xpad, const int64_t* off, const T* a_packed, int
       }
     }
   }
+}
+
+// How many pixel ranges each (image, group) of a direct convolution is cut into: one, unless there
+// are fewer (image, group) pairs than twice the threads -- then a batch of one still uses every core
+// (each range pads its own copy of the image; every output is still computed by one range).
+inline int64_t direct_splits(int64_t images, int64_t panels) {
+  return std::clamp<int64_t>(ceil_div(2 * at::get_num_threads(), images), 1, std::max<int64_t>(panels, 1));
 }
 
 // off[k] for k = (c, kh, kw) over a stack of C planes of Hp x Wp.
@@ -232,14 +241,16 @@ void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias
   for (int64_t gi = 0; gi < g.groups; ++gi)
     pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), a.data() + gi * m_panels * K * MR);
   const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
-  const double flops = 2.0 * M * K * g.oh * g.ow;
-  at::parallel_for(0, g.n * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+  const int64_t panels = ceil_div(g.oh * Wp, NR), splits = direct_splits(g.n * g.groups, panels);
+  const double flops = 2.0 * M * K * g.oh * g.ow / splits;
+  at::parallel_for(0, g.n * g.groups * splits, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + slack);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t gi = item % g.groups, n = item / g.groups;
+      const int64_t sp = item % splits, gi = (item / splits) % g.groups, n = item / (splits * g.groups);
       pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad, slack);
       direct_conv_image(xpad, off.data(), a.data() + gi * m_panels * K * MR, M, K, g.oh, g.ow, Wp,
-                        out + (n * g.c_out + gi * M) * g.oh * g.ow, bias ? bias + gi * M : nullptr, relu);
+                        out + (n * g.c_out + gi * M) * g.oh * g.ow, bias ? bias + gi * M : nullptr, relu,
+                        sp * panels / splits, (sp + 1) * panels / splits);
     }
   });
 }
@@ -263,15 +274,17 @@ void grad_input_direct(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
               w[((gi * g.cout_g() + co) * M + ci) * khw + (khw - 1 - r)];
         }
   const std::vector<int64_t> off = shift_table(g.cout_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
-  const double flops = 2.0 * M * K * g.h * g.w;
-  at::parallel_for(0, g.n * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+  const int64_t panels = ceil_div(g.h * Wp, NR), splits = direct_splits(g.n * g.groups, panels);
+  const double flops = 2.0 * M * K * g.h * g.w / splits;
+  at::parallel_for(0, g.n * g.groups * splits, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* dypad = scratch<T>(3, g.cout_g() * Hp * Wp + slack);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t gi = item % g.groups, n = item / g.groups;
+      const int64_t sp = item % splits, gi = (item / splits) % g.groups, n = item / (splits * g.groups);
       pad_planes(dy + (n * g.c_out + gi * g.cout_g()) * g.oh * g.ow, g.cout_g(), g.oh, g.ow, top, left, Hp, Wp,
                  dypad, slack);
       direct_conv_image(dypad, off.data(), a.data() + gi * m_panels * K * MR, M, K, g.h, g.w, Wp,
-                        dx + (n * g.c_in + gi * M) * g.h * g.w, (const T*)nullptr, false);
+                        dx + (n * g.c_in + gi * M) * g.h * g.w, (const T*)nullptr, false,
+                        sp * panels / splits, (sp + 1) * panels / splits);
     }
   });
 }
