@@ -94,6 +94,12 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_c
           const PackedB<T> bsrc{bp + ((n0 / NR) * K + k0) * NR};
           for (int64_t m0 = m_lo; m0 < m_hi; m0 += MR) {
             const int mr = (int)std::min<int64_t>(MR, m_hi - m0);
+            // ask for the C tile (for writing) now, so its cache misses overlap the FMAs below:
+            // C is often larger than L2 and its rows lie far apart, which no hardware prefetcher follows
+            for (int i = 0; i < mr; ++i) {
+              __builtin_prefetch(c + (m0 + i) * N + n0, 1);
+              __builtin_prefetch(c + (m0 + i) * N + n0 + nr - 1, 1);
+            }
             if (a_cs == 1) {
               RowsA<T> asrc;  // rows past M repeat row m0; their results are not stored
               for (int i = 0; i < MR; ++i) asrc.row[i] = a + (m0 + (i < mr ? i : 0)) * a_rs + k0;
