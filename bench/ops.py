@@ -8,7 +8,8 @@ faster). The whole-step rows time one SGD training step of each net.
 
     python bench/ops.py                      # all cases, CPU, batch 128
     python bench/ops.py --only conv --reps 30
-    python bench/ops.py --json out.json      # also write the results as JSON
+    python bench/ops.py --json out.json --png out.png    # also write JSON and a bar chart of the ratios
+    python bench/ops.py --device cuda        # on a GPU: CUDA events, warm-up, L2 flushed before each call
 """
 import argparse
 import json
@@ -59,7 +60,14 @@ def conv_cases(batch, net, layers):
     return cases
 
 
-def make_cases(batch):
+def make_cases(batch, device=torch.device("cpu")):
+    cases = _make_cases(batch)
+    for case in cases:
+        case.inputs = [t.to(device) for t in case.inputs]
+    return cases
+
+
+def _make_cases(batch):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     cases = []
@@ -88,7 +96,31 @@ def make_cases(batch):
     return cases
 
 
-def run_interleaved(fns, reps, warmup):
+class Timer:
+    """Milliseconds of one call: perf_counter on the CPU; on CUDA, events around the call after the
+    L2 cache was flushed (a 256 MiB buffer rewritten), so no call finds its inputs left in L2 by the
+    previous one."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.flush_buffer = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn):
+        if not self.cuda:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        self.flush_buffer.zero_()
+        self.start.record()
+        fn()
+        self.end.record()
+        torch.cuda.synchronize()
+        return self.start.elapsed_time(self.end)
+
+
+def run_interleaved(fns, reps, warmup, timer):
     """Times each zero-argument callable `reps` times, interleaved, alternating which goes first."""
     times = [[] for _ in fns]
     for _ in range(warmup):
@@ -97,10 +129,8 @@ def run_interleaved(fns, reps, warmup):
     for r in range(reps):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for i in order:
-            t0 = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) * 1e3 for t in times]
+            times[i].append(timer(fns[i]))
+    return [statistics.median(t) for t in times]
 
 
 def check_case(case):
@@ -126,34 +156,34 @@ def fwd_bwd(fn, inputs):
     return step
 
 
-def bench_ops(cases, reps, warmup):
+def bench_ops(cases, reps, warmup, timer):
     rows = []
     for case in tqdm(cases, desc="ops", unit="case", file=sys.stderr):
         check_case(case)
         with torch.no_grad():
             f_ours, f_theirs = run_interleaved([lambda: case.ours(*case.inputs), lambda: case.theirs(*case.inputs)],
-                                               reps, warmup)
+                                               reps, warmup, timer)
         row = {"op": case.name, "shape": case.shape, "fwd_fastconv_ms": f_ours, "fwd_torch_ms": f_theirs,
                "fwd_ratio": f_ours / f_theirs}
         if "flops_fwd" in case.extra:
             row["fwd_fastconv_gflops"] = case.extra["flops_fwd"] / f_ours / 1e6
         if case.backward:
             b_ours, b_theirs = run_interleaved([fwd_bwd(case.ours, case.inputs), fwd_bwd(case.theirs, case.inputs)],
-                                               reps, warmup)
+                                               reps, warmup, timer)
             row.update({"fwdbwd_fastconv_ms": b_ours, "fwdbwd_torch_ms": b_theirs, "fwdbwd_ratio": b_ours / b_theirs})
         rows.append(row)
     return rows
 
 
-def bench_steps(batch, reps, warmup):
+def bench_steps(batch, reps, warmup, timer, device):
     rows = []
     for name, (builder, in_shape) in tqdm(list(MODELS.items()), desc="train steps", unit="net", file=sys.stderr):
         torch.manual_seed(0)
-        ref = builder(torch.nn)
-        ours = builder(fastconv.nn)
+        ref = builder(torch.nn).to(device)
+        ours = builder(fastconv.nn).to(device)
         ours.load_state_dict(ref.state_dict())
-        x = torch.randn(batch, *in_shape)
-        y = torch.randint(0, 10, (batch,))
+        x = torch.randn(batch, *in_shape, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
 
         def stepper(net, loss_fn):
             opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -165,7 +195,7 @@ def bench_steps(batch, reps, warmup):
                 opt.step()
             return step
         t_ours, t_ref = run_interleaved([stepper(ours, FF.cross_entropy), stepper(ref, F.cross_entropy)],
-                                        reps, warmup)
+                                        reps, warmup, timer)
         rows.append({"op": "train step", "shape": f"{name} net, batch {batch}", "step_fastconv_ms": t_ours,
                      "step_torch_ms": t_ref, "step_ratio": t_ours / t_ref,
                      "fastconv_images_per_s": batch / t_ours * 1e3, "torch_images_per_s": batch / t_ref * 1e3})
@@ -192,6 +222,36 @@ def markdown(op_rows, step_rows):
     return "\n".join(lines)
 
 
+def plot(op_rows, step_rows, path, title):
+    """Horizontal bars of the fastconv / torch time ratios (forward, forward+backward, whole steps)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, fwd, bwd = [], [], []
+    for r in op_rows:
+        labels.append(f"{r['op']}  {r['shape']}")
+        fwd.append(r["fwd_ratio"])
+        bwd.append(r.get("fwdbwd_ratio", float("nan")))
+    for r in step_rows:
+        labels.append(f"train step  {r['shape']}")
+        fwd.append(float("nan"))
+        bwd.append(r["step_ratio"])
+    y = list(range(len(labels)))[::-1]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(labels) + 1.6))
+    ax.barh([v + 0.2 for v in y], fwd, height=0.4, label="forward", color="tab:blue")
+    ax.barh([v - 0.2 for v in y], bwd, height=0.4, label="forward + backward (or whole step)", color="tab:orange")
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel("fastconv time / torch time  (< 1: fastconv faster)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -201,17 +261,28 @@ def main(argv=None):
     ap.add_argument("--no-steps", action="store_true", help="skip the whole-training-step rows")
     ap.add_argument("--threads", type=int, default=None, help="torch/fastconv CPU threads (default: torch's)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--png", default=None, help="write a bar chart of the ratios to this PNG file")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: torch sees no CUDA device here")
+        if fastconv.build_info()["cuda kernels"] == "not built":
+            sys.exit("--device cuda: this fastconv was built without CUDA kernels")
 
-    cases = [c for c in make_cases(args.batch_size) if args.only is None or args.only in c.name]
-    op_rows = bench_ops(cases, args.reps, args.warmup)
-    step_rows = [] if args.no_steps or args.only else bench_steps(args.batch_size, max(3, args.reps // 3), 1)
+    timer = Timer(device)
+    cases = [c for c in make_cases(args.batch_size, device) if args.only is None or args.only in c.name]
+    op_rows = bench_ops(cases, args.reps, args.warmup, timer)
+    step_rows = [] if args.no_steps or args.only else \
+        bench_steps(args.batch_size, max(3, args.reps // 3), 1, timer, device)
 
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}, fastconv {fastconv.__version__}")
-    print(f"fastconv vs torch on the CPU ({machine}); medians of {args.reps} runs; ratio = fastconv / torch\n")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = f"{where}, torch {torch.__version__}, fastconv {fastconv.__version__}"
+    print(f"fastconv vs torch on {args.device} ({machine}); medians of {args.reps} runs; ratio = fastconv / torch\n")
     print(markdown(op_rows, step_rows))
     conv = [r for r in op_rows if r["op"] == "conv2d"]
     if conv:
@@ -221,9 +292,13 @@ def main(argv=None):
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"), "device": "cpu",
+            json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device,
                        "batch_size": args.batch_size, "reps": args.reps, "ops": op_rows, "steps": step_rows}, f,
                       indent=1)
+
+    if args.png:
+        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
+        plot(op_rows, step_rows, args.png, f"fastconv vs torch, batch {args.batch_size}, {args.device}: {machine}")
 
 
 if __name__ == "__main__":
