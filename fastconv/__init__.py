@@ -32,6 +32,7 @@ except ImportError as exc:
     ) from exc
 from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import functional, nn  # noqa: E402
+from .convert import convert  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -50,4 +51,4 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["functional", "nn", "ops", "build_info"]
+__all__ = ["functional", "nn", "ops", "build_info", "convert"]

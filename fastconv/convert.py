@@ -1,0 +1,168 @@
+"""Convert a torch model to fastconv: every supported torch.nn layer becomes its fastconv.nn twin.
+
+    import fastconv
+    fast = fastconv.convert(model)                # a converted deep copy; `model` is untouched
+    fastconv.convert(model, inplace=True)         # or convert the model itself
+
+Converted classes (exact types only): torch.nn.Conv2d, Conv1d, ReLU, MaxPool2d, Linear, Dropout and
+CrossEntropyLoss. Each becomes the fastconv.nn class of the same name, built with the same constructor
+arguments and then given the torch layer's whole state: its Parameter and buffer objects, training
+flag, hooks and any attribute set on it. Device and dtype therefore stay what they were, the
+``state_dict`` keys and values do not change, and outputs and gradients are torch's up to
+floating-point rounding order (dropout draws its masks from another generator: same distribution,
+different masks). Converting draws nothing from torch's random generator.
+
+Everything else is left as it is:
+
+- modules of other classes, including subclasses of the classes above (a subclass may override
+  ``forward``; fastconv.nn's own layers are such subclasses, so converting twice changes nothing);
+- layers in a configuration fastconv cannot run, each named in a :class:`ConversionWarning`:
+  a convolution with ``padding_mode`` other than ``'zeros'``, parameters of a dtype other than
+  float32 / float64, or parameters on a device for which fastconv has no kernels.
+
+A module registered at several places (a ReLU reused in two blocks, say) is converted once and stays
+shared; parameters tied between layers stay tied. Layers are found through registered submodules
+(``Sequential``, ``ModuleList``, ``ModuleDict`` and attributes of custom modules); a layer kept
+only in a plain Python list or dict is not a submodule and is not seen.
+"""
+import copy
+import warnings
+
+import torch
+
+from . import nn as fnn
+
+__all__ = ["convert", "ConversionWarning", "CONVERTED"]
+
+
+class ConversionWarning(UserWarning):
+    """A supported torch.nn layer was left unconverted because fastconv cannot run its configuration."""
+
+
+def _conv_args(m):
+    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=m.kernel_size,
+                stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups,
+                bias=m.bias is not None, padding_mode=m.padding_mode, device="meta")
+
+
+# torch class -> (fastconv.nn class, constructor arguments of a layer, the op whose kernels it runs)
+_CONVERSIONS = {
+    torch.nn.Conv2d: (fnn.Conv2d, _conv_args, "conv2d"),
+    torch.nn.Conv1d: (fnn.Conv1d, _conv_args, "conv2d"),
+    torch.nn.ReLU: (fnn.ReLU, lambda m: dict(inplace=m.inplace), "relu"),
+    torch.nn.MaxPool2d: (fnn.MaxPool2d, lambda m: dict(
+        kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+        return_indices=m.return_indices, ceil_mode=m.ceil_mode), "max_pool2d"),
+    torch.nn.Linear: (fnn.Linear, lambda m: dict(
+        in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None, device="meta"),
+        "linear"),
+    torch.nn.Dropout: (fnn.Dropout, lambda m: dict(p=m.p, inplace=m.inplace), "dropout"),
+    # the class weights are a buffer, carried over with the rest of the state
+    torch.nn.CrossEntropyLoss: (fnn.CrossEntropyLoss, lambda m: dict(
+        ignore_index=m.ignore_index, reduction=m.reduction, label_smoothing=m.label_smoothing),
+        "cross_entropy"),
+}
+
+#: the torch.nn classes that convert() replaces, mapped to their fastconv.nn twins
+CONVERTED = {torch_cls: fast_cls for torch_cls, (fast_cls, _, _) in _CONVERSIONS.items()}
+
+_DTYPES = (torch.float32, torch.float64)
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta", "mps": "MPS", "xpu": "XPU"}
+
+
+def _has_kernels(op, device):
+    key = _DISPATCH_KEYS.get(device.type)
+    if key is None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastconv::{op}", key)
+    except Exception:  # a torch without this query: fastconv builds CPU kernels (and meta ones) always
+        return device.type in ("cpu", "meta")
+
+
+def _unsupported(layer, op):
+    """Why fastconv cannot run `layer` (a supported class), or None if it can."""
+    if getattr(layer, "padding_mode", "zeros") != "zeros":
+        return f"padding_mode={layer.padding_mode!r} (fastconv pads with zeros only)"
+    tensors = [t for t in list(layer.parameters(recurse=False)) + list(layer.buffers(recurse=False))
+               if t is not None]
+    for t in tensors:
+        if t.dtype not in _DTYPES:
+            return f"dtype {t.dtype} (fastconv computes in float32 and float64)"
+    for t in tensors:
+        if not _has_kernels(op, t.device):
+            return f"device {t.device} (fastconv has no {t.device.type} kernels)"
+    return None
+
+
+# torch.nn.Module's own registries (parameters, buffers, submodules, hooks, ...): dicts and sets
+_REGISTRIES = frozenset(k for k, v in vars(torch.nn.Module()).items() if isinstance(v, (dict, set)))
+
+
+def _state_of(layer):
+    """A copy of `layer.__dict__` whose registries are new containers holding the same objects, so
+    that the old and the new module do not share (and mutate) each other's registries."""
+    return {k: copy.copy(v) if k in _REGISTRIES else v for k, v in vars(layer).items()}
+
+
+def _convert_layer(layer):
+    """(the fastconv twin of `layer`, None), or (`layer`, why fastconv cannot run it)."""
+    fast_cls, ctor_args, op = _CONVERSIONS[type(layer)]
+    reason = _unsupported(layer, op)
+    if reason is None:
+        try:
+            # on the meta device: no memory and no draw from the random generator for the
+            # initialisation that the torch layer's own parameters are about to replace
+            new = fast_cls(**ctor_args(layer))
+        except (NotImplementedError, ValueError) as exc:
+            reason = str(exc)
+    if reason is not None:
+        return layer, reason
+    # everything the torch layer holds: parameters, buffers, training flag, hooks, user attributes.
+    # The constructor arguments were the same, so the configuration attributes agree anyway.
+    new.__dict__.update(_state_of(layer))
+    return new, None
+
+
+def convert(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
+    """Returns `model` with every torch.nn Conv2d, Conv1d, ReLU, MaxPool2d, Linear, Dropout and
+    CrossEntropyLoss replaced by the fastconv.nn layer of the same name (see the module docstring).
+
+    inplace=False (default): converts a deep copy and returns it; `model` is not modified, and the
+        copy's parameters are new tensors holding the same values.
+    inplace=True: replaces the layers inside `model` itself and returns `model`. The new layers hold
+        the very Parameter objects of the old ones, so an optimizer built over `model.parameters()`
+        before the conversion keeps training the converted model. If `model` is itself a supported
+        layer, the returned module is a new object: use the return value.
+
+    Layers fastconv cannot run stay torch layers, each named in a ConversionWarning.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"fastconv.convert: expected a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    done = {}  # id(module) -> what it became: a module registered twice stays one module
+    left = []  # (name, layer, reason) of the layers fastconv cannot run
+
+    def visit(module, name):
+        key = id(module)
+        if key in done:
+            return done[key]
+        if type(module) in _CONVERSIONS:
+            new, reason = _convert_layer(module)
+            if reason is not None:
+                left.append((name, module, reason))
+            done[key] = new
+            return new
+        done[key] = module  # any other module: look inside
+        for child_name, child in module._modules.items():
+            if child is not None:
+                module._modules[child_name] = visit(child, f"{name}.{child_name}" if name else child_name)
+        return module
+
+    model = visit(model, "")
+    for name, layer, reason in left:
+        where = f"{name!r}" if name else "the model itself"
+        warnings.warn(f"fastconv.convert: left {where} as torch.nn.{type(layer).__name__}: {reason}",
+                      ConversionWarning, stacklevel=2)
+    return model
