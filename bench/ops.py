@@ -8,7 +8,7 @@ faster). The whole-step rows time one SGD training step of each net.
 
     python bench/ops.py                      # all cases, CPU, batch 128
     python bench/ops.py --only conv --reps 30
-    python bench/ops.py --json out.json --png out.png    # also write JSON and a bar chart of the ratios
+    python bench/ops.py --json out.json --png out.png    # where to write (default bench/out/ops-*.json, .png)
     python bench/ops.py --device cuda        # on a GPU: CUDA events, warm-up, L2 flushed before each call
 """
 import argparse
@@ -260,8 +260,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="run only ops whose name contains this (e.g. conv)")
     ap.add_argument("--no-steps", action="store_true", help="skip the whole-training-step rows")
     ap.add_argument("--threads", type=int, default=None, help="torch/fastconv CPU threads (default: torch's)")
-    ap.add_argument("--json", default=None, help="write the results to this JSON file")
-    ap.add_argument("--png", default=None, help="write a bar chart of the ratios to this PNG file")
+    ap.add_argument("--json", default=None, help="results file (default bench/out/ops-DEVICE-TIME.json)")
+    ap.add_argument("--png", default=None, help="bar chart of the ratios (default: the JSON path with .png)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args(argv)
     if args.threads:
@@ -289,6 +289,9 @@ def main(argv=None):
         fwd = statistics.geometric_mean(r["fwd_ratio"] for r in conv)
         bwd = statistics.geometric_mean(r["fwdbwd_ratio"] for r in conv)
         print(f"\nconv2d geometric-mean ratio: forward {fwd:.2f}x, forward+backward {bwd:.2f}x (target <= 1.5x)")
+    args.json = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
+                                          f"ops-{args.device}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    args.png = args.png or os.path.splitext(args.json)[0] + ".png"
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -296,9 +299,9 @@ def main(argv=None):
                        "batch_size": args.batch_size, "reps": args.reps, "ops": op_rows, "steps": step_rows}, f,
                       indent=1)
 
-    if args.png:
-        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-        plot(op_rows, step_rows, args.png, f"fastconv vs torch, batch {args.batch_size}, {args.device}: {machine}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
+    plot(op_rows, step_rows, args.png, f"fastconv vs torch, batch {args.batch_size}, {args.device}: {machine}")
+    print(f"\nresults: {args.json}, {args.png}")
 
 
 if __name__ == "__main__":
