@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "== installing torch 2.13.0 and the build, test and plotting tools"
 "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 numpy pytest ninja "setuptools>=64" wheel \
-  tqdm matplotlib
+  tqdm matplotlib hypothesis
 echo "== building fastconv"
 ( cd "$ROOT" && "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall . )
 ( cd "$VENV" && "$VENV/bin/python" -m fastconv )  # outside the source folder, so the installed build is what runs
