@@ -1,7 +1,8 @@
 """torch.nn.functional's CNN ops, computed by fastconv's kernels.
 
 Names, signatures and semantics follow torch.nn.functional: the same calls give the same results
-(up to floating-point rounding order). Argument normalisation (ints to pairs, "same" padding, 3-D
+(up to floating-point rounding order), in the memory format torch gives (channels_last in,
+channels_last out). Argument normalisation (ints to pairs, "same" padding, 3-D
 unbatched inputs, legacy reduction flags) happens here; the checks of shapes, dtypes and values
 happen once, in the C++ ops, for every backend.
 """
@@ -43,6 +44,20 @@ def _conv_padding(padding, kernel, dilation, stride):
     return (ph, ph, pw, pw)
 
 
+def _channels_last(*tensors):
+    """True when torch would compute in channels_last: a 4-D input (or conv weight) stored
+    channels_last rather than plain contiguous."""
+    return any(t is not None and t.dim() == 4 and not t.is_contiguous()
+               and t.is_contiguous(memory_format=torch.channels_last) for t in tensors)
+
+
+def _format_like(out, *tensors):
+    """The kernels write contiguous (NCHW) results; give a 4-D result the memory format torch gives."""
+    if out.dim() == 4 and _channels_last(*tensors):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def _batched(input, dims, op):
     """Returns (batched input, whether a batch dimension was added) for a (dims)-D op input."""
     if input.dim() == dims:
@@ -61,7 +76,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                          f"got shape {tuple(weight.shape)}")
     pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
     x, unbatched = _batched(input, 4, "conv2d")
-    out = ops.conv2d(x, weight, bias, stride, pad, dilation, groups)
+    out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups), x, weight)
     return out.squeeze(0) if unbatched else out
 
 
@@ -92,7 +107,7 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 def relu(input, inplace=False):
     """max(input, 0), as torch.nn.functional.relu. With inplace=True the result is written back
     into input (which is then returned), as torch does."""
-    out = ops.relu(input)
+    out = _format_like(ops.relu(input), input)
     return input.copy_(out) if inplace else out
 
 
@@ -105,6 +120,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _batched(input, 4, "max_pool2d")
     out, indices = ops.max_pool2d(x, kernel_size, stride, _pair(padding, "padding"), _pair(dilation, "dilation"),
                                   bool(ceil_mode))
+    out, indices = _format_like(out, x), _format_like(indices, x)
     if unbatched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     return (out, indices) if return_indices else out
@@ -164,5 +180,5 @@ def dropout(input, p=0.5, training=True, inplace=False):
     if not training or p == 0.0:
         return input
     seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)
-    out = ops.dropout(input, float(p), seed)
+    out = _format_like(ops.dropout(input, float(p), seed), input)
     return input.copy_(out) if inplace else out

@@ -2,7 +2,10 @@
 
 The schemas and kernels are C++ (csrc/registration.cpp, csrc/cpu/*.cpp); this module makes the ops
 differentiable (``torch.library.register_autograd``) and traceable by ``torch.compile`` and
-``torch.library.opcheck`` (``torch.library.register_fake``). Every backward is itself a fastconv op.
+``torch.library.opcheck`` (``torch.library.register_fake``). Every backward is itself a fastconv op,
+and the backward ops of convolution, linear, ReLU and dropout are differentiable in turn (they are
+bilinear in their inputs), so double backward through them works; through max-pooling and
+cross-entropy it raises a clear error rather than silently returning wrong numbers.
 """
 import torch
 
@@ -236,3 +239,95 @@ def _dropout_backward(ctx, grad):
 
 
 torch.library.register_autograd("fastconv::dropout", _dropout_backward, setup_context=_dropout_setup)
+
+
+# ---------------------------------------------------------------- double backward
+#
+# conv2d_grad_input(dy, W) and conv2d_grad_weight(dy, X) are bilinear, so their derivatives are the
+# other two convolution ops: for grad_input = ConvT(dy, W) with incoming gradient G (shaped like X),
+#   d/d dy = conv2d(G, W)          d/d W = conv2d_grad_weight(dy, G)
+# and for grad_weight = Corr(dy, X) with G shaped like W,
+#   d/d dy = conv2d(X, G)          d/d X = conv2d_grad_input(dy, G)
+# The same holds for linear with its three ops.
+
+def _conv_grad_setup(ctx, inputs, output):
+    grad_output, other, size, stride, padding, dilation, groups = inputs
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.save_for_backward(grad_output, other)
+
+
+def _conv2d_grad_input_backward(ctx, g):
+    dy, weight = ctx.saved_tensors
+    d_dy = ops.conv2d(g, weight, None, *ctx.conv_args) if ctx.needs_input_grad[0] else None
+    d_w = ops.conv2d_grad_weight(dy, g, weight.shape, *ctx.conv_args) if ctx.needs_input_grad[1] else None
+    return d_dy, d_w, None, None, None, None, None
+
+
+def _conv2d_grad_weight_backward(ctx, g):
+    dy, x = ctx.saved_tensors
+    d_dy = ops.conv2d(x, g, None, *ctx.conv_args) if ctx.needs_input_grad[0] else None
+    d_x = ops.conv2d_grad_input(dy, g, x.shape, *ctx.conv_args) if ctx.needs_input_grad[1] else None
+    return d_dy, d_x, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d_grad_input", _conv2d_grad_input_backward,
+                                setup_context=_conv_grad_setup)
+torch.library.register_autograd("fastconv::conv2d_grad_weight", _conv2d_grad_weight_backward,
+                                setup_context=_conv_grad_setup)
+
+
+def _bias_grad_setup(ctx, inputs, output):
+    grad_output, channel_dim = inputs
+    ctx.shape, ctx.dim = grad_output.shape, channel_dim % grad_output.dim()
+
+
+def _bias_grad_backward(ctx, g):
+    view = [1] * len(ctx.shape)
+    view[ctx.dim] = -1
+    return g.reshape(view).expand(ctx.shape), None
+
+
+torch.library.register_autograd("fastconv::bias_grad", _bias_grad_backward, setup_context=_bias_grad_setup)
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _linear_grad_input_backward(ctx, g):
+    dy, weight = ctx.saved_tensors
+    d_dy = ops.linear(g, weight, None) if ctx.needs_input_grad[0] else None
+    d_w = ops.linear_grad_weight(dy, g) if ctx.needs_input_grad[1] else None
+    return d_dy, d_w
+
+
+def _linear_grad_weight_backward(ctx, g):
+    dy, x = ctx.saved_tensors
+    d_dy = ops.linear(x, g, None) if ctx.needs_input_grad[0] else None
+    d_x = ops.linear_grad_input(dy, g) if ctx.needs_input_grad[1] else None
+    return d_dy, d_x
+
+
+torch.library.register_autograd("fastconv::linear_grad_input", _linear_grad_input_backward, setup_context=_pair_setup)
+torch.library.register_autograd("fastconv::linear_grad_weight", _linear_grad_weight_backward,
+                                setup_context=_pair_setup)
+
+
+def _relu_backward_backward(ctx, g):
+    _, result = ctx.saved_tensors
+    # linear in grad_output; piecewise constant (zero derivative) in result
+    return ops.relu_backward(g, result), None
+
+
+torch.library.register_autograd("fastconv::relu_backward", _relu_backward_backward, setup_context=_pair_setup)
+
+
+def _no_double_backward(op):
+    def backward(ctx, *grads):
+        raise NotImplementedError(f"fastconv.{op}: double backward (a gradient of its gradient) is not "
+                                  "implemented; use torch.nn.functional for this layer if you need it")
+    return backward
+
+
+torch.library.register_autograd("fastconv::max_pool2d_backward", _no_double_backward("max_pool2d"))
+torch.library.register_autograd("fastconv::cross_entropy_backward", _no_double_backward("cross_entropy"))
