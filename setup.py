@@ -18,10 +18,25 @@ from setuptools import setup  # noqa: E402
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def sanitize_requested():
+    # FASTCONV_SANITIZE=1 builds the CPU kernels with AddressSanitizer + UndefinedBehaviorSanitizer
+    # for scripts/sanitize.sh (slow, debug-only; the process must run with libasan preloaded).
+    value = os.environ.get("FASTCONV_SANITIZE", "0")
+    if value not in ("0", "1", ""):
+        sys.exit(f"FASTCONV_SANITIZE must be 1 (sanitized build) or 0 (normal build), got {value!r}.")
+    return value == "1"
+
+
+SANITIZE = sanitize_requested()
+
+
 def sources():
     files = ["csrc/registration.cpp"]
     files += sorted(os.path.join("csrc/cpu", f) for f in os.listdir(os.path.join(ROOT, "csrc/cpu"))
                     if f.endswith(".cpp"))
+    if SANITIZE:
+        # a deliberately out-of-bounds kernel: the positive control of scripts/sanitize.sh
+        files.append("csrc/sanitize/planted_bug.cpp")
     return files
 
 
@@ -39,6 +54,7 @@ def write_build_info():
         "cpu_arch": os.environ.get("FASTCONV_CPU_ARCH", "native"),
         "cuda_archs": [],
         "simulator": False,
+        "sanitize": SANITIZE,
     }
     with open(os.path.join(ROOT, "fastconv", "_build_info.py"), "w") as f:
         f.write("# Written by setup.py at build time; do not edit.\n")
@@ -50,6 +66,16 @@ write_build_info()
 
 cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas",
              *arch_flags()]
+link_flags = ["-fopenmp"]
+
+if SANITIZE:
+    cxx_flags = [f for f in cxx_flags if f != "-O3"] + [
+        "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1",
+        # Python's sysconfig CFLAGS (which come first on the command line) include -fwrapv, which
+        # defines signed overflow and so silently turns UBSan's signed-integer-overflow check off.
+        "-fno-wrapv",
+    ]
+    link_flags += ["-fsanitize=address,undefined"]
 
 setup(
     ext_modules=[
@@ -58,7 +84,7 @@ setup(
             sources(),
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
