@@ -128,7 +128,7 @@ def conv_terms(weight_shape):
 # ------------------------------------------------------------------ property-test (fuzz) report
 
 # One entry per fuzz test run, appended by tests/test_fuzz.py: dicts with the property name, the
-# backend, the examples run and rejected, the seed mode and the seconds the test took.
+# backend, the examples passed, failed and rejected, the seed mode and the seconds the test took.
 FUZZ_STATS = []
 
 
@@ -140,7 +140,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("fuzz")
     for s in FUZZ_STATS:
         rejected = f"{s['rejected']} rejected, " if s["rejected"] else ""
+        failed = f"{s['failed']} failing, " if s.get("failed") else ""
         terminalreporter.write_line(f"fuzz: {s['property']} [{s['backend']}] {s['examples']} examples in "
-                                    f"{s['seconds']:.1f} s ({rejected}{s['seed']})")
+                                    f"{s['seconds']:.1f} s ({failed}{rejected}{s['seed']})")
     total = sum(s["seconds"] for s in FUZZ_STATS)
     terminalreporter.write_line(f"fuzz: {sum(s['examples'] for s in FUZZ_STATS)} examples in {total:.1f} s in all")

@@ -113,7 +113,9 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
         total += row_p[i];
         if (t[i] != ignore_index) denom += class_weight(w, t[i]);
       }
-      loss.mutable_data_ptr<T>()[0] = static_cast<T>(reduction == kMean ? total / denom : total);
+      // mean over zero total weight is NaN, as in torch, even where the smoothing term alone is not 0
+      const double mean = denom == 0 ? std::numeric_limits<double>::quiet_NaN() : total / denom;
+      loss.mutable_data_ptr<T>()[0] = static_cast<T>(reduction == kMean ? mean : total);
     }
   });
   return {loss, lse};
@@ -154,6 +156,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
       denom = 0;
       for (int64_t i = 0; i < a.n; ++i)
         if (t[i] != ignore_index) denom += class_weight(w, t[i]);
+      if (denom == 0) denom = std::numeric_limits<double>::quiet_NaN();  // NaN gradients, like the loss
     }
     at::parallel_for(0, a.n, std::max<int64_t>(64, 65536 / C), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
