@@ -7,7 +7,7 @@ and the gradient of every input for one random (seeded) grad_output. Configurati
 rejects are skipped with ``hypothesis.assume``.
 
 Settings (environment variables):
-    FASTCONV_FUZZ_EXAMPLES=N   examples per property (default 25, what CI runs)
+    FASTCONV_FUZZ_EXAMPLES=N   examples per property (default 100, what CI runs)
     FASTCONV_FUZZ_SEED=S       explore another random seed; without it the run is derandomized
                                (the same examples every time)
 
@@ -16,7 +16,7 @@ reproduces it outside pytest, from the repository root:
 
     python -c "import sys; sys.path.insert(0, 'tests'); import test_fuzz as t; t.check_conv2d('cpu', ...)"
 
-The session ends with one line per property ("fuzz: conv2d [cpu] 25 examples in 1.2 s ...").
+The session ends with one line per property ("fuzz: conv2d [cpu] 100 examples in 1.2 s ...").
 """
 import contextlib
 import math
@@ -35,7 +35,7 @@ from conftest import _BACKEND_SPECS, FUZZ_STATS, Backend, backend_context, tol
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
-EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "100"))
 SEED = os.environ.get("FASTCONV_FUZZ_SEED")
 
 _SETTINGS = settings(
