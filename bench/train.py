@@ -91,7 +91,7 @@ def replicas_identical(net):
 def prepare_data(args, device):
     ds = fdata.load(args.dataset, args.data_dir, train_size=args.train_size, test_size=args.test_size,
                     seed=args.seed)
-    (train_x, train_y), (test_x, test_y) = ds.normalized("train"), ds.normalized("test")
+    train_x, train_y, test_x, test_y = ds.tensors()
     label = ds.name.replace("synthetic", "SYNTHETIC") if ds.synthetic else ds.name
     return train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device), label
 

@@ -189,6 +189,10 @@ class Dataset:
         x, y = self._split(split)
         return self.normalize(x), y
 
+    def tensors(self) -> tuple:
+        """(train_images, train_labels, test_images, test_labels), images normalised float32."""
+        return (*self.normalized("train"), *self.normalized("test"))
+
     def tensor_dataset(self, split: str = "train", normalize: bool = True) -> TensorDataset:
         """A ``torch.utils.data.TensorDataset`` of (image, label) pairs of ``split``; images are
         normalised float32 when ``normalize``, else as stored."""
