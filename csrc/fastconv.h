@@ -13,9 +13,23 @@
 
 namespace fastconv {
 
+// float16 and bfloat16 are accepted by every op and computed in float32 (see compute_in_float).
+inline bool is_reduced(const at::Tensor& t) {
+  return t.defined() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
+}
+
 inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-                   "fastconv.", op, ": ", name, " must be float32 or float64, got ", t.scalar_type());
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || is_reduced(t), "fastconv.", op, ": ", name,
+                   " must be float32 or float64, got ", s, "; float16 and bfloat16 are accepted too (computed in "
+                   "float32)");
+}
+
+// Reduced-precision arguments: the op runs on float32 copies, its floating results are rounded back to
+// `dtype` (float32 accumulation, as torch's own CPU kernels do for these types).
+inline at::Tensor to_float(const at::Tensor& t) { return is_reduced(t) ? t.to(at::kFloat) : t; }
+inline std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(to_float(*t)) : t;
 }
 
 inline void check_same_dtype(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn,

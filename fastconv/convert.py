@@ -66,7 +66,7 @@ _CONVERSIONS = {
 #: the torch.nn classes that convert() replaces, mapped to their fastconv.nn twins
 CONVERTED = {torch_cls: fast_cls for torch_cls, (fast_cls, _, _) in _CONVERSIONS.items()}
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta", "mps": "MPS", "xpu": "XPU"}
 
 
@@ -88,7 +88,7 @@ def _unsupported(layer, op):
                if t is not None]
     for t in tensors:
         if t.dtype not in _DTYPES:
-            return f"dtype {t.dtype} (fastconv computes in float32 and float64)"
+            return f"dtype {t.dtype} (fastconv computes in float16, bfloat16, float32 and float64)"
     for t in tensors:
         if not _has_kernels(op, t.device):
             return f"device {t.device} (fastconv has no {t.device.type} kernels)"

@@ -331,3 +331,16 @@ def _no_double_backward(op):
 
 torch.library.register_autograd("fastconv::max_pool2d_backward", _no_double_backward("max_pool2d"))
 torch.library.register_autograd("fastconv::cross_entropy_backward", _no_double_backward("cross_entropy"))
+
+
+# ---------------------------------------------------------------- autocast
+#
+# Under torch.autocast, convolution and linear run in the low-precision type (bfloat16 on the CPU,
+# float16 on CUDA) and cross-entropy in float32, as torch's own autocast policy does; the other ops
+# follow their input's type. Every kernel accepts float16 / bfloat16 and computes them in float32.
+
+for _op in ("fastconv::conv2d", "fastconv::linear"):
+    torch.library.register_autocast(_op, "cpu", torch.bfloat16)
+    torch.library.register_autocast(_op, "cuda", torch.float16)
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("fastconv::cross_entropy", _device, torch.float32)

@@ -184,3 +184,50 @@ def test_modules_pickle_deepcopy_save_load_and_move(backend, name, tmp_path):
     twin.load_state_dict(net.state_dict())
     torch.testing.assert_close(twin(x), expected)
     assert fastconv.convert(twin).eval()(x).shape == expected.shape
+
+
+# ---------------------------------------------------------------- reduced precision and autocast
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_reduced_precision_inputs_match_torch(backend, dtype):
+    """float16 / bfloat16 arguments are computed in float32 and rounded back, like torch's CPU kernels."""
+    x = backend.randn(2, 3, 9, 8).to(dtype)
+    w = (backend.randn(4, 3, 3, 3) / 5).to(dtype)
+    b = backend.randn(4).to(dtype)
+    lw = (backend.randn(5, 3 * 9 * 8) / 15).to(dtype)
+    loose = dict(rtol=2e-2, atol=2e-2)
+    pairs = [(FF.conv2d(x, w, b, padding=1), F.conv2d(x.float(), w.float(), b.float(), padding=1).to(dtype)),
+             (FF.relu(x), F.relu(x)),
+             (FF.max_pool2d(x, 2), F.max_pool2d(x, 2)),
+             (FF.linear(x.flatten(1), lw), F.linear(x.flatten(1).float(), lw.float()).to(dtype))]
+    for ours, theirs in pairs:
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, theirs, **loose)
+    logits = backend.randn(6, 5).to(dtype)
+    target = torch.tensor([0, 4, 2, 1, 3, 3], device=backend.device)
+    loss = FF.cross_entropy(logits, target)
+    assert loss.dtype == dtype
+    torch.testing.assert_close(loss.float(), F.cross_entropy(logits.float(), target), **loose)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_autocast_matches_torch(backend, name):
+    low = torch.bfloat16 if backend.device.type == "cpu" else torch.float16  # torch's autocast defaults
+    ref, net = _twins(name, backend.device)
+    ref.eval(), net.eval()
+    x = backend.randn(4, *MODELS[name][1])
+    y = torch.tensor([1, 0, 7, 3], device=backend.device)
+    with torch.autocast(backend.device.type, dtype=low):
+        out, expected = net(x), ref(x)
+        loss, ref_loss = FF.cross_entropy(out, y), F.cross_entropy(expected, y)
+    # conv and linear ran in the low-precision type, cross-entropy in float32: torch's policy
+    assert out.dtype == expected.dtype == low
+    assert loss.dtype == ref_loss.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-2, atol=1e-2)
+    loss.backward()
+    ref_loss.backward()
+    for (pname, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        assert p.grad.dtype == torch.float32  # the parameters stay float32
+        scale = q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=3e-2 * scale, msg=lambda m: f"{pname}: {m}")

@@ -488,6 +488,12 @@ void check_grad_output_shape(const at::Tensor& grad_output, const ConvGeometry& 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       bool relu) {
+  if (is_reduced(input) || is_reduced(weight)) {
+    check_same_dtype(input, "input", weight, "weight", "conv2d");
+    if (bias.has_value() && bias->defined()) check_same_dtype(input, "input", *bias, "bias", "conv2d");
+    return conv2d_cpu(to_float(input), to_float(weight), to_float(bias), stride, padding, dilation, groups, relu)
+        .to(input.scalar_type());
+  }
   check_conv_args(input, "input", weight, "weight", "conv2d");
   const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, "conv2d");
   at::Tensor b;
@@ -513,6 +519,11 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                  at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, int64_t groups) {
+  if (is_reduced(grad_output) || is_reduced(weight)) {
+    check_same_dtype(grad_output, "grad_output", weight, "weight", "conv2d_grad_input");
+    return conv2d_grad_input_cpu(to_float(grad_output), to_float(weight), input_size, stride, padding, dilation,
+                                 groups).to(grad_output.scalar_type());
+  }
   const char* op = "conv2d_grad_input";
   check_conv_args(grad_output, "grad_output", weight, "weight", op);
   const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
@@ -531,6 +542,11 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, int64_t groups) {
+  if (is_reduced(grad_output) || is_reduced(input)) {
+    check_same_dtype(grad_output, "grad_output", input, "input", "conv2d_grad_weight");
+    return conv2d_grad_weight_cpu(to_float(grad_output), to_float(input), weight_size, stride, padding, dilation,
+                                  groups).to(grad_output.scalar_type());
+  }
   const char* op = "conv2d_grad_weight";
   check_conv_args(grad_output, "grad_output", input, "input", op);
   const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
@@ -565,6 +581,7 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
 
 // Sum of grad_output over every dimension but `channel_dim`: the gradient of a per-channel bias.
 at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
+  if (is_reduced(grad_output)) return bias_grad_cpu(to_float(grad_output), channel_dim).to(grad_output.scalar_type());
   check_floating(grad_output, "bias_grad", "grad_output");
   TORCH_CHECK_INDEX(grad_output.dim() > 0, "fastconv.bias_grad: grad_output must have at least 1 dimension");
   const int64_t cd = channel_dim < 0 ? channel_dim + grad_output.dim() : channel_dim;

@@ -66,6 +66,12 @@ T class_weight(const T* w, int64_t c) { return w ? w[c] : T(1); }
 std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, const at::Tensor& target,
                                                      const std::optional<at::Tensor>& weight, int64_t reduction,
                                                      int64_t ignore_index, double label_smoothing) {
+  if (is_reduced(input)) {
+    if (weight.has_value() && weight->defined()) check_same_dtype(input, "input", *weight, "weight", "cross_entropy");
+    auto [loss, lse] = cross_entropy_cpu(to_float(input), target, to_float(weight), reduction, ignore_index,
+                                         label_smoothing);
+    return {loss.to(input.scalar_type()), lse.to(input.scalar_type())};
+  }
   const char* op = "cross_entropy";
   const CeArgs a = check_ce(input, target, weight, reduction, label_smoothing, op);
   at::Tensor lse = at::empty({a.n}, a.z.options());
@@ -124,6 +130,11 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
 at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight, const at::Tensor& lse,
                                       int64_t reduction, int64_t ignore_index, double label_smoothing) {
+  if (is_reduced(input)) {
+    check_same_dtype(input, "input", grad_loss, "grad_loss", "cross_entropy_backward");
+    return cross_entropy_backward_cpu(to_float(grad_loss), to_float(input), target, to_float(weight), to_float(lse),
+                                      reduction, ignore_index, label_smoothing).to(input.scalar_type());
+  }
   const char* op = "cross_entropy_backward";
   const CeArgs a = check_ce(input, target, weight, reduction, label_smoothing, op);
   check_same_dtype(input, "input", grad_loss, "grad_loss", op);

@@ -18,6 +18,7 @@ namespace fastconv::cpu {
 namespace {
 
 at::Tensor dropout_cpu(const at::Tensor& input, double p, const at::Tensor& seed) {
+  if (is_reduced(input)) return dropout_cpu(to_float(input), p, seed).to(input.scalar_type());
   check_floating(input, "dropout", "input");
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastconv.dropout: p must be a probability in [0, 1], got ", p);
   TORCH_CHECK_VALUE(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.device().is_cpu(),

@@ -134,6 +134,11 @@ void check_pair_args(const at::Tensor& a, const char* an, const at::Tensor& b, c
 }
 
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  if (is_reduced(input) || is_reduced(weight)) {
+    check_same_dtype(input, "input", weight, "weight", "linear");
+    if (bias.has_value() && bias->defined()) check_same_dtype(input, "input", *bias, "bias", "linear");
+    return linear_cpu(to_float(input), to_float(weight), to_float(bias)).to(input.scalar_type());
+  }
   const char* op = "linear";
   check_pair_args(input, "input", weight, "weight", op);
   check_dim(weight, 2, op, "weight", "out_features, in_features");
@@ -165,6 +170,10 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 }
 
 at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight) {
+  if (is_reduced(grad_output) || is_reduced(weight)) {
+    check_same_dtype(grad_output, "grad_output", weight, "weight", "linear_grad_input");
+    return linear_grad_input_cpu(to_float(grad_output), to_float(weight)).to(grad_output.scalar_type());
+  }
   const char* op = "linear_grad_input";
   check_pair_args(grad_output, "grad_output", weight, "weight", op);
   check_dim(weight, 2, op, "weight", "out_features, in_features");
@@ -185,6 +194,10 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 }
 
 at::Tensor linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
+  if (is_reduced(grad_output) || is_reduced(input)) {
+    check_same_dtype(grad_output, "grad_output", input, "input", "linear_grad_weight");
+    return linear_grad_weight_cpu(to_float(grad_output), to_float(input)).to(grad_output.scalar_type());
+  }
   const char* op = "linear_grad_weight";
   check_pair_args(grad_output, "grad_output", input, "input", op);
   TORCH_CHECK_VALUE(grad_output.dim() >= 1 && input.dim() == grad_output.dim() &&

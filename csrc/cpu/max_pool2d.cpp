@@ -85,6 +85,10 @@ void pool_plane(const T* __restrict__ x, int64_t H, int64_t W, int64_t OH, int64
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                   at::IntArrayRef dilation, bool ceil_mode) {
+  if (is_reduced(input)) {
+    auto [out, idx] = max_pool2d_cpu(to_float(input), kernel_size, stride, padding, dilation, ceil_mode);
+    return {out.to(input.scalar_type()), idx};
+  }
   const char* op = "max_pool2d";
   check_floating(input, op, "input");
   check_dim(input, 4, op, "input", "N, C, H, W");
@@ -121,6 +125,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                    at::IntArrayRef input_size) {
+  if (is_reduced(grad_output))
+    return max_pool2d_backward_cpu(to_float(grad_output), indices, input_size).to(grad_output.scalar_type());
   const char* op = "max_pool2d_backward";
   check_floating(grad_output, op, "grad_output");
   check_same_device(grad_output, "grad_output", indices, "indices", op);

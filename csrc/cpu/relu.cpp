@@ -40,6 +40,7 @@ inline void elementwise(int64_t b, int64_t e, F f, T* __restrict__ dst, const Sr
 }
 
 at::Tensor relu_cpu(const at::Tensor& input) {
+  if (is_reduced(input)) return relu_cpu(to_float(input)).to(input.scalar_type());
   check_floating(input, "relu", "input");
   const at::Tensor x = input.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
@@ -54,6 +55,10 @@ at::Tensor relu_cpu(const at::Tensor& input) {
 }
 
 at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result) {
+  if (is_reduced(grad_output) || is_reduced(result)) {
+    check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
+    return relu_backward_cpu(to_float(grad_output), to_float(result)).to(grad_output.scalar_type());
+  }
   check_floating(grad_output, "relu_backward", "grad_output");
   check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
   check_same_device(grad_output, "grad_output", result, "result", "relu_backward");
