@@ -24,13 +24,10 @@ from collections import OrderedDict
 import torch
 
 import fastconv.functional as FF
+from fastconv.training import accuracy, fit
 import fastconv.nn as fnn
 from fastconv.models import mnist_net
 
-try:
-    from tqdm import tqdm
-except ImportError:  # a progress bar is a nicety
-    tqdm = None
 
 
 # ---------------------------------------------------------------- data
@@ -60,42 +57,6 @@ def small_net(num_classes=10):
 
 
 MODELS = {"small": small_net, "mnist": lambda: mnist_net()}
-
-
-# ---------------------------------------------------------------- training
-
-def train(net, x, y, *, epochs=1, batch_size=64, lr=1e-3, seed=0, progress=True):
-    """Adam on fastconv's cross-entropy; batches in a random order fixed by seed. Returns the loss
-    of the last batch."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(y) / batch_size)
-    bar = tqdm(total=epochs * steps_per_epoch, desc="training", unit="batch", file=sys.stderr,
-               disable=not progress) if tqdm else None
-    net.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), batch_size):
-            idx = order[i:i + batch_size]
-            loss = FF.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if bar is not None:
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    if bar is not None:
-        bar.close()
-    return loss.item()
-
-
-@torch.no_grad()
-def accuracy(net, x, y, batch_size=500):
-    net.eval()
-    correct = sum((net(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(y), batch_size))
-    return correct / len(y)
 
 
 # ---------------------------------------------------------------- what the net sees
@@ -213,10 +174,9 @@ def main(argv=None):
         net.load_state_dict(saved["state_dict"])
         print(f"loaded the {args.model} net from {args.checkpoint}")
     else:
-        t0 = time.perf_counter()
-        loss = train(net, train_x, train_y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     seed=args.seed, progress=not args.no_progress)
-        print(f"trained the {args.model} net for {args.epochs} epoch(s) in {time.perf_counter() - t0:.1f} s "
+        loss, secs = fit(net, train_x, train_y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, progress=not args.no_progress)
+        print(f"trained the {args.model} net for {args.epochs} epoch(s) in {secs:.1f} s "
               f"(last batch loss {loss:.3f})")
         if args.checkpoint:
             os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)

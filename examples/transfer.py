@@ -19,7 +19,6 @@ margin when the target set is small. Every layer runs on fastconv's kernels.
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -27,13 +26,9 @@ from collections import OrderedDict
 
 import torch
 
-import fastconv.functional as FF
+from fastconv.training import accuracy, fit
 import fastconv.nn as fnn
 
-try:
-    from tqdm import tqdm
-except ImportError:  # a progress bar is a nicety
-    tqdm = None
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -90,41 +85,6 @@ def trainable(net):
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-# ---------------------------------------------------------------- training
-
-def train(net, x, y, *, epochs, batch_size, lr, seed, desc="training", progress=False):
-    """Adam over the parameters that require grad, on fastconv's cross-entropy; batch order fixed
-    by seed. Returns the seconds taken."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-    steps = epochs * math.ceil(len(y) / batch_size)
-    bar = tqdm(total=steps, desc=desc, unit="batch", file=sys.stderr, leave=False) \
-        if tqdm is not None and progress else None
-    t0 = time.perf_counter()
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), batch_size):
-            idx = order[i:i + batch_size]
-            loss = FF.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if bar is not None:
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    if bar is not None:
-        bar.close()
-    return time.perf_counter() - t0
-
-
-@torch.no_grad()
-def accuracy(net, x, y, batch_size=500):
-    net.eval()
-    correct = sum((net(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(y), batch_size))
-    return correct / len(y)
-
 
 # ---------------------------------------------------------------- the demo
 
@@ -161,8 +121,8 @@ def transfer_demo(source_size=6000, target_size=500, test_size=1000, source_epoc
     # 1. the source task: digits 0-4
     torch.manual_seed(seed)
     net = make_net(len(SOURCE_CLASSES))
-    secs = train(net, src_x, src_y, epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed,
-                 desc="source: digits 0-4", progress=progress)
+    _, secs = fit(net, src_x, src_y, epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed,
+                  desc="source: digits 0-4", progress=progress)
     source = dict(classes=list(SOURCE_CLASSES), train_images=len(src_y), test_images=len(src_ty),
                   test_accuracy=accuracy(net, src_tx, src_ty), seconds=secs)
     say(f"source net trained on {len(src_y)} digits 0-4 in {secs:.1f} s: "
@@ -172,8 +132,8 @@ def transfer_demo(source_size=6000, target_size=500, test_size=1000, source_epoc
         freeze(net.features)
         net.head = new_head(len(TARGET_CLASSES), seed + 1)  # (a) and (b): the same initial head
         before = copy.deepcopy(net.features.state_dict())
-        secs = train(net, tgt_x, tgt_y, epochs=head_epochs, batch_size=batch_size, lr=lr, seed=seed + 1,
-                     desc=name, progress=progress)
+        _, secs = fit(net, tgt_x, tgt_y, epochs=head_epochs, batch_size=batch_size, lr=lr, seed=seed + 1,
+                      desc=name, progress=progress)
         unchanged = all(torch.equal(before[k], v) for k, v in net.features.state_dict().items())
         return dict(description=desc, conv_stack=conv_stack, trainable_parameters=trainable(net),
                     test_accuracy=accuracy(net, tgt_tx, tgt_ty), seconds=secs), unchanged
@@ -194,8 +154,8 @@ def transfer_demo(source_size=6000, target_size=500, test_size=1000, source_epoc
         torch.manual_seed(seed + 2)
         net = make_net(len(TARGET_CLASSES))
         net.head = new_head(len(TARGET_CLASSES), seed + 1)
-        secs = train(net, tgt_x, tgt_y, epochs=head_epochs, batch_size=batch_size, lr=lr, seed=seed + 1,
-                     desc="from scratch", progress=progress)
+        _, secs = fit(net, tgt_x, tgt_y, epochs=head_epochs, batch_size=batch_size, lr=lr, seed=seed + 1,
+                      desc="from scratch", progress=progress)
         results["scratch"] = dict(description="whole net trained from scratch on 5-9 only",
                                   conv_stack="random initialisation, trained on digits 5-9",
                                   trainable_parameters=trainable(net),
