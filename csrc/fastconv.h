@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,149 @@ inline int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, 
   int64_t out = floor_div(ceil_mode ? span + s - 1 : span, s) + 1;
   if (ceil_mode && (out - 1) * s >= in + p) --out;
   return out;
+}
+
+// ----------------------------------------------------------------- per-op checks of every backend
+
+inline void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_floating(grad_output, "relu_backward", "grad_output");
+  check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
+  check_same_device(grad_output, "grad_output", result, "result", "relu_backward");
+  TORCH_CHECK_VALUE(grad_output.sizes() == result.sizes(), "fastconv.relu_backward: grad_output ",
+                    grad_output.sizes(), " and result ", result.sizes(), " must have the same shape");
+}
+
+// The seed is one int64 on the input's device (a kernel reads it there: no host round trip).
+inline void check_dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
+  check_floating(input, "dropout", "input");
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastconv.dropout: p must be a probability in [0, 1], got ", p);
+  TORCH_CHECK_VALUE(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.device() == input.device(),
+                    "fastconv.dropout: seed must be a ", input.is_cpu() ? std::string("CPU") : input.device().str(),
+                    " int64 tensor with one element, got ", seed.scalar_type(), " of shape ", seed.sizes(), " on ",
+                    seed.device());
+}
+
+struct PoolShape {
+  int64_t n, c, h, w, oh, ow;
+};
+
+inline void check_pool_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, const char* op) {
+  check_pair(kernel_size, op, "kernel_size", 1);
+  check_pair(stride, op, "stride", 1);
+  check_pair(padding, op, "padding", 0);
+  check_pair(dilation, op, "dilation", 1);
+  for (int i = 0; i < 2; ++i)
+    TORCH_CHECK_VALUE(padding[i] <= kernel_size[i] / 2, "fastconv.", op, ": padding must be at most half of "
+                      "kernel_size, got padding ", padding, " for kernel_size ", kernel_size);
+}
+
+inline PoolShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const char* op = "max_pool2d";
+  check_floating(input, op, "input");
+  check_dim(input, 4, op, "input", "N, C, H, W");
+  check_pool_window(kernel_size, stride, padding, dilation, op);
+  PoolShape s{input.size(0), input.size(1), input.size(2), input.size(3), 0, 0};
+  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0 && s.c > 0, "fastconv.max_pool2d: input must have non-zero C, H and W, got ",
+                    input.sizes());
+  s.oh = pool_out(s.h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode);
+  s.ow = pool_out(s.w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode);
+  TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.max_pool2d: the window (kernel_size ", kernel_size,
+                    ", dilation ", dilation, ") does not fit the padded input ", s.h, "x", s.w);
+  return s;
+}
+
+// The window arguments are those of the forward call; the backward kernels that gather (CUDA) need
+// them to find the windows that cover an input element.
+inline PoolShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                           at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                           at::IntArrayRef stride, at::IntArrayRef padding,
+                                           at::IntArrayRef dilation) {
+  const char* op = "max_pool2d_backward";
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(grad_output, "grad_output", indices, "indices", op);
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "fastconv.", op, ": indices must be int64, got ",
+                   indices.scalar_type());
+  check_dim(grad_output, 4, op, "grad_output", "N, C, OH, OW");
+  TORCH_CHECK_VALUE(indices.sizes() == grad_output.sizes(), "fastconv.", op, ": indices ", indices.sizes(),
+                    " and grad_output ", grad_output.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(input_size.size() == 4 && input_size[0] == grad_output.size(0) &&
+                        input_size[1] == grad_output.size(1),
+                    "fastconv.", op, ": input_size ", input_size, " does not match grad_output ",
+                    grad_output.sizes());
+  check_pool_window(kernel_size, stride, padding, dilation, op);
+  return PoolShape{input_size[0], input_size[1], input_size[2], input_size[3], grad_output.size(2),
+                   grad_output.size(3)};
+}
+
+// The message of an index outside its plane, found by any backend's backward.
+[[noreturn]] inline void max_pool2d_bad_index(int64_t index, int64_t plane) {
+  TORCH_CHECK_INDEX(false, "fastconv.max_pool2d_backward: index ", index, " is outside the input plane of ", plane,
+                    " elements");
+  __builtin_unreachable();
+}
+
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// Checked and contiguous arguments of cross_entropy and its backward.
+struct CrossEntropyInputs {
+  at::Tensor z, target, weight;  // weight undefined without class weights
+  int64_t n, c;
+};
+
+inline CrossEntropyInputs check_cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                              const std::optional<at::Tensor>& weight, int64_t reduction,
+                                              double label_smoothing, const char* op) {
+  check_floating(input, op, "input");
+  check_dim(input, 2, op, "input", "N, C");
+  check_same_device(input, "input", target, "target", op);
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "fastconv.", op,
+                   ": target must hold class indices as int64, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == input.size(0), "fastconv.", op,
+                    ": target must have shape [", input.size(0), "] (one class index per row of input), got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "fastconv.", op,
+                    ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, "fastconv.", op,
+                    ": label_smoothing must be in [0, 1], got ", label_smoothing);
+  TORCH_CHECK_VALUE(input.size(1) > 0, "fastconv.", op, ": input must have at least one class");
+  CrossEntropyInputs a{input.contiguous(), target.contiguous(), at::Tensor(), input.size(0), input.size(1)};
+  if (weight.has_value() && weight->defined()) {
+    check_same_dtype(input, "input", *weight, "weight", op);
+    check_same_device(input, "input", *weight, "weight", op);
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == a.c, "fastconv.", op, ": weight must have shape [",
+                      a.c, "] (one value per class), got ", weight->sizes());
+    a.weight = weight->contiguous();
+  }
+  return a;
+}
+
+inline void check_cross_entropy_backward(const CrossEntropyInputs& a, const at::Tensor& input,
+                                         const at::Tensor& grad_loss, const at::Tensor& lse, int64_t reduction) {
+  const char* op = "cross_entropy_backward";
+  check_same_dtype(input, "input", grad_loss, "grad_loss", op);
+  check_same_dtype(input, "input", lse, "lse", op);
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == a.n, "fastconv.", op, ": lse must have shape [", a.n,
+                    "], got ", lse.sizes());
+  if (reduction == kNone) {
+    TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == a.n, "fastconv.", op,
+                      ": with reduction 'none' grad_loss must have shape [", a.n, "], got ", grad_loss.sizes());
+  } else {
+    TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastconv.", op, ": grad_loss must be a scalar, got shape ",
+                      grad_loss.sizes());
+  }
+}
+
+// The message of a target outside [0, C) that is not ignore_index, found by any backend.
+[[noreturn]] inline void cross_entropy_bad_target(const char* op, int64_t target, int64_t row, int64_t classes,
+                                                  int64_t ignore_index) {
+  if (std::string(op) == "cross_entropy")
+    TORCH_CHECK_INDEX(false, "fastconv.cross_entropy: target ", target, " at row ", row, " is out of range for ",
+                      classes, " classes (expected 0..", classes - 1, " or ignore_index ", ignore_index, ")");
+  TORCH_CHECK_INDEX(false, "fastconv.", op, ": target ", target, " at row ", row, " is out of range for ", classes,
+                    " classes");
+  __builtin_unreachable();
 }
 
 }  // namespace fastconv

@@ -8,6 +8,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "sim/sim.h"
+
 TORCH_LIBRARY(fastconv, m) {
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
         "int[2] dilation, int groups, bool relu=False) -> Tensor");
@@ -23,12 +25,17 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
         "bool ceil_mode) -> (Tensor, Tensor)");
-  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
         "float label_smoothing) -> (Tensor, Tensor)");
   m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
         "Tensor lse, int reduction, int ignore_index, float label_smoothing) -> Tensor");
   m.def("dropout(Tensor input, float p, Tensor seed) -> Tensor");
+  // The SIMT simulator (fastconv.simulate): its switch and options, and its self-test kernels.
+  m.def("_sim_configure(bool enabled, int order, int seed, bool race_check, bool memcheck) -> ()",
+        &fastconv::sim::configure);
+  m.def("_sim_selftest(str name, int n) -> Tensor", &fastconv::sim::selftest);
 }
 
 // The extension is a plain shared library whose static initialisers register the ops above;

@@ -1,7 +1,8 @@
-"""fastconv: hand-written CPU (and CUDA) kernels for convolutional networks, as torch custom ops.
+"""fastconv: hand-written CPU and CUDA kernels for convolutional networks, as torch custom ops.
 
     import fastconv.functional as FF     # conv2d, conv1d, relu, max_pool2d, cross_entropy, linear, dropout
     import fastconv.nn as fnn            # Conv2d, Conv1d, ReLU, MaxPool2d, Linear, Dropout, CrossEntropyLoss
+    with fastconv.simulate(): ...        # the CUDA kernels, run on the CPU by fastconv's SIMT simulator
 
 The ops live under ``torch.ops.fastconv``; autograd and fake (shape) kernels are in ``fastconv.ops``.
 """
@@ -33,6 +34,7 @@ except ImportError as exc:
 from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import functional, nn  # noqa: E402
 from .convert import convert  # noqa: E402
+from .simulator import simulate  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -45,10 +47,11 @@ def build_info() -> dict:
         "torch (running)": torch.__version__,
         "cpu kernels": f"yes (-march={_build_info.cpu_arch})",
         "cuda kernels": ", ".join(_build_info.cuda_archs) or "not built",
-        "simulator": "built" if _build_info.simulator else "not built",
+        "simulator": ("built, with the race checker and memory check" if _build_info.sim_hooks
+                      else "built, without the access hooks (no race checker or memory check)"),
         "ops": sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
                       if name.startswith("fastconv::")),
     }
 
 
-__all__ = ["functional", "nn", "ops", "build_info", "convert"]
+__all__ = ["functional", "nn", "ops", "build_info", "convert", "simulate"]

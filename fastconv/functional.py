@@ -179,6 +179,7 @@ def dropout(input, p=0.5, training=True, inplace=False):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return input
-    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)
+    # on the input's device, so that the kernel reads it there (no host round trip; CUDA-graph safe)
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=input.device)
     out = _format_like(ops.dropout(input, float(p), seed), input)
     return input.copy_(out) if inplace else out

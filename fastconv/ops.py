@@ -167,20 +167,21 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @torch.library.register_fake("fastconv::max_pool2d_backward")
-def _max_pool2d_backward_fake(grad_output, indices, input_size):
+def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation):
     _same_device("max_pool2d_backward", grad_output=grad_output, indices=indices)
     return grad_output.new_empty(input_size)
 
 
 def _max_pool2d_setup(ctx, inputs, output):
     ctx.input_shape = inputs[0].shape
+    ctx.window = inputs[1:5]  # kernel_size, stride, padding, dilation
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
 
 def _max_pool2d_backward(ctx, grad, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return ops.max_pool2d_backward(grad, indices, ctx.input_shape), None, None, None, None, None
+    return ops.max_pool2d_backward(grad, indices, ctx.input_shape, *ctx.window), None, None, None, None, None
 
 
 torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)

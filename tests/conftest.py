@@ -1,12 +1,16 @@
 """Shared fixtures and helpers of the fastconv test suite.
 
-Backends: every op test takes the ``backend`` fixture, which runs the test once per entry of
-``BACKENDS`` inside that backend's context and tells it on which device to create tensors.
-Today there is only "cpu". Adding a backend is one entry in ``BACKENDS`` plus one in
-``_BACKEND_SPECS``, e.g.
+Backends: every op test takes the ``backend`` fixture, which runs the test once per backend inside
+that backend's context and tells it on which device to create tensors:
 
-    "sim":  _BackendSpec("cpu", fastconv.simulate)           # CUDA kernels on a CPU simulator
-    "cuda": _BackendSpec("cuda", contextlib.nullcontext, torch.cuda.is_available)
+    cpu   the CPU kernels
+    sim   the CUDA kernels, run on the CPU by fastconv's SIMT simulator (fastconv.simulate())
+    cuda  the CUDA kernels on a GPU (only where torch sees one and fastconv was built with CUDA)
+
+``FASTCONV_TEST_BACKENDS=sim`` (a comma-separated list) restricts a run to some of them. A test
+(or a module, through ``pytestmark``) marked ``@pytest.mark.backends("cpu", "cuda")`` runs on those
+only: convolution and linear have no CUDA kernels yet, so under the simulator they would run the
+CPU kernels again. ``FASTCONV_SIM_ORDER`` chooses the simulator's thread order.
 
 Test modules import the helpers below with ``from conftest import ...`` (tests/ is not a
 package, so pytest puts it on sys.path).
@@ -14,6 +18,7 @@ package, so pytest puts it on sys.path).
 import contextlib
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -30,7 +35,22 @@ SEED = 1234
 FASTCONV_DIR = Path(fastconv.__file__).resolve().parent
 FASTCONV_PATH = str(FASTCONV_DIR.parent)
 
-BACKENDS = ["cpu"]
+ALL_BACKENDS = ["cpu", "sim", "cuda"]
+
+
+def _cuda_available():
+    return torch.cuda.is_available() and bool(fastconv._build_info.cuda_archs)
+
+
+def _selected_backends():
+    names = [n.strip() for n in os.environ.get("FASTCONV_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_BACKENDS))
+    if unknown:
+        raise ValueError(f"FASTCONV_TEST_BACKENDS names unknown backends {unknown}; known: {ALL_BACKENDS}")
+    return [n for n in names if n != "cuda" or _cuda_available()]
+
+
+BACKENDS = _selected_backends()
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -44,6 +64,8 @@ class _BackendSpec:
 
 _BACKEND_SPECS = {
     "cpu": _BackendSpec("cpu"),
+    "sim": _BackendSpec("cpu", fastconv.simulate),
+    "cuda": _BackendSpec("cuda", available=_cuda_available),
 }
 
 
@@ -64,7 +86,22 @@ def backend_context(name):
     return _BACKEND_SPECS[name].context()
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run this test on these backends only")
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrizes `backend` over the selected backends that the test's `backends` marker allows."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    names = BACKENDS
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None:
+        names = [n for n in names if n in marker.args]
+    metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
 def backend(request):
     spec = _BACKEND_SPECS[request.param]
     if not spec.available():

@@ -44,6 +44,9 @@ def seed(dtype=torch.int64, n=1):
     return torch.randint(-2**31, 2**31, (n,), dtype=dtype)
 
 
+# the window arguments of max_pool2d_backward: a 3x3 window, stride 2, over a 5x5 plane (2x2 outputs)
+POOL_WINDOW = ([3, 3], [2, 2], [0, 0], [1, 1])
+
 CPU_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
@@ -221,22 +224,22 @@ CASES = [
     C("pool-int", lambda: FF.max_pool2d(i(*X), 2), TypeError, r"input must be float32 or float64, got Long"),
     C("pool-complex", lambda: FF.max_pool2d(r(*X).to(torch.complex64), 2), TypeError, r"got ComplexFloat"),
     C("pool-backward-index-too-large",
-      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 3], [100, 7]]]]), [1, 1, 5, 5]), IndexError,
+      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 3], [100, 7]]]]), [1, 1, 5, 5], *POOL_WINDOW), IndexError,
       r"fastconv\.max_pool2d_backward: index 100 is outside the input plane of 25 elements"),
     C("pool-backward-index-negative",
-      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, -1], [4, 7]]]]), [1, 1, 5, 5]), IndexError,
+      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, -1], [4, 7]]]]), [1, 1, 5, 5], *POOL_WINDOW), IndexError,
       r"index -1 is outside the input plane"),
     C("pool-backward-indices-int32",
-      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 1], [4, 7]]]]).int(), [1, 1, 5, 5]), TypeError,
+      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 1], [4, 7]]]]).int(), [1, 1, 5, 5], *POOL_WINDOW), TypeError,
       r"indices must be int64, got Int"),
     C("pool-backward-indices-shape",
-      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 1, 4, 7]]]]), [1, 1, 5, 5]), ValueError,
+      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 1, 4, 7]]]]), [1, 1, 5, 5], *POOL_WINDOW), ValueError,
       r"indices \[1, 1, 1, 4\] and grad_output \[1, 1, 2, 2\] must have the same shape"),
     C("pool-backward-input-size",
-      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 1], [4, 7]]]]), [2, 1, 5, 5]), ValueError,
+      lambda: ops.max_pool2d_backward(r(1, 1, 2, 2), t([[[[0, 1], [4, 7]]]]), [2, 1, 5, 5], *POOL_WINDOW), ValueError,
       r"input_size \[2, 1, 5, 5\] does not match grad_output \[1, 1, 2, 2\]"),
     C("pool-backward-device",
-      lambda: on_cpu_kernel(ops.max_pool2d_backward, r(1, 1, 2, 2), meta(t([[[[0, 1], [4, 7]]]])), [1, 1, 5, 5]),
+      lambda: on_cpu_kernel(ops.max_pool2d_backward, r(1, 1, 2, 2), meta(t([[[[0, 1], [4, 7]]]])), [1, 1, 5, 5], *POOL_WINDOW),
       RuntimeError, r"indices is on meta but grad_output is on cpu"),
     # ---------------------------------------------------------------- cross_entropy
     C("ce-target-too-large", lambda: FF.cross_entropy(r(4, 5), t([0, 5, 1, 2])), IndexError,

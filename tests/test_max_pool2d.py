@@ -194,4 +194,5 @@ def test_opcheck_max_pool2d(backend):
     torch.library.opcheck(ops.max_pool2d, (x, [2, 2], [2, 2], [0, 0], [1, 1], False))
     torch.library.opcheck(ops.max_pool2d, (x, [3, 2], [2, 1], [1, 1], [1, 2], True))
     out, idx = ops.max_pool2d(x.detach(), [3, 3], [1, 1], [1, 1], [1, 1], False)
-    torch.library.opcheck(ops.max_pool2d_backward, (torch.randn_like(out), idx, list(x.shape)))
+    torch.library.opcheck(ops.max_pool2d_backward,
+                          (torch.randn_like(out), idx, list(x.shape), [3, 3], [1, 1], [1, 1], [1, 1]))

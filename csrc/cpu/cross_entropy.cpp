@@ -23,42 +23,10 @@
 #include <vector>
 
 #include "fastconv.h"
+#include "sim/sim.h"
 
 namespace fastconv::cpu {
 namespace {
-
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
-struct CeArgs {
-  at::Tensor z, target, weight;  // contiguous
-  int64_t n, c;
-};
-
-CeArgs check_ce(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                int64_t reduction, double label_smoothing, const char* op) {
-  check_floating(input, op, "input");
-  check_dim(input, 2, op, "input", "N, C");
-  check_same_device(input, "input", target, "target", op);
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "fastconv.", op,
-                   ": target must hold class indices as int64, got ", target.scalar_type());
-  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == input.size(0), "fastconv.", op,
-                    ": target must have shape [", input.size(0), "] (one class index per row of input), got ",
-                    target.sizes());
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "fastconv.", op,
-                    ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, "fastconv.", op,
-                    ": label_smoothing must be in [0, 1], got ", label_smoothing);
-  TORCH_CHECK_VALUE(input.size(1) > 0, "fastconv.", op, ": input must have at least one class");
-  CeArgs a{input.contiguous(), target.contiguous(), at::Tensor(), input.size(0), input.size(1)};
-  if (weight.has_value() && weight->defined()) {
-    check_same_dtype(input, "input", *weight, "weight", op);
-    check_same_device(input, "input", *weight, "weight", op);
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == a.c, "fastconv.", op, ": weight must have shape [",
-                      a.c, "] (one value per class), got ", weight->sizes());
-    a.weight = weight->contiguous();
-  }
-  return a;
-}
 
 template <typename T>
 T class_weight(const T* w, int64_t c) { return w ? w[c] : T(1); }
@@ -73,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
     return {loss.to(input.scalar_type()), lse.to(input.scalar_type())};
   }
   const char* op = "cross_entropy";
-  const CeArgs a = check_ce(input, target, weight, reduction, label_smoothing, op);
+  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
   at::Tensor lse = at::empty({a.n}, a.z.options());
   at::Tensor rows = at::empty({a.n}, a.z.options());
   at::Tensor loss = reduction == kNone ? rows : at::empty({}, a.z.options());
@@ -101,9 +69,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
           row_p[i] = T(0);
           continue;
         }
-        TORCH_CHECK_INDEX(ti >= 0 && ti < C, "fastconv.cross_entropy: target ", ti, " at row ", i,
-                          " is out of range for ", C, " classes (expected 0..", C - 1, " or ignore_index ",
-                          ignore_index, ")");
+        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, ignore_index);
         T loss_i = T(1.0 - eps) * class_weight(w, ti) * (l - zi[ti]);
         if (eps > 0) {
           T smooth = 0;
@@ -136,18 +102,8 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
                                       reduction, ignore_index, label_smoothing).to(input.scalar_type());
   }
   const char* op = "cross_entropy_backward";
-  const CeArgs a = check_ce(input, target, weight, reduction, label_smoothing, op);
-  check_same_dtype(input, "input", grad_loss, "grad_loss", op);
-  check_same_dtype(input, "input", lse, "lse", op);
-  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == a.n, "fastconv.", op, ": lse must have shape [", a.n,
-                    "], got ", lse.sizes());
-  if (reduction == kNone) {
-    TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == a.n, "fastconv.", op,
-                      ": with reduction 'none' grad_loss must have shape [", a.n, "], got ", grad_loss.sizes());
-  } else {
-    TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastconv.", op, ": grad_loss must be a scalar, got shape ",
-                      grad_loss.sizes());
-  }
+  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
+  check_cross_entropy_backward(a, input, grad_loss, lse, reduction);
   at::Tensor dz = at::empty({a.n, a.c}, a.z.options());
   const at::Tensor gl = grad_loss.contiguous(), ls = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES(a.z.scalar_type(), "fastconv_cross_entropy_backward", [&] {
@@ -177,8 +133,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
           for (int64_t c = 0; c < C; ++c) oi[c] = T(0);
           continue;
         }
-        TORCH_CHECK_INDEX(ti >= 0 && ti < C, "fastconv.cross_entropy_backward: target ", ti, " at row ", i,
-                          " is out of range for ", C, " classes");
+        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, ignore_index);
         const T scale = static_cast<T>((reduction == kNone ? double(g[i]) : double(g[0])) / denom);
         const T hard = T((1.0 - eps) * double(class_weight(w, ti)));
         const T soft = T(eps / C);
@@ -195,9 +150,10 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
 
 }  // namespace
 
+// Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("cross_entropy", &cross_entropy_cpu);
-  m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+  m.impl("cross_entropy", &sim::Routed<cross_entropy_cpu, sim::cross_entropy>::call);
+  m.impl("cross_entropy_backward", &sim::Routed<cross_entropy_backward_cpu, sim::cross_entropy_backward>::call);
 }
 
 }  // namespace fastconv::cpu

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "fastconv.h"
+#include "sim/sim.h"
 #include "philox.h"
 
 namespace fastconv::cpu {
@@ -19,11 +20,7 @@ namespace {
 
 at::Tensor dropout_cpu(const at::Tensor& input, double p, const at::Tensor& seed) {
   if (is_reduced(input)) return dropout_cpu(to_float(input), p, seed).to(input.scalar_type());
-  check_floating(input, "dropout", "input");
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "fastconv.dropout: p must be a probability in [0, 1], got ", p);
-  TORCH_CHECK_VALUE(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.device().is_cpu(),
-                    "fastconv.dropout: seed must be a CPU int64 tensor with one element, got ",
-                    seed.scalar_type(), " of shape ", seed.sizes(), " on ", seed.device());
+  check_dropout(input, p, seed);
   const uint64_t key = static_cast<uint64_t>(seed.contiguous().const_data_ptr<int64_t>()[0]);
   const at::Tensor x = input.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
@@ -48,8 +45,9 @@ at::Tensor dropout_cpu(const at::Tensor& input, double p, const at::Tensor& seed
 
 }  // namespace
 
+// Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("dropout", &dropout_cpu);
+  m.impl("dropout", &sim::Routed<dropout_cpu, sim::dropout>::call);
 }
 
 }  // namespace fastconv::cpu

@@ -7,7 +7,8 @@
 // flat positions ih * W + iw in the input plane, torch's convention.
 // Backward: dX = 0, then each output adds its gradient at its index. A plane is owned by one
 // task and its outputs are visited in order, so overlapping windows sum in a fixed order: no
-// atomics, bitwise-reproducible results.
+// atomics, bitwise-reproducible results. (The window arguments are not needed here; the CUDA
+// backward, which gathers instead of scattering, uses them.)
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -19,6 +20,7 @@
 #include <limits>
 
 #include "fastconv.h"
+#include "sim/sim.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -89,23 +91,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
     auto [out, idx] = max_pool2d_cpu(to_float(input), kernel_size, stride, padding, dilation, ceil_mode);
     return {out.to(input.scalar_type()), idx};
   }
-  const char* op = "max_pool2d";
-  check_floating(input, op, "input");
-  check_dim(input, 4, op, "input", "N, C, H, W");
-  check_pair(kernel_size, op, "kernel_size", 1);
-  check_pair(stride, op, "stride", 1);
-  check_pair(padding, op, "padding", 0);
-  check_pair(dilation, op, "dilation", 1);
-  for (int i = 0; i < 2; ++i)
-    TORCH_CHECK_VALUE(padding[i] <= kernel_size[i] / 2, "fastconv.max_pool2d: padding must be at most half of "
-                      "kernel_size, got padding ", padding, " for kernel_size ", kernel_size);
-  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  TORCH_CHECK_VALUE(H > 0 && W > 0 && C > 0, "fastconv.max_pool2d: input must have non-zero C, H and W, got ",
-                    input.sizes());
-  const int64_t OH = pool_out(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode);
-  const int64_t OW = pool_out(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode);
-  TORCH_CHECK_VALUE(OH >= 1 && OW >= 1, "fastconv.max_pool2d: the window (kernel_size ", kernel_size,
-                    ", dilation ", dilation, ") does not fit the padded input ", H, "x", W);
+  const PoolShape shape = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const int64_t N = shape.n, C = shape.c, H = shape.h, W = shape.w, OH = shape.oh, OW = shape.ow;
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({N, C, OH, OW}, x.options());
   at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong));
@@ -124,21 +111,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
-                                   at::IntArrayRef input_size) {
+                                   at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
   if (is_reduced(grad_output))
-    return max_pool2d_backward_cpu(to_float(grad_output), indices, input_size).to(grad_output.scalar_type());
-  const char* op = "max_pool2d_backward";
-  check_floating(grad_output, op, "grad_output");
-  check_same_device(grad_output, "grad_output", indices, "indices", op);
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "fastconv.", op, ": indices must be int64, got ",
-                   indices.scalar_type());
-  check_dim(grad_output, 4, op, "grad_output", "N, C, OH, OW");
-  TORCH_CHECK_VALUE(indices.sizes() == grad_output.sizes(), "fastconv.", op, ": indices ", indices.sizes(),
-                    " and grad_output ", grad_output.sizes(), " must have the same shape");
-  TORCH_CHECK_VALUE(input_size.size() == 4 && input_size[0] == grad_output.size(0) &&
-                        input_size[1] == grad_output.size(1),
-                    "fastconv.", op, ": input_size ", input_size, " does not match grad_output ",
-                    grad_output.sizes());
+    return max_pool2d_backward_cpu(to_float(grad_output), indices, input_size, kernel_size, stride, padding,
+                                   dilation).to(grad_output.scalar_type());
+  check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation);
   const int64_t planes = input_size[0] * input_size[1], HW = input_size[2] * input_size[3];
   const int64_t OHW = grad_output.size(2) * grad_output.size(3);
   at::Tensor dx = at::zeros(input_size, grad_output.options());
@@ -154,8 +132,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
         scalar_t* op_ = out + plane * HW;
         for (int64_t o = 0; o < OHW; ++o) {
           const int64_t i = ip[o];
-          TORCH_CHECK_INDEX(i >= 0 && i < HW, "fastconv.max_pool2d_backward: index ", i,
-                            " is outside the input plane of ", HW, " elements");
+          if (i < 0 || i >= HW) max_pool2d_bad_index(i, HW);
           op_[i] += gp[o];
         }
       }
@@ -166,9 +143,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
 
 }  // namespace
 
+// Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("max_pool2d", &max_pool2d_cpu);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+  m.impl("max_pool2d", &sim::Routed<max_pool2d_cpu, sim::max_pool2d>::call);
+  m.impl("max_pool2d_backward", &sim::Routed<max_pool2d_backward_cpu, sim::max_pool2d_backward>::call);
 }
 
 }  // namespace fastconv::cpu

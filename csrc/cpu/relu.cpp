@@ -13,6 +13,7 @@
 
 #include "cpu/gemm.h"
 #include "fastconv.h"
+#include "sim/sim.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -59,11 +60,7 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
     check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
     return relu_backward_cpu(to_float(grad_output), to_float(result)).to(grad_output.scalar_type());
   }
-  check_floating(grad_output, "relu_backward", "grad_output");
-  check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
-  check_same_device(grad_output, "grad_output", result, "result", "relu_backward");
-  TORCH_CHECK_VALUE(grad_output.sizes() == result.sizes(), "fastconv.relu_backward: grad_output ",
-                    grad_output.sizes(), " and result ", result.sizes(), " must have the same shape");
+  check_relu_backward(grad_output, result);
   const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
   at::Tensor dx = at::empty(dy.sizes(), dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward", [&] {
@@ -79,9 +76,10 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
 
 }  // namespace
 
+// Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("relu", &relu_cpu);
-  m.impl("relu_backward", &relu_backward_cpu);
+  m.impl("relu", &sim::Routed<relu_cpu, sim::relu>::call);
+  m.impl("relu_backward", &sim::Routed<relu_backward_cpu, sim::relu_backward>::call);
 }
 
 }  // namespace fastconv::cpu

@@ -1,0 +1,86 @@
+// common.cuh: what every CUDA kernel file of fastconv includes first. The same .cu source is built two
+// ways, and this header is the only place that knows which:
+//   - by nvcc for GPUs (__CUDACC__): the real CUDA headers; launchers live in fastconv::cuda;
+//   - by g++ for fastconv's SIMT simulator (csrc/sim/): cuda_sim.h supplies the CUDA language
+//     (built-in variables, __syncthreads, warp intrinsics, atomics, __half, ...) on the CPU;
+//     launchers live in fastconv::sim.
+// Kernel code itself reads as ordinary CUDA. Two spellings differ from plain CUDA:
+//   - launches go through fastconv::launch(kernel, grid, block, smem_bytes, stream, args...) instead
+//     of kernel<<<grid, block, smem_bytes, stream>>>(args...); it returns the launch's error code
+//     (0 = success), and in the simulator throws std::runtime_error with a report when the
+//     simulator catches a bug (race, divergent barrier, bad shuffle mask, device assertion);
+//   - dynamic shared memory is FC_DYNAMIC_SHARED(T, name) instead of `extern __shared__ T name[]`.
+// Nothing here includes torch: nvcc compiles these files on machines whose torch has no CUDA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FC_NS cuda
+#else
+#define FC_NS sim
+#endif
+#include "cuda/kernels.h"
+
+#if defined(__CUDACC__)
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#define FC_DYNAMIC_SHARED(T, name)                                   \
+  extern __shared__ __align__(16) unsigned char fc_dynamic_shared_[]; \
+  T* name = reinterpret_cast<T*>(fc_dynamic_shared_)
+
+namespace fastconv {
+
+// kernel<<<grid, block, smem, stream>>>(args...), then the launch's error code. An empty grid is
+// no launch at all (CUDA refuses a zero-sized grid).
+template <typename... Params, typename... Args>
+inline int launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Stream stream, Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return 0;
+  kernel<<<grid, block, smem, static_cast<cudaStream_t>(stream)>>>(args...);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace fastconv
+
+#else  // the simulator
+
+#include "sim/cuda_sim.h"
+
+#endif
+
+namespace fastconv {
+
+// Arithmetic type of a storage type: float16 and bfloat16 are loaded, computed in float32 and rounded
+// back (round-to-nearest-even), float32 and float64 compute in themselves.
+template <typename T> struct Acc { using type = T; };
+template <> struct Acc<__half> { using type = float; };
+template <> struct Acc<__nv_bfloat16> { using type = float; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+__host__ __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__host__ __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+__host__ __device__ __forceinline__ float to_acc(float v) { return v; }
+__host__ __device__ __forceinline__ double to_acc(double v) { return v; }
+
+template <typename T> __host__ __device__ __forceinline__ T from_acc(acc_t<T> v) { return static_cast<T>(v); }
+template <> __host__ __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __host__ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+}  // namespace fastconv
+
+// FC_DISPATCH(dtype, T, body): runs body with T the storage type named by dtype (a fastconv::DType);
+// an unknown dtype returns kBadDType from the enclosing launcher.
+#define FC_DISPATCH(dtype, T, ...)                                   \
+  switch (dtype) {                                                   \
+    case ::fastconv::DType::f32: { using T = float; __VA_ARGS__; break; }          \
+    case ::fastconv::DType::f64: { using T = double; __VA_ARGS__; break; }         \
+    case ::fastconv::DType::f16: { using T = __half; __VA_ARGS__; break; }         \
+    case ::fastconv::DType::bf16: { using T = __nv_bfloat16; __VA_ARGS__; break; } \
+    default: return ::fastconv::kBadDType;                           \
+  }

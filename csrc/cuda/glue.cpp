@@ -1,0 +1,222 @@
+// glue.cpp: torch tensors -> the raw-pointer launchers of csrc/cuda/kernels.h, written once and
+// compiled twice:
+//   - as it is, against a CUDA build of torch: fastconv::cuda::*, registered for CUDA tensors;
+//   - with FASTCONV_SIM defined (csrc/sim/glue.cpp): fastconv::sim::*, the same ops on CPU tensors
+//     with the kernels run by the SIMT simulator; the CPU registrations route to them under
+//     fastconv.simulate() (csrc/sim/sim.h).
+// Each op checks its arguments with the checks every backend shares (csrc/fastconv.h), so bad input
+// gives the same exception on every device, makes its inputs contiguous, allocates its outputs and
+// launches on the current stream. Errors a kernel finds in the data (an index outside its plane, a
+// target outside [0, C)) come back through one int64 in device memory that the op reads after the
+// launch (a synchronisation on a GPU) and raises as the CPU kernel does.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "fastconv.h"
+
+#if defined(FASTCONV_SIM)
+#define FC_NS sim
+#include "sim/runtime.h"
+#include "sim/sim.h"
+#else
+#define FC_NS cuda
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+#include "cuda/kernels.h"
+
+namespace fastconv::FC_NS {
+namespace {
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::f32;
+    case at::kDouble: return DType::f64;
+    case at::kHalf: return DType::f16;
+    case at::kBFloat16: return DType::bf16;
+    default: TORCH_CHECK_TYPE(false, "fastconv: no CUDA kernel for dtype ", t.scalar_type());
+  }
+}
+
+void check_launch(int code, const char* op) {
+  TORCH_CHECK(code == 0, "fastconv.", op, ": kernel launch failed: ", error_string(code));
+}
+
+constexpr int64_t kNoError = std::numeric_limits<int64_t>::max();
+
+// One int64 in device memory that a kernel lowers to the position of the first bad element it finds.
+at::Tensor error_slot(const at::Tensor& like) { return at::full({1}, kNoError, like.options().dtype(at::kLong)); }
+
+int64_t read_int64(const at::Tensor& t, int64_t i = 0) { return t.reshape(-1)[i].item<int64_t>(); }
+
+#if defined(FASTCONV_SIM)
+Stream stream_of(const at::Tensor&) { return nullptr; }
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Tensor&) {}
+};
+fcsim::Buffer buf(const at::Tensor& t, const char* name) {
+  return fcsim::Buffer{t.defined() ? t.const_data_ptr() : nullptr, t.defined() ? t.nbytes() : 0, name};
+}
+// The buffers a launch may touch: the simulator's memory check reports any other global access.
+#define FC_BUFFERS(...) const fcsim::BufferScope fc_buffers_{__VA_ARGS__}
+#else
+Stream stream_of(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+#define FC_BUFFERS(...) (void)0
+#endif
+
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+
+}  // namespace
+
+at::Tensor relu(const at::Tensor& input) {
+  check_floating(input, "relu", "input");
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  DeviceGuard guard(x);
+  FC_BUFFERS(buf(x, "input"), buf(y, "output"));
+  check_launch(relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), stream_of(x)), "relu");
+  return y;
+}
+
+at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_relu_backward(grad_output, result);
+  const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
+  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  DeviceGuard guard(dy);
+  FC_BUFFERS(buf(dy, "grad_output"), buf(y, "result"), buf(dx, "grad_input"));
+  check_launch(relu_backward(dtype_of(dy), dy.const_data_ptr(), y.const_data_ptr(), dx.mutable_data_ptr(), dy.numel(),
+                             stream_of(dy)),
+               "relu_backward");
+  return dx;
+}
+
+at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
+  check_dropout(input, p, seed);
+  const at::Tensor x = input.contiguous(), s = seed.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  DeviceGuard guard(x);
+  FC_BUFFERS(buf(x, "input"), buf(s, "seed"), buf(y, "output"));
+  check_launch(dropout_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), p,
+                               s.const_data_ptr<int64_t>(), stream_of(x)),
+               "dropout");
+  return y;
+}
+
+namespace {
+PoolGeometry pool_geometry(const PoolShape& s, at::IntArrayRef k, at::IntArrayRef st, at::IntArrayRef p,
+                           at::IntArrayRef d) {
+  return PoolGeometry{s.n, s.c, s.h, s.w, s.oh, s.ow, k[0], k[1], st[0], st[1], p[0], p[1], d[0], d[1]};
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, bool ceil_mode) {
+  const PoolShape s = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options());
+  at::Tensor idx = at::empty({s.n, s.c, s.oh, s.ow}, x.options().dtype(at::kLong));
+  DeviceGuard guard(x);
+  FC_BUFFERS(buf(x, "input"), buf(y, "output"), buf(idx, "indices"));
+  check_launch(max_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), idx.mutable_data_ptr<int64_t>(),
+                                  pool_geometry(s, kernel_size, stride, padding, dilation), stream_of(x)),
+               "max_pool2d");
+  return {y, idx};
+}
+
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices, at::IntArrayRef input_size,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation) {
+  const PoolShape s =
+      check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation);
+  const at::Tensor dy = grad_output.contiguous(), ix = indices.contiguous();
+  at::Tensor dx = at::empty(input_size, dy.options());
+  at::Tensor bad = error_slot(dy);
+  DeviceGuard guard(dy);
+  {
+    FC_BUFFERS(buf(dy, "grad_output"), buf(ix, "indices"), buf(dx, "grad_input"), buf(bad, "error slot"));
+    check_launch(max_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), ix.const_data_ptr<int64_t>(),
+                                     dx.mutable_data_ptr(), pool_geometry(s, kernel_size, stride, padding, dilation),
+                                     bad.mutable_data_ptr<int64_t>(), stream_of(dy)),
+                 "max_pool2d_backward");
+  }
+  const int64_t first_bad = read_int64(bad);
+  if (first_bad != kNoError) max_pool2d_bad_index(read_int64(ix, first_bad), s.h * s.w);
+  return dx;
+}
+
+namespace {
+CrossEntropyArgs ce_args(const CrossEntropyInputs& a, int64_t reduction, int64_t ignore_index, double eps) {
+  return CrossEntropyArgs{a.n, a.c, static_cast<int>(reduction), ignore_index, eps};
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                                 const std::optional<at::Tensor>& weight, int64_t reduction,
+                                                 int64_t ignore_index, double label_smoothing) {
+  const char* op = "cross_entropy";
+  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
+  const CrossEntropyArgs args = ce_args(a, reduction, ignore_index, label_smoothing);
+  at::Tensor lse = at::empty({a.n}, a.z.options());
+  at::Tensor loss = reduction == kNone ? at::empty({a.n}, a.z.options()) : at::empty({}, a.z.options());
+  at::Tensor workspace = at::empty({cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
+  at::Tensor bad = error_slot(a.z);
+  DeviceGuard guard(a.z);
+  {
+    FC_BUFFERS(buf(a.z, "input"), buf(a.target, "target"), buf(a.weight, "weight"), buf(lse, "lse"),
+               buf(loss, "loss"), buf(workspace, "workspace"), buf(bad, "error slot"));
+    check_launch(cross_entropy_forward(dtype_of(a.z), a.z.const_data_ptr(), a.target.const_data_ptr<int64_t>(),
+                                       ptr_or_null(a.weight), args, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
+                                       workspace.mutable_data_ptr(), bad.mutable_data_ptr<int64_t>(), stream_of(a.z)),
+                 op);
+  }
+  const int64_t row = read_int64(bad);
+  if (row != kNoError) cross_entropy_bad_target(op, read_int64(a.target, row), row, a.c, ignore_index);
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+                                  const std::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t reduction,
+                                  int64_t ignore_index, double label_smoothing) {
+  const char* op = "cross_entropy_backward";
+  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
+  check_cross_entropy_backward(a, input, grad_loss, lse, reduction);
+  const CrossEntropyArgs args = ce_args(a, reduction, ignore_index, label_smoothing);
+  const at::Tensor g = grad_loss.contiguous(), l = lse.contiguous();
+  at::Tensor dz = at::empty({a.n, a.c}, a.z.options());
+  at::Tensor workspace = at::empty({cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
+  at::Tensor bad = error_slot(a.z);
+  DeviceGuard guard(a.z);
+  {
+    FC_BUFFERS(buf(g, "grad_loss"), buf(a.z, "input"), buf(a.target, "target"), buf(a.weight, "weight"),
+               buf(l, "lse"), buf(dz, "grad_input"), buf(workspace, "workspace"), buf(bad, "error slot"));
+    check_launch(cross_entropy_backward(dtype_of(a.z), g.const_data_ptr(), a.z.const_data_ptr(),
+                                        a.target.const_data_ptr<int64_t>(), ptr_or_null(a.weight), l.const_data_ptr(),
+                                        args, dz.mutable_data_ptr(), workspace.mutable_data_ptr(),
+                                        bad.mutable_data_ptr<int64_t>(), stream_of(a.z)),
+                 op);
+  }
+  const int64_t row = read_int64(bad);
+  if (row != kNoError) cross_entropy_bad_target(op, read_int64(a.target, row), row, a.c, ignore_index);
+  return dz;
+}
+
+}  // namespace fastconv::FC_NS
+
+#if !defined(FASTCONV_SIM)
+TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
+  m.impl("relu", &fastconv::cuda::relu);
+  m.impl("relu_backward", &fastconv::cuda::relu_backward);
+  m.impl("dropout", &fastconv::cuda::dropout);
+  m.impl("max_pool2d", &fastconv::cuda::max_pool2d);
+  m.impl("max_pool2d_backward", &fastconv::cuda::max_pool2d_backward);
+  m.impl("cross_entropy", &fastconv::cuda::cross_entropy);
+  m.impl("cross_entropy_backward", &fastconv::cuda::cross_entropy_backward);
+}
+#endif

@@ -1,0 +1,82 @@
+// kernels.h: the launchers of fastconv's CUDA kernels, the one interface between the torch glue
+// (csrc/cuda/glue.cpp) and the kernel files (csrc/cuda/*.cu). Plain C++ with raw pointers and sizes:
+// no torch and no CUDA headers, so both sides include it anywhere.
+//
+// The launchers are declared in fastconv::FC_NS, which the includer defines: `cuda` for the nvcc
+// build, `sim` for the simulator build of the same sources, so both builds link into one library.
+// Every launcher enqueues its kernels on `stream` (a cudaStream_t; ignored by the simulator), never
+// synchronises, and returns 0 or the first CUDA error code. Pointers are device pointers of
+// contiguous tensors; sizes are element counts (int64: a tensor may exceed 2^31 elements).
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv {
+
+using Stream = void*;
+
+// Storage type of a tensor's elements.
+enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+
+// Launcher errors of fastconv's own, above CUDA's error codes.
+constexpr int kBadDType = 100000;
+
+// Geometry of a 2-D max-pool: input [n, c, h, w] -> output [n, c, oh, ow].
+struct PoolGeometry {
+  int64_t n, c, h, w, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+// Softmax + cross-entropy problem: logits [n, c], int64 targets [n], optional class weights [c].
+struct CrossEntropyArgs {
+  int64_t n, c;
+  int reduction;          // 0 none, 1 mean, 2 sum
+  int64_t ignore_index;
+  double label_smoothing;
+};
+
+}  // namespace fastconv
+
+#ifndef FC_NS
+#error "define FC_NS (cuda or sim) before including cuda/kernels.h"
+#endif
+
+namespace fastconv::FC_NS {
+
+// The message of an error code returned by a launcher.
+const char* error_string(int code);
+
+// y = max(x, 0); NaN propagates. n elements.
+int relu_forward(DType dtype, const void* x, void* y, int64_t n, Stream stream);
+// dx = (y <= 0 ? 0 : dy), with y the forward result.
+int relu_backward(DType dtype, const void* dy, const void* y, void* dx, int64_t n, Stream stream);
+
+// y = keep(i) ? x * 1 / (1 - p) : 0, keep(i) = uniform24(philox4x32_10(i / 4, *seed)[i % 4]) >= p
+// (csrc/philox.h): the CPU kernel's mask, bit for bit. `seed` points to one int64 in device memory.
+int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, const int64_t* seed, Stream stream);
+
+// Max-pool forward: y and flat indices ih * w + iw per output (the first maximum, or the last NaN, as
+// the CPU kernel).
+int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolGeometry& g,
+                       Stream stream);
+// Max-pool backward by gathering (deterministic, no atomics on floats): each input element sums, in
+// output order, the gradients of the windows that cover it and chose it. First `*bad` (one int64 in
+// device memory that the caller sets to INT64_MAX) receives the smallest flat output position whose
+// index lies outside its input plane (the caller reports it), then dx is written.
+int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolGeometry& g,
+                        int64_t* bad, Stream stream);
+
+// Bytes of device workspace that cross_entropy_forward / _backward need for a problem.
+int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a);
+// Fused softmax + cross-entropy forward: lse [n] and loss ([n] for reduction none, else one value).
+// `*bad_row` (set to INT64_MAX by the caller) receives the smallest row whose target is neither
+// ignore_index nor in [0, c); that row's loss is then meaningless and the caller raises.
+int cross_entropy_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
+                          const CrossEntropyArgs& a, void* loss, void* lse, void* workspace, int64_t* bad_row,
+                          Stream stream);
+// Backward: dlogits [n, c] from grad_loss ([n] or one value) and the saved lse.
+int cross_entropy_backward(DType dtype, const void* grad_loss, const void* logits, const int64_t* target,
+                           const void* weight, const void* lse, const CrossEntropyArgs& a, void* dlogits,
+                           void* workspace, int64_t* bad_row, Stream stream);
+
+}  // namespace fastconv::FC_NS

@@ -1,0 +1,137 @@
+// max_pool2d.cu: 2-D max pooling with indices, and its deterministic backward, on the GPU.
+//
+// Kernels:
+//   max_pool2d_forward_kernel<T>   one thread per output element (n, c, oh, ow), grid-stride. It
+//       scans its window clipped to the input exactly as the CPU kernel (csrc/cpu/max_pool2d.cpp,
+//       pool_one) and keeps the first maximum, or the last NaN; the index is the flat position
+//       ih * W + iw in the input plane. Cost: kh * kw comparisons and loads per output (the loads
+//       of neighbouring windows overlap and hit in L1/L2), sizeof(T) + 8 bytes written per output.
+//   max_pool2d_check_kernel        one thread per output: an index outside [0, H * W) lowers *bad
+//       to its flat output position (atomicMin on int64), so the caller reports the smallest one
+//       as the CPU kernel does. 8 bytes read per output.
+//   max_pool2d_gather_kernel<T>    one thread per input element (n, c, ih, iw), grid-stride. It
+//       visits the outputs whose window covers it in increasing (oh, ow) order and sums, in
+//       acc_t<T> from 0, the gradients of those whose index chose it, then writes dx once. That is
+//       the order in which the CPU kernel adds outputs into dx, so float and double results are
+//       bitwise the CPU's; there are no float atomics and no separate zeroing pass. Cost: kh * kw
+//       candidate windows per input, each an 8-byte index load (and a gradient load when chosen);
+//       sizeof(T) bytes written per input.
+#include "cuda/common.cuh"
+
+namespace fastconv::FC_NS {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 4096;
+
+// One thread per output element (n, c, oh, ow), grid-stride.
+template <typename T>
+__global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t* __restrict__ indices,
+                                          PoolGeometry g) {
+  using A = acc_t<T>;
+  const int64_t total = g.n * g.c * g.oh * g.ow;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += stride) {
+    const int64_t ow = o % g.ow, rest = o / g.ow;
+    const int64_t oh = rest % g.oh, plane = rest / g.oh;
+    int64_t h0 = oh * g.sh - g.ph;
+    const int64_t h1 = h0 + (g.kh - 1) * g.dh + 1 < g.h ? h0 + (g.kh - 1) * g.dh + 1 : g.h;
+    if (h0 < 0) h0 += (-h0 + g.dh - 1) / g.dh * g.dh;
+    int64_t w0 = ow * g.sw - g.pw;
+    const int64_t w1 = w0 + (g.kw - 1) * g.dw + 1 < g.w ? w0 + (g.kw - 1) * g.dw + 1 : g.w;
+    if (w0 < 0) w0 += (-w0 + g.dw - 1) / g.dw * g.dw;
+    const T* __restrict__ xp = x + plane * g.h * g.w;
+    A best = -INFINITY;
+    int64_t best_i = h0 * g.w + w0;
+    for (int64_t ih = h0; ih < h1; ih += g.dh)
+      for (int64_t iw = w0; iw < w1; iw += g.dw) {
+        const A v = to_acc(xp[ih * g.w + iw]);
+        const bool take = v > best || v != v;  // the first maximum, or the last NaN
+        best = take ? v : best;
+        best_i = take ? ih * g.w + iw : best_i;
+      }
+    y[o] = from_acc<T>(best);
+    indices[o] = best_i;
+  }
+}
+
+// One thread per output element, grid-stride.
+__global__ void max_pool2d_check_kernel(const int64_t* __restrict__ indices, int64_t total, int64_t plane_size,
+                                        int64_t* __restrict__ bad) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += stride) {
+    const int64_t i = indices[o];
+    if (i < 0 || i >= plane_size)
+      atomicMin(reinterpret_cast<long long*>(bad), static_cast<long long>(o));
+  }
+}
+
+// One thread per input element (n, c, ih, iw), grid-stride.
+template <typename T>
+__global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t* __restrict__ indices,
+                                         T* __restrict__ dx, PoolGeometry g) {
+  using A = acc_t<T>;
+  const int64_t total = g.n * g.c * g.h * g.w;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int64_t iw = e % g.w, rest = e / g.w;
+    const int64_t ih = rest % g.h, plane = rest / g.h;
+    const int64_t self = ih * g.w + iw;
+    const int64_t* __restrict__ ip = indices + plane * g.oh * g.ow;
+    const T* __restrict__ gp = dy + plane * g.oh * g.ow;
+    A sum = A(0);
+    // Kernel row j covers ih from output row (ih + ph - j * dh) / sh: j downwards is oh upwards.
+    for (int64_t j = g.kh - 1; j >= 0; --j) {
+      const int64_t th = ih + g.ph - j * g.dh;
+      if (th < 0 || th % g.sh != 0) continue;
+      const int64_t oh = th / g.sh;
+      if (oh >= g.oh) continue;
+      for (int64_t k = g.kw - 1; k >= 0; --k) {
+        const int64_t tw = iw + g.pw - k * g.dw;
+        if (tw < 0 || tw % g.sw != 0) continue;
+        const int64_t ow = tw / g.sw;
+        if (ow >= g.ow) continue;
+        const int64_t o = oh * g.ow + ow;
+        if (ip[o] == self) sum += to_acc(gp[o]);
+      }
+    }
+    dx[e] = from_acc<T>(sum);
+  }
+}
+
+dim3 grid_for(int64_t work) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  return dim3(static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks));
+}
+
+}  // namespace
+
+int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolGeometry& g,
+                       Stream stream) {
+  const int64_t outputs = g.n * g.c * g.oh * g.ow;
+  if (outputs == 0) return 0;
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    err = launch(max_pool2d_forward_kernel<T>, grid_for(outputs), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(x), static_cast<T*>(y), indices, g);
+  });
+  return err;
+}
+
+int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolGeometry& g,
+                        int64_t* bad, Stream stream) {
+  const int64_t outputs = g.n * g.c * g.oh * g.ow, inputs = g.n * g.c * g.h * g.w;
+  if (inputs == 0) return 0;
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    if (outputs != 0)
+      err = launch(max_pool2d_check_kernel, grid_for(outputs), dim3(kThreads), 0, stream, indices, outputs,
+                   g.h * g.w, bad);
+    if (err == 0)
+      err = launch(max_pool2d_gather_kernel<T>, grid_for(inputs), dim3(kThreads), 0, stream,
+                   static_cast<const T*>(dy), indices, static_cast<T*>(dx), g);
+  });
+  return err;
+}
+
+}  // namespace fastconv::FC_NS

@@ -1,0 +1,118 @@
+// relu.cu: y = max(x, 0) and its gradient dx = (y <= 0 ? 0 : dy), elementwise on the GPU.
+//
+// Kernels:
+//   relu_forward_kernel<T>   y = (x < 0 ? 0 : x)
+//   relu_backward_kernel<T>  dx = (y <= 0 ? 0 : dy)
+// Both run the same grid-stride loop (elementwise below). When every pointer is 16-byte aligned,
+// each thread moves one 16-byte pack per step (4 floats, 2 doubles or 8 halves / bfloat16s: one
+// 128-bit load per input and one 128-bit store), and the n % pack elements of the tail are done one
+// by one; otherwise every element is done one by one. The comparison is made in acc_t<T> (exact for
+// every storage type) and the kept value is copied bit for bit from the input, so NaN stays NaN
+// (comparisons with NaN are false) and -0.0 stays -0.0, as in the CPU kernel (csrc/cpu/relu.cpp).
+// Cost: 1 comparison per element; 2 * sizeof(T) bytes per element forward, 3 * sizeof(T) backward.
+// Memory-bound: the 128-bit accesses keep few memory instructions in flight per byte, and a
+// grid capped at 4096 blocks of 256 threads saturates HBM while each thread does several packs.
+#include "cuda/common.cuh"
+
+namespace fastconv::FC_NS {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 4096;
+
+// 16 bytes of T, moved as one 128-bit access.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+struct ReluForward {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T x) const {
+    return to_acc(x) < acc_t<T>(0) ? from_acc<T>(acc_t<T>(0)) : x;
+  }
+};
+
+struct ReluBackward {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T y, T dy) const {
+    return to_acc(y) <= acc_t<T>(0) ? from_acc<T>(acc_t<T>(0)) : dy;
+  }
+};
+
+// f lane by lane over whole packs (passed by value: each is one 128-bit load).
+template <typename F, typename P, typename... Rest>
+__device__ __forceinline__ P map_pack(F f, P first, Rest... rest) {
+  P out;
+  for (int k = 0; k < P::kSize; ++k) out.v[k] = f(first.v[k], rest.v[k]...);
+  return out;
+}
+
+// dst[i] = f(src[i]...) for i in [0, n), grid-stride: pack p of 16 bytes by thread p mod the grid
+// when `packed`, then the tail (and every element when not packed) element i by thread i mod the grid.
+template <typename T, typename F, typename... Src>
+__device__ __forceinline__ void elementwise(F f, int64_t n, bool packed, T* __restrict__ dst,
+                                            const Src* __restrict__... src) {
+  using P = Pack<T>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;
+  if (packed) {
+    const int64_t packs = n / P::kSize;
+    for (int64_t p = tid; p < packs; p += stride) {
+      reinterpret_cast<P*>(dst)[p] = map_pack(f, reinterpret_cast<const P*>(src)[p]...);
+    }
+    done = packs * P::kSize;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) dst[i] = f(src[i]...);
+}
+
+// One thread per 16-byte pack (or per element when unaligned), grid-stride.
+template <typename T>
+__global__ void relu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool packed) {
+  elementwise<T>(ReluForward{}, n, packed, y, x);
+}
+
+// One thread per 16-byte pack (or per element when unaligned), grid-stride.
+template <typename T>
+__global__ void relu_backward_kernel(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx,
+                                     int64_t n, bool packed) {
+  elementwise<T>(ReluBackward{}, n, packed, dx, y, dy);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Blocks for `work` items, one per thread, capped (the kernels loop over the rest).
+dim3 grid_for(int64_t work) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  return dim3(static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks));
+}
+
+}  // namespace
+
+int relu_forward(DType dtype, const void* x, void* y, int64_t n, Stream stream) {
+  if (n == 0) return 0;
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const bool packed = aligned16(x) && aligned16(y);
+    const int64_t work = packed ? (n + Pack<T>::kSize - 1) / Pack<T>::kSize : n;
+    err = launch(relu_forward_kernel<T>, grid_for(work), dim3(kThreads), 0, stream, static_cast<const T*>(x),
+                 static_cast<T*>(y), n, packed);
+  });
+  return err;
+}
+
+int relu_backward(DType dtype, const void* dy, const void* y, void* dx, int64_t n, Stream stream) {
+  if (n == 0) return 0;
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const bool packed = aligned16(dy) && aligned16(y) && aligned16(dx);
+    const int64_t work = packed ? (n + Pack<T>::kSize - 1) / Pack<T>::kSize : n;
+    err = launch(relu_backward_kernel<T>, grid_for(work), dim3(kThreads), 0, stream, static_cast<const T*>(y),
+                 static_cast<const T*>(dy), static_cast<T*>(dx), n, packed);
+  });
+  return err;
+}
+
+}  // namespace fastconv::FC_NS

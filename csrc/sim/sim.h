@@ -1,0 +1,52 @@
+// sim.h: fastconv's ops on the SIMT simulator, as the CPU backend sees them.
+//
+// The torch glue of the CUDA kernels (csrc/cuda/glue.cpp) is compiled a second time for the
+// simulator (csrc/sim/glue.cpp), into the functions declared here: the same arguments as the ops,
+// CPU tensors, and the CUDA kernels run on the CPU. Under fastconv.simulate() (active() is true) the
+// CPU registration of every op that has a CUDA kernel routes to them; ops without one (convolution
+// and linear, for now) keep their CPU kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace fastconv::sim {
+
+bool active();
+
+// torch.ops.fastconv._sim_configure: turns routing on or off and sets the simulator's options
+// (order: 0 forward, 1 reverse, 2 random).
+void configure(bool enabled, int64_t order, int64_t seed, bool race_check, bool memcheck);
+// torch.ops.fastconv._sim_selftest: runs one of the simulator's self-test kernels (csrc/sim/selftest.cu)
+// on n floats and returns them.
+at::Tensor selftest(const std::string& name, int64_t n);
+
+at::Tensor relu(const at::Tensor& input);
+at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result);
+at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed);
+std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices, at::IntArrayRef input_size,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation);
+std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                                 const std::optional<at::Tensor>& weight, int64_t reduction,
+                                                 int64_t ignore_index, double label_smoothing);
+at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+                                  const std::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t reduction,
+                                  int64_t ignore_index, double label_smoothing);
+
+// Routed<cpu_kernel, sim_kernel>::call, registered as an op's CPU kernel: the simulated CUDA kernel
+// under fastconv.simulate(), the CPU kernel otherwise.
+template <auto Cpu, auto Sim>
+struct Routed;
+template <typename R, typename... A, R (*Cpu)(A...), R (*Sim)(A...)>
+struct Routed<Cpu, Sim> {
+  static R call(A... args) { return active() ? Sim(args...) : Cpu(args...); }
+};
+
+}  // namespace fastconv::sim

@@ -1,0 +1,99 @@
+"""Run fastconv's CUDA kernels without a GPU, in its SIMT simulator.
+
+    with fastconv.simulate():                      # CPU tensors, CUDA kernels
+        y = fastconv.functional.relu(torch.randn(8))
+
+Inside the context every fastconv op that has a CUDA kernel (ReLU, max-pooling, softmax +
+cross-entropy, dropout, forward and backward) runs that kernel -- the same ``csrc/cuda/*.cu``
+source nvcc compiles for GPUs -- on the CPU, one fiber per CUDA thread, with CUDA's semantics for
+``__syncthreads``, warp shuffles and votes, shared memory and atomics. Results equal a GPU's up to
+the order of floating-point rounding. Convolution and linear have no CUDA kernels yet: under the
+simulator they run their CPU kernels.
+
+While kernels run, the simulator checks what a GPU would not report: barrier divergence, warp
+collectives with bad masks or exited lanes, deadlocks, shared-memory races and reads of shared
+memory no thread wrote (``race_check``), and global accesses outside the op's tensors
+(``memcheck``). A detected bug stops the op with a ``RuntimeError`` naming the kernel, block, thread
+and source line. ``order`` chooses in which order a block's threads run between meeting points:
+"forward", "reverse" or "random" (seeded by ``seed``); correct kernels give bitwise-identical results
+in all three.
+
+``FASTCONV_SIMULATE=1`` turns the simulator on for a whole process (``FASTCONV_SIM_ORDER`` and
+``FASTCONV_SIM_SEED`` set its order and seed). ``FASTCONV_SIM_THREADS`` caps the worker threads
+that run blocks (default: one per core).
+
+Not modelled: weak memory ordering, spin-waits on other blocks, timing and bank conflicts, and
+overruns from one static ``__shared__`` array into the next.
+"""
+import contextlib
+import dataclasses
+import os
+import threading
+
+import torch
+
+from . import _build_info
+
+ORDERS = ("forward", "reverse", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    enabled: bool = False
+    order: str = "forward"
+    seed: int = 0
+    race_check: bool = True
+    memcheck: bool = True
+
+
+_lock = threading.Lock()
+_current = Settings()
+
+
+def _apply(settings):
+    global _current
+    if settings.order not in ORDERS:
+        raise ValueError(f"fastconv.simulate: order must be one of {ORDERS}, got {settings.order!r}")
+    torch.ops.fastconv._sim_configure(settings.enabled, ORDERS.index(settings.order), int(settings.seed),
+                                      bool(settings.race_check), bool(settings.memcheck))
+    _current = settings
+
+
+def settings() -> Settings:
+    """The simulator's current settings (enabled, order, seed, race_check, memcheck)."""
+    return _current
+
+
+def is_enabled() -> bool:
+    return _current.enabled
+
+
+@contextlib.contextmanager
+def simulate(order=None, seed=None, race_check=None, memcheck=None, enabled=True):
+    """Runs fastconv's CUDA kernels in the simulator inside the block (see the module docstring).
+    Arguments left as None keep their current value; the previous settings come back on exit."""
+    with _lock:
+        before = _current
+        changes = {k: v for k, v in dict(order=order, seed=seed, race_check=race_check, memcheck=memcheck).items()
+                   if v is not None}
+        _apply(dataclasses.replace(before, enabled=enabled, **changes))
+    try:
+        yield settings()
+    finally:
+        with _lock:
+            _apply(before)
+
+
+def _from_environment():
+    order = os.environ.get("FASTCONV_SIM_ORDER", "forward")
+    seed = os.environ.get("FASTCONV_SIM_SEED", "0")
+    enabled = os.environ.get("FASTCONV_SIMULATE", "0")
+    if enabled not in ("0", "1", ""):
+        raise ValueError(f"FASTCONV_SIMULATE must be 1 or 0, got {enabled!r}")
+    if not seed.lstrip("-").isdigit():
+        raise ValueError(f"FASTCONV_SIM_SEED must be an integer, got {seed!r}")
+    hooks = _build_info.sim_hooks
+    _apply(Settings(enabled=enabled == "1", order=order, seed=int(seed), race_check=hooks, memcheck=hooks))
+
+
+_from_environment()
