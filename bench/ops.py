@@ -96,6 +96,11 @@ def _make_cases(batch):
     return cases
 
 
+def has_kernel(op, device):
+    """Whether fastconv registered a kernel of `op` for the device's dispatch key."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastconv::{op}", device.type.upper())
+
+
 class Timer:
     """Milliseconds of one call: perf_counter on the CPU; on CUDA, events around the call after the
     L2 cache was flushed (a 256 MiB buffer rewritten), so no call finds its inputs left in L2 by the
@@ -275,8 +280,15 @@ def main(argv=None):
 
     timer = Timer(device)
     cases = [c for c in make_cases(args.batch_size, device) if args.only is None or args.only in c.name]
+    missing = sorted({c.name for c in cases if not has_kernel(c.name, device)})
+    if missing:
+        print(f"no {device.type.upper()} kernel yet for: {', '.join(missing)} (not timed)")
+        cases = [c for c in cases if c.name not in missing]
     op_rows = bench_ops(cases, args.reps, args.warmup, timer)
-    step_rows = [] if args.no_steps or args.only else \
+    whole_step = all(has_kernel(op, device) for op in ("conv2d", "linear", "relu", "max_pool2d", "cross_entropy"))
+    if not whole_step and not args.no_steps:
+        print("whole training steps need every op on this device: not timed")
+    step_rows = [] if args.no_steps or args.only or not whole_step else \
         bench_steps(args.batch_size, max(3, args.reps // 3), 1, timer, device)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \

@@ -36,6 +36,7 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_sim_configure(bool enabled, int order, int seed, bool race_check, bool memcheck) -> ()",
         &fastconv::sim::configure);
   m.def("_sim_selftest(str name, int n) -> Tensor", &fastconv::sim::selftest);
+  m.def("_sim_stats() -> int[]", &fastconv::sim::stats);
 }
 
 // The extension is a plain shared library whose static initialisers register the ops above;

@@ -68,6 +68,12 @@ def is_enabled() -> bool:
     return _current.enabled
 
 
+def stats() -> dict:
+    """Kernel launches, blocks and threads the simulator has run in this process."""
+    launches, blocks, threads = torch.ops.fastconv._sim_stats()
+    return {"launches": launches, "blocks": blocks, "threads": threads}
+
+
 @contextlib.contextmanager
 def simulate(order=None, seed=None, race_check=None, memcheck=None, enabled=True):
     """Runs fastconv's CUDA kernels in the simulator inside the block (see the module docstring).

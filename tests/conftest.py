@@ -8,9 +8,9 @@ that backend's context and tells it on which device to create tensors:
     cuda  the CUDA kernels on a GPU (only where torch sees one and fastconv was built with CUDA)
 
 ``FASTCONV_TEST_BACKENDS=sim`` (a comma-separated list) restricts a run to some of them. A test
-(or a module, through ``pytestmark``) marked ``@pytest.mark.backends("cpu", "cuda")`` runs on those
-only: convolution and linear have no CUDA kernels yet, so under the simulator they would run the
-CPU kernels again. ``FASTCONV_SIM_ORDER`` chooses the simulator's thread order.
+(or a module, through ``pytestmark``) marked ``@pytest.mark.backends("cpu")`` runs on those
+only: convolution and linear have no CUDA kernels yet (under the simulator they would run the CPU
+kernels again), so their tests are marked ``backends("cpu")``. ``FASTCONV_SIM_ORDER`` chooses the simulator's thread order.
 
 Test modules import the helpers below with ``from conftest import ...`` (tests/ is not a
 package, so pytest puts it on sys.path).

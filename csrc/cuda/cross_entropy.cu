@@ -14,8 +14,9 @@
 //   ce_rows_block<T>  forward for C > 1024: one 512-thread block per row, grid-stride over rows; the same
 //                     passes with a block all-reduce (xor shuffles within each warp, the 16 warp partials
 //                     through shared memory, merged again by shuffles in every warp).
-//                     Rows go to `loss` (reduction none) or, as (loss_i, w[t] or 0) in double, to the
-//                     workspace; an out-of-range target does atomicMin(bad_row, row) and gives 0.
+//                     Both write each row's loss to `loss` (reduction none) or, as (loss_i, w[t] or 0)
+//                     in double, to the workspace; ignored rows give 0, and a row whose target is out of
+//                     [0, C) does atomicMin(bad_row, row) and gives 0.
 //   ce_reduce<T>      mean/sum: ONE 256-thread block; thread k sums rows k, k + 256, ... in double, then a
 //                     fixed tree in shared memory. The order depends on nothing but n, so the result is
 //                     deterministic (no float atomics); loss = total / denom (NaN for denom 0) or total.

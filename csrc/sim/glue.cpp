@@ -33,6 +33,11 @@ void configure(bool enabled, int64_t order, int64_t seed, bool race_check, bool 
   g_active = enabled;
 }
 
+std::vector<int64_t> stats() {
+  const fcsim::Stats s = fcsim::stats();
+  return {int64_t(s.launches), int64_t(s.blocks), int64_t(s.threads)};
+}
+
 at::Tensor selftest(const std::string& name, int64_t n) {
   TORCH_CHECK_VALUE(n >= 1 && n <= (1 << 20), "fastconv._sim_selftest: n must be in [1, 2^20], got ", n);
   at::Tensor out = at::full({n}, std::numeric_limits<float>::quiet_NaN(), at::kFloat);

@@ -78,6 +78,7 @@ std::atomic<int> g_order{int(Order::forward)};
 std::atomic<uint64_t> g_seed{0};
 std::atomic<bool> g_race_check{true};
 std::atomic<bool> g_memcheck{true};
+std::atomic<uint64_t> g_launches{0}, g_blocks{0}, g_threads{0};
 
 const char* order_name(Order o) {
   return o == Order::forward ? "forward" : o == Order::reverse ? "reverse" : "random";
@@ -833,12 +834,14 @@ void global_access(Fiber* f, uintptr_t a, size_t n, bool write, const void* pc) 
     << thread_str(*f->block, f->tid);
   if (nearest) {
     const uintptr_t lo = reinterpret_cast<uintptr_t>(nearest->ptr);
-    if (a >= lo)
-      s << ": " << (a + n - (lo + nearest->bytes)) << " bytes past the end of '" << nearest->name << "' ("
-        << nearest->bytes << " bytes at " << hex(lo) << ")";
+    const uintptr_t end = lo + nearest->bytes;
+    if (a >= end)
+      s << ": it starts " << (a - end) << " bytes past the end of '" << nearest->name << "'";
+    else if (a >= lo)
+      s << ": it runs " << (a + n - end) << " bytes past the end of '" << nearest->name << "'";
     else
-      s << ": " << (lo - a) << " bytes before the start of '" << nearest->name << "' (" << nearest->bytes
-        << " bytes at " << hex(lo) << ")";
+      s << ": it starts " << (lo - a) << " bytes before the start of '" << nearest->name << "'";
+    s << " (" << nearest->bytes << " bytes at " << hex(lo) << ")";
   }
   s << "\n  " << (write ? "write" : "read") << " at " << describe_code(reinterpret_cast<const char*>(pc) - 1);
   fail(f, s.str());
@@ -882,6 +885,8 @@ Options options() {
 }
 
 // setup.py defines FASTCONV_SIM_HOOKS=1 when it compiles the kernel files with the access hooks.
+Stats stats() { return Stats{g_launches.load(), g_blocks.load(), g_threads.load()}; }
+
 bool instrumented() { return FASTCONV_SIM_HOOKS != 0; }
 
 BufferScope::BufferScope(std::initializer_list<Buffer> buffers) {
@@ -914,6 +919,9 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_byt
   L.opt = options();
   L.hooks = instrumented();
   L.buffers = g_scope;
+  g_launches += 1;
+  g_blocks += uint64_t(L.nblocks);
+  g_threads += uint64_t(L.nblocks) * uint64_t(L.nthreads);
   Pool::get().run(L);
   if (L.failed) throw std::runtime_error(L.report);
 }

@@ -26,6 +26,12 @@ Options options();
 // instrumentation resolved to the simulator's hooks): race_check and memcheck need them.
 bool instrumented();
 
+// What the simulator has run in this process, counted at each launch.
+struct Stats {
+  uint64_t launches, blocks, threads;
+};
+Stats stats();
+
 // A device buffer: the memory check accepts global accesses inside the buffers of the launch.
 struct Buffer {
   const void* ptr;

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace fastconv::sim {
 
@@ -20,6 +21,8 @@ bool active();
 // torch.ops.fastconv._sim_configure: turns routing on or off and sets the simulator's options
 // (order: 0 forward, 1 reverse, 2 random).
 void configure(bool enabled, int64_t order, int64_t seed, bool race_check, bool memcheck);
+// torch.ops.fastconv._sim_stats: [launches, blocks, threads] simulated in this process.
+std::vector<int64_t> stats();
 // torch.ops.fastconv._sim_selftest: runs one of the simulator's self-test kernels (csrc/sim/selftest.cu)
 // on n floats and returns them.
 at::Tensor selftest(const std::string& name, int64_t n);

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The CUDA compile check: compiles every CUDA kernel file (csrc/cuda/*.cu) with nvcc for sm_80 (A100)
+# and sm_90 (H100/H200) and prints, per kernel and architecture, the registers, shared memory, stack
+# frame and spill bytes that ptxas reports (-Xptxas -v). Fails on any compile error or warning and
+# on any spill. Where nvcc is absent it says so and exits 0 (nothing can be checked there).
+# The .cu files include no torch headers, so this needs nvcc alone, not a CUDA build of torch.
+# Extra arguments are passed to nvcc. Logs go to $FASTCONV_NVCC_LOGS (default: a temporary folder).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NVCC="${NVCC:-$(command -v nvcc || true)}"
+if [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ]; then NVCC=/usr/local/cuda/bin/nvcc; fi
+if [ -z "$NVCC" ]; then
+  echo "nvcc_check: nvcc not found: the CUDA kernels were NOT compile-checked on this machine"
+  exit 0
+fi
+PY="${PYTHON:-python3}"
+LOGS="${FASTCONV_NVCC_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/fastconv-nvcc.XXXXXX")}"
+mkdir -p "$LOGS"
+echo "== nvcc_check: $("$NVCC" --version | tail -n 1) (logs: $LOGS)"
+start=$(date +%s)
+pids=()
+for cu in "$ROOT"/csrc/cuda/*.cu; do
+  for arch in 80 90; do
+    name="$(basename "$cu" .cu).sm_$arch"
+    ( "$NVCC" -std=c++17 -O3 -gencode "arch=compute_$arch,code=sm_$arch" -I"$ROOT/csrc" -Xptxas -v \
+        -Werror all-warnings -c "$cu" -o "$LOGS/$name.o" "$@" > "$LOGS/$name.log" 2>&1 \
+      || echo "FAILED" >> "$LOGS/$name.log" ) &
+    pids+=($!)
+    # two compiles at a time: one per core
+    if [ "${#pids[@]}" -ge "$(nproc)" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+  done
+done
+wait
+"$PY" - "$LOGS" <<'PYEOF'
+import glob, os, re, subprocess, sys
+
+logs = sys.argv[1]
+rows, failed = [], []
+for path in sorted(glob.glob(os.path.join(logs, "*.log"))):
+    name = os.path.basename(path)[:-4]
+    text = open(path).read()
+    if "FAILED" in text or "error" in text.lower() or "warning" in text.lower():
+        failed.append(name)
+        print(f"--- {name} ---\n{text}")
+        continue
+    kernel = None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+        if m:
+            kernel = dict(mangled=m.group(1), arch=m.group(2), file=name.split(".")[0])
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and kernel is not None:
+            kernel.update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
+            continue
+        m = re.search(r"Used (\d+) registers(.*)", line)
+        if m and kernel is not None:
+            smem = re.search(r"(\d+) bytes smem", m.group(2))
+            kernel.update(regs=int(m.group(1)), smem=int(smem.group(1)) if smem else 0)
+            rows.append(kernel)
+            kernel = None
+names = subprocess.run(["c++filt"], input="\n".join(r["mangled"] for r in rows), capture_output=True,
+                       text=True).stdout.splitlines() if rows else []
+for r, n in zip(rows, names):
+    n = re.sub(r"^void ", "", n).replace("fastconv::cuda::(anonymous namespace)::", "")
+    r["name"] = re.sub(r"\(.*\)$", "", n)
+print(f"{'file':<14} {'arch':<6} {'regs':>4} {'smem B':>7} {'stack B':>7} {'spill st/ld B':>13}  kernel")
+for r in sorted(rows, key=lambda r: (r["file"], r["name"], r["arch"])):
+    print(f"{r['file']:<14} {r['arch']:<6} {r['regs']:>4} {r['smem']:>7} {r['stack']:>7} "
+          f"{r['spill_st']:>6}/{r['spill_ld']:<6}  {r['name']}")
+spills = [r for r in rows if r["spill_st"] or r["spill_ld"]]
+print(f"nvcc_check: {len(rows)} kernel builds, {len(spills)} with spills, {len(failed)} files failed to compile")
+if failed or spills or not rows:
+    sys.exit(1)
+PYEOF
+echo "nvcc_check: OK in $(( $(date +%s) - start )) s"

@@ -1,0 +1,222 @@
+"""The SIMT simulator itself: planted bugs are caught with a useful report, correct kernels give the
+same bits in every thread order, and fastconv.simulate() routes the ops to the CUDA kernels.
+
+The self-test kernels live in csrc/sim/selftest.cu; torch.ops.fastconv._sim_selftest(name, n) runs
+one on n floats (initialised to NaN) and returns them.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+import fastconv.functional as FF
+from conftest import FASTCONV_PATH, assert_bitwise_equal
+
+ops = torch.ops.fastconv
+SELFTEST_CU = Path(__file__).resolve().parents[1] / "csrc" / "sim" / "selftest.cu"
+ORDERS = [dict(order="forward"), dict(order="reverse"), dict(order="random", seed=1), dict(order="random", seed=2)]
+ORDER_IDS = ["forward", "reverse", "random1", "random2"]
+
+
+def selftest(name, n, **settings):
+    with fastconv.simulate(**settings):
+        return ops._sim_selftest(name, n)
+
+
+def value_of(i):
+    return ((i * 37) % 101) * 0.25 - 12.0
+
+
+def line_of(fragment):
+    """The line number of the one line of selftest.cu that holds `fragment`."""
+    lines = [n for n, text in enumerate(SELFTEST_CU.read_text().splitlines(), 1) if fragment in text]
+    assert len(lines) == 1, (fragment, lines)
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------- correct kernels
+
+def _expected(name, n):
+    if name == "ok_reduce":
+        return torch.tensor([sum(value_of(b * 256 + t) for t in range(256)) for b in range(n // 256)])
+    if name == "ok_warp_ops":
+        scan = [sum(j % 3 for j in range(32 * (t // 32), t + 1)) for t in range(64)]
+        return torch.tensor(scan + [16.0, 16.0, float(sum(t % 5 == 0 for t in range(64)))])
+    if name == "ok_warp_exchange":
+        return torch.tensor([value_of(31 - lane) + 2 * value_of(63 - lane) for lane in range(32)])
+    if name == "ok_dynamic_shared":
+        return torch.tensor([value_of(n - 1 - t) for t in range(n)])
+    raise KeyError(name)
+
+
+OK_CASES = [("ok_reduce", 2048), ("ok_warp_ops", 67), ("ok_warp_exchange", 32), ("ok_dynamic_shared", 160)]
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("name,n", OK_CASES, ids=[c[0] for c in OK_CASES])
+def test_correct_kernels_give_exact_results_in_every_order(name, n, settings):
+    out = selftest(name, n, **settings)
+    expected = _expected(name, n)
+    # the values are multiples of 1/4 far below 2^22: every partial sum is exact in float32
+    assert_bitwise_equal(out[:expected.numel()], expected.to(torch.float32))
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+def test_integer_atomics_across_blocks(settings):
+    out = selftest("ok_atomics", 50, **settings)  # 50 blocks of 96 threads add 1 each
+    assert out[:1].view(torch.int32).item() == 50 * 96
+
+
+def test_shuffle_from_an_inactive_lane_returns_poison():
+    out = selftest("ok_shfl_inactive_source", 32)
+    bits = out.view(torch.int32)
+    assert torch.isnan(out[:16]).all()
+    assert (bits[:16] == 0x7FC0DEAD).all(), "the value of a lane outside the mask must be the poison NaN"
+    assert not (bits[16:] == 0x7FC0DEAD).any()
+
+
+# ---------------------------------------------------------------------------------- planted bugs
+
+# name, n, a pattern every order's report matches, the source fragment of the line it must name
+BUGS = [
+    ("bug_reduce_missing_syncthreads", 2048, r"shared-memory race: thread \(\d+,0,0\).* (reads|writes) 4 bytes of "
+     r"static shared memory .* that thread \(\d+,0,0\).* (wrote|read) in the same barrier interval",
+     "partial[t] += partial[t + half]"),
+    ("bug_warp_exchange_missing_syncwarp", 32, r"shared-memory race: .*no __syncthreads\(\) or __syncwarp\(\) "
+     r"orders them", "const float first = slot[31 - lane];"),
+    ("bug_divergent_barrier", 64, r"(exits while 32 thread\(s\) of its block wait at __syncthreads\(\)|reaches "
+     r"__syncthreads\(\) at \S+ after thread \(\d+,0,0\).* has exited).*barrier divergence", "if (t < 32) __syncthreads();"),
+    ("bug_early_exit_barrier", 200, r"(exits while \d+ thread\(s\) of its block wait at __syncthreads\(\)|reaches "
+     r"__syncthreads\(\) at \S+ after thread \(\d+,0,0\).* has exited).*barrier divergence",
+     "__syncthreads();  // the threads that returned early never arrive"),
+    ("bug_shfl_mask_excludes_caller", 32, r"calls __shfl_sync at \S+ with mask 0xffff, which excludes the calling lane "
+     r"(1[6-9]|2\d|3[01])$", "__shfl_sync(0x0000ffffu, value_of(t), 0)"),
+    ("bug_shfl_exited_lanes", 32, r"(exits while lanes 0x[0-9a-f]+ of its warp wait for it at __shfl_xor_sync|names "
+     r"lanes 0x[0-9a-f]+ that have exited)", "__shfl_xor_sync(0xffffffffu, value_of(t), 1)"),
+    ("bug_shfl_vs_barrier", 32, r"(wait for it at __shfl_sync|deadlock: every live thread waits)",
+     "v = __shfl_sync(0xffffffffu, v, 0);"),
+    ("bug_out_of_bounds_write", 100, r"out-of-bounds global write of 4 bytes at 0x[0-9a-f]+ by thread \(\d+,0,0\).*: "
+     r"it starts 0 bytes past the end of 'out' \(400 bytes", "if (t <= n) out[t] = value_of(t);"),
+    ("bug_uninitialised_shared", 64, r"thread \((3[2-9]|[4-5]\d|6[0-3]),0,0\).* reads 4 bytes of static shared memory "
+     r".* that no thread of this block has written", "out[t] = tile[t];"),
+]
+
+
+def _report_line_numbers(report):
+    return {int(n) for n in re.findall(r"selftest\.cu:(\d+)", report)}
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("name,n,pattern,fragment", BUGS, ids=[b[0] for b in BUGS])
+def test_planted_bug_is_reported(name, n, pattern, fragment, settings):
+    with pytest.raises(RuntimeError) as info:
+        selftest(name, n, **settings)
+    report = str(info.value)
+    first_line = report.splitlines()[0]
+    assert first_line.startswith("fastconv simulator: "), report
+    assert re.search(pattern, report, re.S | re.M), report
+    kernel = re.search(r"in kernel (.+), block \((\d+),0,0\) of grid \((\d+),1,1\), block size \((\d+),1,1\), (\w+) order",
+                       report)
+    assert kernel, report
+    assert kernel.group(5) == settings["order"]
+    # the line of the bug itself (or of the barrier / collective it trips over) is named
+    target = line_of(fragment)
+    assert target in _report_line_numbers(report), (target, report)
+
+
+def test_unknown_selftest_and_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="no self-test kernel named 'nope'"):
+        ops._sim_selftest("nope", 8)
+    with pytest.raises(ValueError, match="order must be one of"):
+        with fastconv.simulate(order="sideways"):
+            pass
+    assert not fastconv.simulator.is_enabled()
+
+
+# ------------------------------------------------------------------------------ the ops under it
+
+def test_simulate_routes_ops_to_the_cuda_kernels_and_restores():
+    x = torch.randn(4, 3, 8, 8)
+    before = fastconv.simulator.stats()
+    FF.relu(x)
+    assert fastconv.simulator.stats() == before, "outside simulate() the CPU kernel runs"
+    with fastconv.simulate(order="reverse") as s:
+        assert s.enabled and s.order == "reverse"
+        with fastconv.simulate(order="random", seed=5):
+            assert fastconv.simulator.settings().order == "random"
+        assert fastconv.simulator.settings().order == "reverse"
+        FF.relu(x)
+        FF.max_pool2d(x, 2)
+    after = fastconv.simulator.stats()
+    assert after["launches"] == before["launches"] + 2
+    assert after["threads"] > before["threads"]
+    assert not fastconv.simulator.is_enabled() and fastconv.simulator.settings().order == "forward"
+
+
+def test_conv_and_linear_still_run_their_cpu_kernels_under_the_simulator():
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    before = fastconv.simulator.stats()
+    with fastconv.simulate():
+        FF.conv2d(x, w)
+        FF.linear(torch.randn(2, 5), torch.randn(3, 5))
+    assert fastconv.simulator.stats() == before
+
+
+def test_environment_variable_simulates_a_whole_process():
+    code = ("import torch, fastconv, fastconv.functional as FF\n"
+            "FF.relu(torch.randn(100))\n"
+            "s = fastconv.simulator.settings()\n"
+            "print(fastconv.simulator.stats()['launches'], s.enabled, s.order, s.seed)\n")
+    env = dict(os.environ, PYTHONPATH=FASTCONV_PATH, FASTCONV_SIMULATE="1", FASTCONV_SIM_ORDER="random",
+               FASTCONV_SIM_SEED="9")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/", check=True)
+    assert out.stdout.split() == ["1", "True", "random", "9"], out
+    env["FASTCONV_SIMULATE"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/", check=True)
+    assert out.stdout.split()[:2] == ["0", "False"], out
+
+
+def _ops_run():
+    """Every simulated op forward and backward on odd shapes; returns all results."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 5, 13, 11, requires_grad=True)
+    y = FF.relu(x)
+    p, idx = FF.max_pool2d(y, 3, 2, 1, ceil_mode=True, return_indices=True)
+    d = FF.dropout(p, 0.3)
+    logits = d.flatten(1)[:, :37]
+    weight = torch.rand(37)
+    loss = FF.cross_entropy(logits, torch.tensor([0, 36, 5]), weight=weight, label_smoothing=0.1)
+    wide = torch.randn(2, 1500, requires_grad=True)  # the block-per-row path of cross-entropy
+    loss2 = FF.cross_entropy(wide, torch.tensor([1499, 3]), reduction="sum")
+    gx, gw = torch.autograd.grad(loss + loss2, (x, wide))
+    return [y, p, idx, d, loss, loss2, gx, gw]
+
+
+@pytest.mark.parametrize("settings", ORDERS[1:], ids=ORDER_IDS[1:])
+def test_ops_give_the_same_bits_in_every_order(settings):
+    with fastconv.simulate(order="forward"):
+        reference = _ops_run()
+    with fastconv.simulate(**settings):
+        results = _ops_run()
+    for a, b in zip(results, reference):
+        assert_bitwise_equal(a.detach(), b.detach())
+
+
+def test_ops_under_the_simulator_match_torch():
+    with fastconv.simulate():
+        y, p, idx, d, loss, loss2, gx, gw = _ops_run()
+    torch.manual_seed(3)
+    x = torch.randn(3, 5, 13, 11, requires_grad=True)
+    ry = torch.relu(x)
+    rp, ridx = F.max_pool2d(ry, 3, 2, 1, ceil_mode=True, return_indices=True)
+    assert_bitwise_equal(y.detach(), ry.detach())
+    assert_bitwise_equal(p.detach(), rp.detach())
+    assert torch.equal(idx, ridx)
+    kept = d != 0
+    torch.testing.assert_close(d[kept], (rp / 0.7)[kept])
