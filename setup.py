@@ -169,7 +169,7 @@ class Build(BuildExtension):
 Extension = CUDAExtension if CUDA else CppExtension
 extra_compile_args = {"cxx": cxx_flags}
 if CUDA:
-    extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+    extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
 
 setup(
     ext_modules=[

@@ -5,6 +5,10 @@
 # on any spill. Where nvcc is absent it says so and exits 0 (nothing can be checked there).
 # The .cu files include no torch headers, so this needs nvcc alone, not a CUDA build of torch.
 # Extra arguments are passed to nvcc. Logs go to $FASTCONV_NVCC_LOGS (default: a temporary folder).
+# With FASTCONV_CUDA_TORCH_INCLUDE set to the include folder of a CUDA build of torch (unzip a CUDA
+# torch wheel's torch/include anywhere: no GPU and no install needed), it also compiles the CUDA
+# glue (csrc/cuda/glue.cpp) against those headers and checks that every launcher it calls is
+# defined by the nvcc objects.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NVCC="${NVCC:-$(command -v nvcc || true)}"
@@ -62,7 +66,7 @@ for path in sorted(glob.glob(os.path.join(logs, "*.log"))):
 names = subprocess.run(["c++filt"], input="\n".join(r["mangled"] for r in rows), capture_output=True,
                        text=True).stdout.splitlines() if rows else []
 for r, n in zip(rows, names):
-    n = re.sub(r"^void ", "", n).replace("fastconv::cuda::(anonymous namespace)::", "")
+    n = re.sub(r"^void ", "", n).replace("fastconv::cuda::kernels::(anonymous namespace)::", "")
     r["name"] = re.sub(r"\(.*\)$", "", n)
 print(f"{'file':<14} {'arch':<6} {'regs':>4} {'smem B':>7} {'stack B':>7} {'spill st/ld B':>13}  kernel")
 for r in sorted(rows, key=lambda r: (r["file"], r["name"], r["arch"])):
@@ -73,4 +77,22 @@ print(f"nvcc_check: {len(rows)} kernel builds, {len(spills)} with spills, {len(f
 if failed or spills or not rows:
     sys.exit(1)
 PYEOF
+if [ -n "${FASTCONV_CUDA_TORCH_INCLUDE:-}" ]; then
+  I="$FASTCONV_CUDA_TORCH_INCLUDE"
+  CUDA_INC="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}/include"
+  [ -e "$CUDA_INC/cuda_runtime_api.h" ] || CUDA_INC=/usr/local/cuda/include
+  PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  echo "== nvcc_check: the CUDA glue against $I"
+  "${CXX:-c++}" -std=c++20 -O1 -fPIC -Wall -Werror -c "$ROOT/csrc/cuda/glue.cpp" -I"$ROOT/csrc" -I"$I" \
+    -I"$I/torch/csrc/api/include" -I"$CUDA_INC" -I"$PY_INC" -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H \
+    -o "$LOGS/glue_cuda.o"
+  missing="$(comm -23 <(nm -C "$LOGS/glue_cuda.o" | grep ' U fastconv::' | sed 's/.* U //' | sort -u) \
+                     <(nm -C --defined-only "$LOGS"/*.sm_80.o | grep -oE 'fastconv::cuda::kernels::[a-z_0-9]+\(.*\)' | sort -u))"
+  if [ -n "$missing" ]; then
+    echo "nvcc_check: the glue calls launchers that no .cu defines:"
+    echo "$missing"
+    exit 1
+  fi
+  echo "nvcc_check: the CUDA glue compiles and every launcher it calls is defined"
+fi
 echo "nvcc_check: OK in $(( $(date +%s) - start )) s"

@@ -4,6 +4,7 @@ same bits in every thread order, and fastconv.simulate() routes the ops to the C
 The self-test kernels live in csrc/sim/selftest.cu; torch.ops.fastconv._sim_selftest(name, n) runs
 one on n floats (initialised to NaN) and returns them.
 """
+import math
 import os
 import re
 import subprocess
@@ -220,3 +221,25 @@ def test_ops_under_the_simulator_match_torch():
     assert torch.equal(idx, ridx)
     kept = d != 0
     torch.testing.assert_close(d[kept], (rp / 0.7)[kept])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_sixteen_bit_kernels_round_to_nearest_even_like_torch(dtype):
+    """The simulator's __half / __nv_bfloat16 conversions (float -> 16 bits, round to nearest even,
+    subnormals, overflow to infinity) against torch's, through kernels that compute in float and
+    round: dropout scales by 1 / (1 - p), so almost every kept product needs rounding."""
+    torch.manual_seed(11)
+    finfo = torch.finfo(dtype)
+    mags = torch.logspace(math.log10(finfo.tiny) - 3, math.log10(finfo.max), 20000, dtype=torch.float64)
+    signs = torch.where(torch.rand(mags.shape) < 0.5, -1.0, 1.0).to(torch.float64)
+    x = (mags * signs).to(dtype)[torch.randperm(mags.numel())]
+    assert (x.abs() < finfo.tiny).any() and torch.isinf(x * 1.5).any()  # subnormals and overflow are exercised
+    seed = torch.tensor([123456789], dtype=torch.int64)
+    cpu = ops.dropout(x, 0.3, seed)
+    with fastconv.simulate():
+        sim = ops.dropout(x, 0.3, seed)
+        relu = FF.relu(x)
+        pooled = FF.max_pool2d(x.reshape(1, 4, 50, 100), 3, 2, 1)
+    assert_bitwise_equal(sim, cpu)
+    assert_bitwise_equal(relu, torch.relu(x))
+    assert_bitwise_equal(pooled, F.max_pool2d(x.reshape(1, 4, 50, 100).float(), 3, 2, 1).to(dtype))

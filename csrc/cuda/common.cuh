@@ -1,9 +1,9 @@
 // common.cuh: what every CUDA kernel file of fastconv includes first. The same .cu source is built two
 // ways, and this header is the only place that knows which:
-//   - by nvcc for GPUs (__CUDACC__): the real CUDA headers; launchers live in fastconv::cuda;
+//   - by nvcc for GPUs (__CUDACC__): the real CUDA headers; launchers live in fastconv::cuda::kernels;
 //   - by g++ for fastconv's SIMT simulator (csrc/sim/): cuda_sim.h supplies the CUDA language
 //     (built-in variables, __syncthreads, warp intrinsics, atomics, __half, ...) on the CPU;
-//     launchers live in fastconv::sim.
+//     launchers live in fastconv::sim::kernels.
 // Kernel code itself reads as ordinary CUDA. Two spellings differ from plain CUDA:
 //   - launches go through fastconv::launch(kernel, grid, block, smem_bytes, stream, args...) instead
 //     of kernel<<<grid, block, smem_bytes, stream>>>(args...); it returns the launch's error code

@@ -34,7 +34,7 @@
 // idling most of a block, a block per row keeps long rows from serialising on one warp.
 #include "cuda/common.cuh"
 
-namespace fastconv::FC_NS {
+namespace fastconv::FC_NS::kernels {
 namespace {
 
 constexpr int kWarp = 32;
@@ -438,4 +438,4 @@ int cross_entropy_backward(DType dtype, const void* grad_loss, const void* logit
   return rc;
 }
 
-}  // namespace fastconv::FC_NS
+}  // namespace fastconv::FC_NS::kernels

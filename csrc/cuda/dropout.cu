@@ -16,7 +16,7 @@
 #include "cuda/common.cuh"
 #include "philox.h"
 
-namespace fastconv::FC_NS {
+namespace fastconv::FC_NS::kernels {
 namespace {
 
 constexpr int kThreads = 256;
@@ -75,4 +75,4 @@ int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, co
   return err;
 }
 
-}  // namespace fastconv::FC_NS
+}  // namespace fastconv::FC_NS::kernels

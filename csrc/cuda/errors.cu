@@ -1,7 +1,7 @@
 // errors.cu: the message of a launcher's error code (csrc/cuda/kernels.h).
 #include "cuda/common.cuh"
 
-namespace fastconv::FC_NS {
+namespace fastconv::FC_NS::kernels {
 
 const char* error_string(int code) {
   if (code == kBadDType) return "fastconv: unsupported dtype for a CUDA kernel";
@@ -12,4 +12,4 @@ const char* error_string(int code) {
 #endif
 }
 
-}  // namespace fastconv::FC_NS
+}  // namespace fastconv::FC_NS::kernels

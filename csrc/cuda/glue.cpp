@@ -24,7 +24,7 @@
 #include "sim/sim.h"
 #else
 #define FC_NS cuda
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
@@ -44,7 +44,7 @@ DType dtype_of(const at::Tensor& t) {
 }
 
 void check_launch(int code, const char* op) {
-  TORCH_CHECK(code == 0, "fastconv.", op, ": kernel launch failed: ", error_string(code));
+  TORCH_CHECK(code == 0, "fastconv.", op, ": kernel launch failed: ", kernels::error_string(code));
 }
 
 constexpr int64_t kNoError = std::numeric_limits<int64_t>::max();
@@ -57,7 +57,7 @@ int64_t read_int64(const at::Tensor& t, int64_t i = 0) { return t.reshape(-1)[i]
 #if defined(FASTCONV_SIM)
 Stream stream_of(const at::Tensor&) { return nullptr; }
 struct DeviceGuard {
-  explicit DeviceGuard(const at::Tensor&) {}
+  explicit DeviceGuard(c10::Device) {}
 };
 fcsim::Buffer buf(const at::Tensor& t, const char* name) {
   return fcsim::Buffer{t.defined() ? t.const_data_ptr() : nullptr, t.defined() ? t.nbytes() : 0, name};
@@ -65,7 +65,7 @@ fcsim::Buffer buf(const at::Tensor& t, const char* name) {
 // The buffers a launch may touch: the simulator's memory check reports any other global access.
 #define FC_BUFFERS(...) const fcsim::BufferScope fc_buffers_{__VA_ARGS__}
 #else
-Stream stream_of(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+Stream stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
 #define FC_BUFFERS(...) (void)0
 #endif
@@ -78,9 +78,9 @@ at::Tensor relu(const at::Tensor& input) {
   check_floating(input, "relu", "input");
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
-  DeviceGuard guard(x);
+  DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"));
-  check_launch(relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), stream_of(x)), "relu");
+  check_launch(kernels::relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), stream_of(x)), "relu");
   return y;
 }
 
@@ -88,9 +88,9 @@ at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result
   check_relu_backward(grad_output, result);
   const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
   at::Tensor dx = at::empty(dy.sizes(), dy.options());
-  DeviceGuard guard(dy);
+  DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(y, "result"), buf(dx, "grad_input"));
-  check_launch(relu_backward(dtype_of(dy), dy.const_data_ptr(), y.const_data_ptr(), dx.mutable_data_ptr(), dy.numel(),
+  check_launch(kernels::relu_backward(dtype_of(dy), dy.const_data_ptr(), y.const_data_ptr(), dx.mutable_data_ptr(), dy.numel(),
                              stream_of(dy)),
                "relu_backward");
   return dx;
@@ -100,9 +100,9 @@ at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
   check_dropout(input, p, seed);
   const at::Tensor x = input.contiguous(), s = seed.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
-  DeviceGuard guard(x);
+  DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(s, "seed"), buf(y, "output"));
-  check_launch(dropout_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), p,
+  check_launch(kernels::dropout_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), p,
                                s.const_data_ptr<int64_t>(), stream_of(x)),
                "dropout");
   return y;
@@ -122,9 +122,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options());
   at::Tensor idx = at::empty({s.n, s.c, s.oh, s.ow}, x.options().dtype(at::kLong));
-  DeviceGuard guard(x);
+  DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"), buf(idx, "indices"));
-  check_launch(max_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), idx.mutable_data_ptr<int64_t>(),
+  check_launch(kernels::max_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), idx.mutable_data_ptr<int64_t>(),
                                   pool_geometry(s, kernel_size, stride, padding, dilation), stream_of(x)),
                "max_pool2d");
   return {y, idx};
@@ -138,10 +138,10 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   const at::Tensor dy = grad_output.contiguous(), ix = indices.contiguous();
   at::Tensor dx = at::empty(input_size, dy.options());
   at::Tensor bad = error_slot(dy);
-  DeviceGuard guard(dy);
+  DeviceGuard guard(dy.device());
   {
     FC_BUFFERS(buf(dy, "grad_output"), buf(ix, "indices"), buf(dx, "grad_input"), buf(bad, "error slot"));
-    check_launch(max_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), ix.const_data_ptr<int64_t>(),
+    check_launch(kernels::max_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), ix.const_data_ptr<int64_t>(),
                                      dx.mutable_data_ptr(), pool_geometry(s, kernel_size, stride, padding, dilation),
                                      bad.mutable_data_ptr<int64_t>(), stream_of(dy)),
                  "max_pool2d_backward");
@@ -165,13 +165,13 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
   const CrossEntropyArgs args = ce_args(a, reduction, ignore_index, label_smoothing);
   at::Tensor lse = at::empty({a.n}, a.z.options());
   at::Tensor loss = reduction == kNone ? at::empty({a.n}, a.z.options()) : at::empty({}, a.z.options());
-  at::Tensor workspace = at::empty({cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
+  at::Tensor workspace = at::empty({kernels::cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
   at::Tensor bad = error_slot(a.z);
-  DeviceGuard guard(a.z);
+  DeviceGuard guard(a.z.device());
   {
     FC_BUFFERS(buf(a.z, "input"), buf(a.target, "target"), buf(a.weight, "weight"), buf(lse, "lse"),
                buf(loss, "loss"), buf(workspace, "workspace"), buf(bad, "error slot"));
-    check_launch(cross_entropy_forward(dtype_of(a.z), a.z.const_data_ptr(), a.target.const_data_ptr<int64_t>(),
+    check_launch(kernels::cross_entropy_forward(dtype_of(a.z), a.z.const_data_ptr(), a.target.const_data_ptr<int64_t>(),
                                        ptr_or_null(a.weight), args, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
                                        workspace.mutable_data_ptr(), bad.mutable_data_ptr<int64_t>(), stream_of(a.z)),
                  op);
@@ -190,13 +190,13 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
   const CrossEntropyArgs args = ce_args(a, reduction, ignore_index, label_smoothing);
   const at::Tensor g = grad_loss.contiguous(), l = lse.contiguous();
   at::Tensor dz = at::empty({a.n, a.c}, a.z.options());
-  at::Tensor workspace = at::empty({cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
+  at::Tensor workspace = at::empty({kernels::cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
   at::Tensor bad = error_slot(a.z);
-  DeviceGuard guard(a.z);
+  DeviceGuard guard(a.z.device());
   {
     FC_BUFFERS(buf(g, "grad_loss"), buf(a.z, "input"), buf(a.target, "target"), buf(a.weight, "weight"),
                buf(l, "lse"), buf(dz, "grad_input"), buf(workspace, "workspace"), buf(bad, "error slot"));
-    check_launch(cross_entropy_backward(dtype_of(a.z), g.const_data_ptr(), a.z.const_data_ptr(),
+    check_launch(kernels::cross_entropy_backward(dtype_of(a.z), g.const_data_ptr(), a.z.const_data_ptr(),
                                         a.target.const_data_ptr<int64_t>(), ptr_or_null(a.weight), l.const_data_ptr(),
                                         args, dz.mutable_data_ptr(), workspace.mutable_data_ptr(),
                                         bad.mutable_data_ptr<int64_t>(), stream_of(a.z)),

@@ -2,8 +2,8 @@
 // (csrc/cuda/glue.cpp) and the kernel files (csrc/cuda/*.cu). Plain C++ with raw pointers and sizes:
 // no torch and no CUDA headers, so both sides include it anywhere.
 //
-// The launchers are declared in fastconv::FC_NS, which the includer defines: `cuda` for the nvcc
-// build, `sim` for the simulator build of the same sources, so both builds link into one library.
+// The launchers are declared in fastconv::FC_NS::kernels, where the includer defines FC_NS: `cuda` for
+// the nvcc build, `sim` for the simulator build of the same sources, so both link into one library.
 // Every launcher enqueues its kernels on `stream` (a cudaStream_t; ignored by the simulator), never
 // synchronises, and returns 0 or the first CUDA error code. Pointers are device pointers of
 // contiguous tensors; sizes are element counts (int64: a tensor may exceed 2^31 elements).
@@ -41,7 +41,7 @@ struct CrossEntropyArgs {
 #error "define FC_NS (cuda or sim) before including cuda/kernels.h"
 #endif
 
-namespace fastconv::FC_NS {
+namespace fastconv::FC_NS::kernels {
 
 // The message of an error code returned by a launcher.
 const char* error_string(int code);
@@ -79,4 +79,4 @@ int cross_entropy_backward(DType dtype, const void* grad_loss, const void* logit
                            const void* weight, const void* lse, const CrossEntropyArgs& a, void* dlogits,
                            void* workspace, int64_t* bad_row, Stream stream);
 
-}  // namespace fastconv::FC_NS
+}  // namespace fastconv::FC_NS::kernels

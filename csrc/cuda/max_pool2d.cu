@@ -18,7 +18,7 @@
 //       sizeof(T) bytes written per input.
 #include "cuda/common.cuh"
 
-namespace fastconv::FC_NS {
+namespace fastconv::FC_NS::kernels {
 namespace {
 
 constexpr int kThreads = 256;
@@ -134,4 +134,4 @@ int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, voi
   return err;
 }
 
-}  // namespace fastconv::FC_NS
+}  // namespace fastconv::FC_NS::kernels

@@ -14,7 +14,7 @@
 // grid capped at 4096 blocks of 256 threads saturates HBM while each thread does several packs.
 #include "cuda/common.cuh"
 
-namespace fastconv::FC_NS {
+namespace fastconv::FC_NS::kernels {
 namespace {
 
 constexpr int kThreads = 256;
@@ -115,4 +115,4 @@ int relu_backward(DType dtype, const void* dy, const void* y, void* dx, int64_t 
   return err;
 }
 
-}  // namespace fastconv::FC_NS
+}  // namespace fastconv::FC_NS::kernels

@@ -1010,28 +1010,31 @@ uint64_t warp_op(Site site, int kind, unsigned mask, uint64_t in, int size, int 
   Fiber* f = current(warp_kind_name(kind));
   Block& b = *f->block;
   Worker* w = g_worker;
-  const std::string who = thread_str(b, f->tid) + " calls " + warp_kind_name(kind) + " at " + site_str(site) +
-                          " with mask " + lanes_str(mask);
-  if (!(mask >> f->lane & 1u)) fail(f, who + ", which excludes the calling lane " + std::to_string(f->lane));
+  // the caller, for a report (built only when there is one to make)
+  const auto who = [&] {
+    return thread_str(b, f->tid) + " calls " + warp_kind_name(kind) + " at " + site_str(site) + " with mask " +
+           lanes_str(mask);
+  };
+  if (!(mask >> f->lane & 1u)) fail(f, who() + ", which excludes the calling lane " + std::to_string(f->lane));
   const int lanes_here = std::min(32, b.nthreads - f->warp * 32);
   const unsigned exist = lanes_here == 32 ? ~0u : (1u << lanes_here) - 1;
   if (mask & ~exist)
-    fail(f, who + ", which names lanes " + lanes_str(mask & ~exist) + " that do not exist (this warp has " +
+    fail(f, who() + ", which names lanes " + lanes_str(mask & ~exist) + " that do not exist (this warp has " +
                 std::to_string(lanes_here) + " threads)");
   if (mask & b.exited_lanes[f->warp])
-    fail(f, who + ", which names lanes " + lanes_str(mask & b.exited_lanes[f->warp]) + " that have exited");
+    fail(f, who() + ", which names lanes " + lanes_str(mask & b.exited_lanes[f->warp]) + " that have exited");
   if (kind <= kShflXor && (width < 1 || width > 32 || (width & (width - 1))))
-    fail(f, who + " and width " + std::to_string(width) + ": width must be a power of 2 from 1 to 32");
+    fail(f, who() + " and width " + std::to_string(width) + ": width must be a power of 2 from 1 to 32");
   auto& pending = b.pending[f->warp];
   WarpOp* op = nullptr;
   for (WarpOp& p : pending) {
     if (p.mask == mask) {
       if (p.kind != kind || p.width != width || p.size != size)
-        fail(f, who + " while lanes " + lanes_str(p.arrived) + " of its warp wait at " + warp_kind_name(p.kind) +
+        fail(f, who() + " while lanes " + lanes_str(p.arrived) + " of its warp wait at " + warp_kind_name(p.kind) +
                     " at " + site_str(p.site) + " with the same mask: the lanes meet at different collectives");
       op = &p;
     } else if (p.mask & mask) {
-      fail(f, who + " while lanes " + lanes_str(p.arrived) + " of its warp wait at " + warp_kind_name(p.kind) + " at " +
+      fail(f, who() + " while lanes " + lanes_str(p.arrived) + " of its warp wait at " + warp_kind_name(p.kind) + " at " +
                   site_str(p.site) + " with mask " + lanes_str(p.mask) + ": the lanes disagree on the mask");
     }
   }
