@@ -128,6 +128,82 @@ inline int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, 
 
 // ----------------------------------------------------------------- per-op checks of every backend
 
+// Two floating arguments of one op: same dtype, same device.
+inline void check_pair_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
+  check_floating(a, op, an);
+  check_same_dtype(a, an, b, bn, op);
+  check_same_device(a, an, b, bn, op);
+}
+
+inline void check_grad_output_shape(const at::Tensor& grad_output, const ConvGeometry& g, const char* op) {
+  const std::vector<int64_t> expected{g.n, g.c_out, g.oh, g.ow};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "fastconv.", op,
+                    ": grad_output must have shape ", at::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
+// The optional bias of conv2d / linear, checked against the input and made contiguous (undefined without one).
+inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& input, int64_t channels,
+                               const char* op) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_pair_args(input, "input", *bias, "bias", op);
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == channels, "fastconv.", op, ": bias must have shape [",
+                    channels, "]", std::string(op) == "conv2d" ? " (one value per output channel)" : "", ", got ",
+                    bias->sizes());
+  return bias->contiguous();
+}
+
+// bias_grad(grad_output, channel_dim): grad_output viewed as [outer, channels, inner].
+struct BiasGradShape {
+  int64_t dim, outer, channels, inner;
+};
+
+inline BiasGradShape check_bias_grad(const at::Tensor& grad_output, int64_t channel_dim) {
+  check_floating(grad_output, "bias_grad", "grad_output");
+  TORCH_CHECK_INDEX(grad_output.dim() > 0, "fastconv.bias_grad: grad_output must have at least 1 dimension");
+  const int64_t cd = channel_dim < 0 ? channel_dim + grad_output.dim() : channel_dim;
+  TORCH_CHECK_INDEX(cd >= 0 && cd < grad_output.dim(), "fastconv.bias_grad: channel_dim ", channel_dim,
+                    " is out of range for a ", grad_output.dim(), "-D tensor");
+  BiasGradShape s{cd, 1, grad_output.size(cd), 1};
+  for (int64_t d = 0; d < cd; ++d) s.outer *= grad_output.size(d);
+  for (int64_t d = cd + 1; d < grad_output.dim(); ++d) s.inner *= grad_output.size(d);
+  return s;
+}
+
+// linear(input, weight, bias): returns the output's shape.
+inline std::vector<int64_t> check_linear(const at::Tensor& input, const at::Tensor& weight) {
+  const char* op = "linear";
+  check_pair_args(input, "input", weight, "weight", op);
+  check_dim(weight, 2, op, "weight", "out_features, in_features");
+  TORCH_CHECK_VALUE(input.dim() >= 1, "fastconv.linear: input must have at least 1 dimension");
+  TORCH_CHECK_VALUE(input.size(-1) == weight.size(1), "fastconv.linear: input has ", input.size(-1),
+                    " features in its last dimension but weight expects ", weight.size(1), " (weight shape ",
+                    weight.sizes(), ")");
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = weight.size(0);
+  return shape;
+}
+
+inline std::vector<int64_t> check_linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight) {
+  const char* op = "linear_grad_input";
+  check_pair_args(grad_output, "grad_output", weight, "weight", op);
+  check_dim(weight, 2, op, "weight", "out_features, in_features");
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.size(-1) == weight.size(0), "fastconv.", op,
+                    ": grad_output must end in ", weight.size(0), " features, got shape ", grad_output.sizes());
+  std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
+  shape.back() = weight.size(1);
+  return shape;
+}
+
+inline void check_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input) {
+  const char* op = "linear_grad_weight";
+  check_pair_args(grad_output, "grad_output", input, "input", op);
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && input.dim() == grad_output.dim() &&
+                        input.sizes().slice(0, input.dim() - 1) ==
+                            grad_output.sizes().slice(0, grad_output.dim() - 1),
+                    "fastconv.", op, ": grad_output ", grad_output.sizes(), " and input ", input.sizes(),
+                    " must agree in all but the last dimension");
+}
+
 inline void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
   check_floating(grad_output, "relu_backward", "grad_output");
   check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");

@@ -9,8 +9,9 @@ that backend's context and tells it on which device to create tensors:
 
 ``FASTCONV_TEST_BACKENDS=sim`` (a comma-separated list) restricts a run to some of them. A test
 (or a module, through ``pytestmark``) marked ``@pytest.mark.backends("cpu")`` runs on those
-only: convolution and linear have no CUDA kernels yet (under the simulator they would run the CPU
-kernels again), so their tests are marked ``backends("cpu")``. ``FASTCONV_SIM_ORDER`` chooses the simulator's thread order.
+only. ``FASTCONV_SIM_ORDER`` chooses the simulator's thread order. Tests marked ``sim_unchecked``
+(whole networks, second derivatives) run on the simulator without its race checker and memory
+check, which the op tests apply to every kernel, at a fifth of the cost.
 
 Test modules import the helpers below with ``from conftest import ...`` (tests/ is not a
 package, so pytest puts it on sys.path).
@@ -88,6 +89,9 @@ def backend_context(name):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run this test on these backends only")
+    config.addinivalue_line("markers", "sim_unchecked: on the sim backend, run without the race checker and "
+                            "memory check (whole networks and second derivatives: thousands of kernel launches "
+                            "whose kernels the op tests check one by one)")
 
 
 def pytest_generate_tests(metafunc):
@@ -106,7 +110,10 @@ def backend(request):
     spec = _BACKEND_SPECS[request.param]
     if not spec.available():
         pytest.skip(f"backend {request.param!r} is not available on this machine")
-    with spec.context():
+    context = spec.context()
+    if request.param == "sim" and request.node.get_closest_marker("sim_unchecked"):
+        context = fastconv.simulate(race_check=False, memcheck=False)
+    with context:
         yield Backend(request.param, torch.device(spec.device))
 
 

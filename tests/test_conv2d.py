@@ -12,10 +12,6 @@ from conftest import DTYPES, assert_bitwise_equal, conv_terms, num_threads, tol
 
 ops = torch.ops.fastconv
 
-# No CUDA kernel yet: under the simulator this op runs its CPU kernel (a "sim" run would repeat "cpu"),
-# and on a GPU it has none. sim and cuda join when the CUDA kernels land.
-pytestmark = pytest.mark.backends("cpu")
-
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
 

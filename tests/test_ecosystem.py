@@ -28,6 +28,7 @@ def _twins(name, device, seed=0):
 
 # ---------------------------------------------------------------- torch.compile
 
+@pytest.mark.sim_unchecked
 @pytest.mark.parametrize("name", NETS)
 def test_compile_fullgraph_matches_eager(backend, name):
     torch._dynamo.reset()
@@ -53,6 +54,7 @@ def test_compile_fullgraph_matches_eager(backend, name):
 
 @pytest.mark.parametrize("kwargs", [{}, dict(stride=2, padding=1), dict(padding=2, dilation=2, groups=2),
                                     dict(padding="same")], ids=["plain", "stride-pad", "dil-groups", "same"])
+@pytest.mark.sim_unchecked
 def test_conv2d_double_backward(backend, kwargs):
     d = torch.float64
     groups = kwargs.get("groups", 1)
@@ -110,6 +112,7 @@ def test_channels_last_in_channels_last_out(backend):
 
 # ---------------------------------------------------------------- determinism
 
+@pytest.mark.sim_unchecked
 @pytest.mark.parametrize("name", NETS)
 def test_training_step_is_bitwise_reproducible(backend, name):
     def one_step():
@@ -154,6 +157,7 @@ def test_empty_batches_give_empty_results(backend):
 
 # ---------------------------------------------------------------- modules as objects
 
+@pytest.mark.sim_unchecked
 @pytest.mark.parametrize("name", NETS)
 def test_modules_pickle_deepcopy_save_load_and_move(backend, name, tmp_path):
     ref, net = _twins(name, backend.device)
@@ -210,6 +214,7 @@ def test_reduced_precision_inputs_match_torch(backend, dtype):
     torch.testing.assert_close(loss.float(), F.cross_entropy(logits.float(), target), **loose)
 
 
+@pytest.mark.sim_unchecked
 @pytest.mark.parametrize("name", NETS)
 def test_autocast_matches_torch(backend, name):
     low = torch.bfloat16 if backend.device.type == "cpu" else torch.float16  # torch's autocast defaults

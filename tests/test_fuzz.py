@@ -253,7 +253,6 @@ def _check_conv(torch_fn, fc_fn, backend, x_shape, w_shape, bias, stride, paddin
         _compare_grads(out, ref, leaves, names, g, tols, ref_grad_out=_standard(g))
 
 
-@pytest.mark.backends("cpu")  # no CUDA kernel yet (see test_conv2d.py)
 @fuzz
 @given(case=conv2d_cases())
 def test_fuzz_conv2d(backend, fuzz_stats, case):
@@ -289,7 +288,6 @@ def check_conv1d(backend, x_shape, w_shape, bias, stride, padding, dilation, gro
                 x_layout, w_layout, b_layout, g_layout, seed)
 
 
-@pytest.mark.backends("cpu")  # no CUDA kernel yet (see test_conv2d.py)
 @fuzz
 @given(case=conv1d_cases())
 def test_fuzz_conv1d(backend, fuzz_stats, case):
@@ -479,7 +477,6 @@ def check_linear(backend, x_shape, w_shape, bias, dtype, x_layout, w_layout, b_l
         _compare_grads(out, ref, leaves, names, g, [tol(dtype, w_shape[0]), tol(dtype, rows), tol(dtype, rows)])
 
 
-@pytest.mark.backends("cpu")  # no CUDA kernel yet (see test_conv2d.py)
 @fuzz
 @given(case=linear_cases())
 def test_fuzz_linear(backend, fuzz_stats, case):

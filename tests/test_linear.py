@@ -10,10 +10,6 @@ from conftest import DTYPES, assert_bitwise_equal, num_threads, tol
 
 ops = torch.ops.fastconv
 
-# No CUDA kernel yet: under the simulator this op runs its CPU kernel (a "sim" run would repeat "cpu"),
-# and on a GPU it has none. sim and cuda join when the CUDA kernels land.
-pytestmark = pytest.mark.backends("cpu")
-
 # (input shape, out_features); the GEMM blocks are 8 * MR rows x 4 * NR columns x 256 deep, so
 # 300 -> 130 with 70 rows uses several blocks along every dimension (and a partial one in each)
 SHAPES = [

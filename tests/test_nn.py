@@ -104,6 +104,7 @@ def _net_pair(make, device):
     return ref, ours
 
 
+@pytest.mark.sim_unchecked
 @pytest.mark.parametrize("make, in_shape", NETS)
 def test_network_matches_torch(backend, make, in_shape):
     ref, ours = _net_pair(make, backend.device)
@@ -125,6 +126,7 @@ def test_network_matches_torch(backend, make, in_shape):
         torch.testing.assert_close(p.grad, rp.grad, rtol=1e-4, atol=2e-5 * scale, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.sim_unchecked
 @pytest.mark.parametrize("make, in_shape", NETS)
 def test_sgd_steps_decrease_loss(backend, make, in_shape):
     _, net = _net_pair(make, backend.device)

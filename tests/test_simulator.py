@@ -160,13 +160,20 @@ def test_simulate_routes_ops_to_the_cuda_kernels_and_restores():
     assert not fastconv.simulator.is_enabled() and fastconv.simulator.settings().order == "forward"
 
 
-def test_conv_and_linear_still_run_their_cpu_kernels_under_the_simulator():
-    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
-    before = fastconv.simulator.stats()
+def test_every_op_has_a_simulated_cuda_kernel():
+    x, w = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
+    lin = torch.randn(3, 5, requires_grad=True)
     with fastconv.simulate():
-        FF.conv2d(x, w)
-        FF.linear(torch.randn(2, 5), torch.randn(3, 5))
-    assert fastconv.simulator.stats() == before
+        before = fastconv.simulator.stats()
+        y = FF.conv2d(x, w, torch.randn(4, requires_grad=True), padding=1)
+        after_forward = fastconv.simulator.stats()
+        y.sum().backward()  # grad input, grad weight, bias grad
+        after_backward = fastconv.simulator.stats()
+        FF.linear(torch.randn(2, 5), lin).sum().backward()
+        after_linear = fastconv.simulator.stats()
+    assert after_forward["launches"] == before["launches"] + 1
+    assert after_backward["launches"] >= after_forward["launches"] + 3
+    assert after_linear["launches"] >= after_backward["launches"] + 2
 
 
 def test_environment_variable_simulates_a_whole_process():

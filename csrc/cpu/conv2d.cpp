@@ -28,6 +28,7 @@
 
 #include "cpu/gemm.h"
 #include "fastconv.h"
+#include "sim/sim.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -473,18 +474,6 @@ void grad_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* partial
   });
 }
 
-void check_conv_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
-  check_floating(a, op, an);
-  check_same_dtype(a, an, b, bn, op);
-  check_same_device(a, an, b, bn, op);
-}
-
-void check_grad_output_shape(const at::Tensor& grad_output, const ConvGeometry& g, const char* op) {
-  const std::vector<int64_t> expected{g.n, g.c_out, g.oh, g.ow};
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "fastconv.", op,
-                    ": grad_output must have shape ", at::IntArrayRef(expected), ", got ", grad_output.sizes());
-}
-
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       bool relu) {
@@ -494,17 +483,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     return conv2d_cpu(to_float(input), to_float(weight), to_float(bias), stride, padding, dilation, groups, relu)
         .to(input.scalar_type());
   }
-  check_conv_args(input, "input", weight, "weight", "conv2d");
+  check_pair_args(input, "input", weight, "weight", "conv2d");
   const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, "conv2d");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    b = *bias;
-    check_same_dtype(input, "input", b, "bias", "conv2d");
-    check_same_device(input, "input", b, "bias", "conv2d");
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.c_out, "fastconv.conv2d: bias must have shape [",
-                      g.c_out, "] (one value per output channel), got ", b.sizes());
-    b = b.contiguous();
-  }
+  const at::Tensor b = checked_bias(bias, input, g.c_out, "conv2d");
   at::Tensor out = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
   if (out.numel() == 0) return out;
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
@@ -525,7 +506,7 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
                                  groups).to(grad_output.scalar_type());
   }
   const char* op = "conv2d_grad_input";
-  check_conv_args(grad_output, "grad_output", weight, "weight", op);
+  check_pair_args(grad_output, "grad_output", weight, "weight", op);
   const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
   check_grad_output_shape(grad_output, g, op);
   at::Tensor dx = at::empty(input_size, grad_output.options());
@@ -548,7 +529,7 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
                                   groups).to(grad_output.scalar_type());
   }
   const char* op = "conv2d_grad_weight";
-  check_conv_args(grad_output, "grad_output", input, "input", op);
+  check_pair_args(grad_output, "grad_output", input, "input", op);
   const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
   check_grad_output_shape(grad_output, g, op);
   at::Tensor dw = at::empty(weight_size, grad_output.options());
@@ -582,16 +563,9 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
 // Sum of grad_output over every dimension but `channel_dim`: the gradient of a per-channel bias.
 at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
   if (is_reduced(grad_output)) return bias_grad_cpu(to_float(grad_output), channel_dim).to(grad_output.scalar_type());
-  check_floating(grad_output, "bias_grad", "grad_output");
-  TORCH_CHECK_INDEX(grad_output.dim() > 0, "fastconv.bias_grad: grad_output must have at least 1 dimension");
-  const int64_t cd = channel_dim < 0 ? channel_dim + grad_output.dim() : channel_dim;
-  TORCH_CHECK_INDEX(cd >= 0 && cd < grad_output.dim(), "fastconv.bias_grad: channel_dim ", channel_dim,
-                    " is out of range for a ", grad_output.dim(), "-D tensor");
+  const BiasGradShape shape = check_bias_grad(grad_output, channel_dim);
   const at::Tensor g = grad_output.contiguous();
-  const int64_t C = g.size(cd);
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < cd; ++d) outer *= g.size(d);
-  for (int64_t d = cd + 1; d < g.dim(); ++d) inner *= g.size(d);
+  const int64_t C = shape.channels, outer = shape.outer, inner = shape.inner;
   at::Tensor out = at::empty({C}, g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fastconv_bias_grad", [&] {
     const scalar_t* src = g.const_data_ptr<scalar_t>();
@@ -626,11 +600,12 @@ at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
 
 }  // namespace
 
+// Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("conv2d", &conv2d_cpu);
-  m.impl("conv2d_grad_input", &conv2d_grad_input_cpu);
-  m.impl("conv2d_grad_weight", &conv2d_grad_weight_cpu);
-  m.impl("bias_grad", &bias_grad_cpu);
+  m.impl("conv2d", &sim::Routed<conv2d_cpu, sim::conv2d>::call);
+  m.impl("conv2d_grad_input", &sim::Routed<conv2d_grad_input_cpu, sim::conv2d_grad_input>::call);
+  m.impl("conv2d_grad_weight", &sim::Routed<conv2d_grad_weight_cpu, sim::conv2d_grad_weight>::call);
+  m.impl("bias_grad", &sim::Routed<bias_grad_cpu, sim::bias_grad>::call);
 }
 
 }  // namespace fastconv::cpu

@@ -17,6 +17,7 @@
 
 #include "cpu/gemm.h"
 #include "fastconv.h"
+#include "sim/sim.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -127,36 +128,15 @@ void gemm_packing_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, i
   gemm(M, N, K, a, a_rs, a_cs, bp, c, col_bias);
 }
 
-void check_pair_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
-  check_floating(a, op, an);
-  check_same_dtype(a, an, b, bn, op);
-  check_same_device(a, an, b, bn, op);
-}
-
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   if (is_reduced(input) || is_reduced(weight)) {
     check_same_dtype(input, "input", weight, "weight", "linear");
     if (bias.has_value() && bias->defined()) check_same_dtype(input, "input", *bias, "bias", "linear");
     return linear_cpu(to_float(input), to_float(weight), to_float(bias)).to(input.scalar_type());
   }
-  const char* op = "linear";
-  check_pair_args(input, "input", weight, "weight", op);
-  check_dim(weight, 2, op, "weight", "out_features, in_features");
-  TORCH_CHECK_VALUE(input.dim() >= 1, "fastconv.linear: input must have at least 1 dimension");
+  const std::vector<int64_t> out_shape = check_linear(input, weight);
   const int64_t in = weight.size(1), out_f = weight.size(0);
-  TORCH_CHECK_VALUE(input.size(-1) == in, "fastconv.linear: input has ", input.size(-1),
-                    " features in its last dimension but weight expects ", in, " (weight shape ",
-                    weight.sizes(), ")");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    b = *bias;
-    check_pair_args(input, "input", b, "bias", op);
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == out_f, "fastconv.linear: bias must have shape [", out_f,
-                      "], got ", b.sizes());
-    b = b.contiguous();
-  }
-  std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
-  out_shape.back() = out_f;
+  const at::Tensor b = checked_bias(bias, input, out_f, "linear");
   at::Tensor out = at::empty(out_shape, input.options());
   if (out.numel() == 0) return out;
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
@@ -174,14 +154,8 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
     check_same_dtype(grad_output, "grad_output", weight, "weight", "linear_grad_input");
     return linear_grad_input_cpu(to_float(grad_output), to_float(weight)).to(grad_output.scalar_type());
   }
-  const char* op = "linear_grad_input";
-  check_pair_args(grad_output, "grad_output", weight, "weight", op);
-  check_dim(weight, 2, op, "weight", "out_features, in_features");
+  const std::vector<int64_t> shape = check_linear_grad_input(grad_output, weight);
   const int64_t in = weight.size(1), out_f = weight.size(0);
-  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.size(-1) == out_f, "fastconv.", op,
-                    ": grad_output must end in ", out_f, " features, got shape ", grad_output.sizes());
-  std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
-  shape.back() = in;
   at::Tensor dx = at::empty(shape, grad_output.options());
   if (dx.numel() == 0) return dx;
   const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
@@ -198,13 +172,7 @@ at::Tensor linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
     check_same_dtype(grad_output, "grad_output", input, "input", "linear_grad_weight");
     return linear_grad_weight_cpu(to_float(grad_output), to_float(input)).to(grad_output.scalar_type());
   }
-  const char* op = "linear_grad_weight";
-  check_pair_args(grad_output, "grad_output", input, "input", op);
-  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && input.dim() == grad_output.dim() &&
-                        input.sizes().slice(0, input.dim() - 1) ==
-                            grad_output.sizes().slice(0, grad_output.dim() - 1),
-                    "fastconv.", op, ": grad_output ", grad_output.sizes(), " and input ", input.sizes(),
-                    " must agree in all but the last dimension");
+  check_linear_grad_weight(grad_output, input);
   const int64_t in = input.size(-1), out_f = grad_output.size(-1);
   at::Tensor dw = at::empty({out_f, in}, grad_output.options());
   if (dw.numel() == 0) return dw;
@@ -220,10 +188,11 @@ at::Tensor linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
 
 }  // namespace
 
+// Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("linear", &linear_cpu);
-  m.impl("linear_grad_input", &linear_grad_input_cpu);
-  m.impl("linear_grad_weight", &linear_grad_weight_cpu);
+  m.impl("linear", &sim::Routed<linear_cpu, sim::linear>::call);
+  m.impl("linear_grad_input", &sim::Routed<linear_grad_input_cpu, sim::linear_grad_input>::call);
+  m.impl("linear_grad_weight", &sim::Routed<linear_grad_weight_cpu, sim::linear_grad_weight>::call);
 }
 
 }  // namespace fastconv::cpu

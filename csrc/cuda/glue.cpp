@@ -109,6 +109,143 @@ at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
 }
 
 namespace {
+ConvShape conv_shape(const ConvGeometry& g) {
+  return ConvShape{g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.groups};
+}
+
+// The GEMM kernels decompose their indices in 32 bits.
+void check_gemm_size(int64_t m, int64_t n, int64_t k, const char* op) {
+  constexpr int64_t kLimit = int64_t(1) << 31;
+  TORCH_CHECK_VALUE(m < kLimit && n < kLimit && k < kLimit, "fastconv.", op, ": the CUDA kernels index GEMMs of up to "
+                    "2^31 - 1 rows, columns and reduction terms; this one is ", m, " x ", n, " x ", k);
+}
+
+at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
+  return at::empty({bytes}, like.options().dtype(at::kByte));
+}
+}  // namespace
+
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool relu) {
+  const char* op = "conv2d";
+  check_pair_args(input, "input", weight, "weight", op);
+  const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, op);
+  const at::Tensor b = checked_bias(bias, input, g.c_out, op);
+  at::Tensor y = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
+  if (y.numel() == 0) return y;
+  check_gemm_size(g.n * g.oh * g.ow, g.cout_g(), g.k_gemm(), op);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
+  check_launch(kernels::conv2d_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
+                                       y.mutable_data_ptr(), conv_shape(g), relu, stream_of(x)),
+               op);
+  return y;
+}
+
+at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             int64_t groups) {
+  const char* op = "conv2d_grad_input";
+  check_pair_args(grad_output, "grad_output", weight, "weight", op);
+  const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
+  check_grad_output_shape(grad_output, g, op);
+  at::Tensor dx = at::empty(input_size, grad_output.options());
+  if (dx.numel() == 0) return dx;
+  check_gemm_size(g.n * g.h * g.w, g.cin_g(), g.cout_g() * g.kh * g.kw, op);
+  const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
+  check_launch(kernels::conv2d_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
+                                          conv_shape(g), stream_of(dy)),
+               op);
+  return dx;
+}
+
+at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                              int64_t groups) {
+  const char* op = "conv2d_grad_weight";
+  check_pair_args(grad_output, "grad_output", input, "input", op);
+  const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
+  check_grad_output_shape(grad_output, g, op);
+  at::Tensor dw = at::empty(weight_size, grad_output.options());
+  if (dw.numel() == 0) return dw;
+  check_gemm_size(g.cout_g(), g.k_gemm(), g.n * g.oh * g.ow, op);
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
+  const ConvShape s = conv_shape(g);
+  at::Tensor ws = workspace(kernels::conv2d_grad_weight_workspace_bytes(dtype_of(dy), s), dy);
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
+  check_launch(kernels::conv2d_grad_weight(dtype_of(dy), dy.const_data_ptr(), x.const_data_ptr(), dw.mutable_data_ptr(),
+                                           ws.mutable_data_ptr(), s, stream_of(dy)),
+               op);
+  return dw;
+}
+
+at::Tensor bias_grad(const at::Tensor& grad_output, int64_t channel_dim) {
+  const BiasGradShape s = check_bias_grad(grad_output, channel_dim);
+  const at::Tensor dy = grad_output.contiguous();
+  at::Tensor db = at::empty({s.channels}, dy.options());
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(db, "grad_bias"));
+  check_launch(kernels::bias_grad(dtype_of(dy), dy.const_data_ptr(), db.mutable_data_ptr(), s.outer, s.channels,
+                                  s.inner, stream_of(dy)),
+               "bias_grad");
+  return db;
+}
+
+at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const std::vector<int64_t> shape = check_linear(input, weight);
+  const int64_t in = weight.size(1), out_f = weight.size(0);
+  const at::Tensor b = checked_bias(bias, input, out_f, "linear");
+  at::Tensor y = at::empty(shape, input.options());
+  if (y.numel() == 0) return y;
+  const int64_t rows = y.numel() / out_f;
+  check_gemm_size(rows, out_f, in, "linear");
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
+  check_launch(kernels::linear_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
+                                       y.mutable_data_ptr(), rows, in, out_f, stream_of(x)),
+               "linear");
+  return y;
+}
+
+at::Tensor linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight) {
+  const std::vector<int64_t> shape = check_linear_grad_input(grad_output, weight);
+  const int64_t in = weight.size(1), out_f = weight.size(0);
+  at::Tensor dx = at::empty(shape, grad_output.options());
+  if (dx.numel() == 0) return dx;
+  const int64_t rows = dx.numel() / in;
+  check_gemm_size(rows, in, out_f, "linear_grad_input");
+  const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
+  check_launch(kernels::linear_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
+                                          rows, in, out_f, stream_of(dy)),
+               "linear_grad_input");
+  return dx;
+}
+
+at::Tensor linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input) {
+  check_linear_grad_weight(grad_output, input);
+  const int64_t in = input.size(-1), out_f = grad_output.size(-1);
+  at::Tensor dw = at::empty({out_f, in}, grad_output.options());
+  if (dw.numel() == 0) return dw;
+  const int64_t rows = input.numel() / in;
+  check_gemm_size(out_f, in, rows, "linear_grad_weight");
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
+  at::Tensor ws = workspace(kernels::linear_grad_weight_workspace_bytes(dtype_of(dy), rows, in, out_f), dy);
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
+  check_launch(kernels::linear_grad_weight(dtype_of(dy), dy.const_data_ptr(), x.const_data_ptr(), dw.mutable_data_ptr(),
+                                           ws.mutable_data_ptr(), rows, in, out_f, stream_of(dy)),
+               "linear_grad_weight");
+  return dw;
+}
+
+namespace {
 PoolGeometry pool_geometry(const PoolShape& s, at::IntArrayRef k, at::IntArrayRef st, at::IntArrayRef p,
                            at::IntArrayRef d) {
   return PoolGeometry{s.n, s.c, s.h, s.w, s.oh, s.ow, k[0], k[1], st[0], st[1], p[0], p[1], d[0], d[1]};
@@ -211,6 +348,13 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
 
 #if !defined(FASTCONV_SIM)
 TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
+  m.impl("conv2d", &fastconv::cuda::conv2d);
+  m.impl("conv2d_grad_input", &fastconv::cuda::conv2d_grad_input);
+  m.impl("conv2d_grad_weight", &fastconv::cuda::conv2d_grad_weight);
+  m.impl("bias_grad", &fastconv::cuda::bias_grad);
+  m.impl("linear", &fastconv::cuda::linear);
+  m.impl("linear_grad_input", &fastconv::cuda::linear_grad_input);
+  m.impl("linear_grad_weight", &fastconv::cuda::linear_grad_weight);
   m.impl("relu", &fastconv::cuda::relu);
   m.impl("relu_backward", &fastconv::cuda::relu_backward);
   m.impl("dropout", &fastconv::cuda::dropout);

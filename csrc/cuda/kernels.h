@@ -27,6 +27,13 @@ struct PoolGeometry {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+// Geometry of a 2-D convolution: input [n, c_in, h, w], weight [c_out, c_in / groups, kh, kw],
+// output [n, c_out, oh, ow]; padding top / left (bottom / right are implied by oh, ow).
+struct ConvShape {
+  int64_t n, c_in, h, w, c_out, kh, kw, oh, ow;
+  int64_t sh, sw, dh, dw, pt, pl, groups;
+};
+
 // Softmax + cross-entropy problem: logits [n, c], int64 targets [n], optional class weights [c].
 struct CrossEntropyArgs {
   int64_t n, c;
@@ -65,6 +72,29 @@ int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, co
 // index lies outside its input plane (the caller reports it), then dx is written.
 int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolGeometry& g,
                         int64_t* bad, Stream stream);
+
+// Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = conv(x, w) + bias, then ReLU if `relu`
+// (the pre-activation is never written). bias may be null.
+int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
+                   bool relu, Stream stream);
+// dx = the transposed convolution of dy with w.
+int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, Stream stream);
+// dw = the correlation of dy with x, reduced over n * oh * ow in split-K blocks whose partials (in
+// `workspace`, of conv2d_grad_weight_workspace_bytes) are summed in a fixed order.
+int64_t conv2d_grad_weight_workspace_bytes(DType dtype, const ConvShape& s);
+int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const ConvShape& s,
+                       Stream stream);
+// db[c] = sum of dy[o][c][i] over o < outer, i < inner (a per-channel bias's gradient), in a fixed order.
+int bias_grad(DType dtype, const void* dy, void* db, int64_t outer, int64_t channels, int64_t inner, Stream stream);
+
+// Linear layers through the same engine: y [rows, out] = x [rows, in] w^T [in, out] + bias.
+int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t rows, int64_t in,
+                   int64_t out, Stream stream);
+int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int64_t rows, int64_t in, int64_t out,
+                      Stream stream);
+int64_t linear_grad_weight_workspace_bytes(DType dtype, int64_t rows, int64_t in, int64_t out);
+int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, int64_t rows, int64_t in,
+                       int64_t out, Stream stream);
 
 // Bytes of device workspace that cross_entropy_forward / _backward need for a problem.
 int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a);

@@ -188,6 +188,7 @@ struct Fiber {
   Stack stack;
   Coords coords;
   Block* block = nullptr;
+  struct Worker* worker = nullptr;  // the OS thread's state (saves a thread-local lookup per access)
   int tid = 0, warp = 0, lane = 0;
   State state = State::ready;
   Site site{};       // the meeting point it waits at
@@ -609,6 +610,7 @@ void run_block(Worker* w, Launch& L, int64_t linear) {
   for (int t = 0; t < b.nthreads; ++t) {
     Fiber* f = w->fibers[t].get();
     f->block = &b;
+    f->worker = w;
     f->tid = t;
     f->warp = t / 32;
     f->lane = t % 32;
@@ -752,61 +754,72 @@ std::string pc_str(uint32_t off) {
   return describe_code(reinterpret_cast<const void*>(image().base + off - 1));
 }
 
-bool ordered(const Block& b, const Fiber* f, uint32_t epoch, uint32_t wepoch, int other) {
-  if (epoch != b.epoch) return true;                   // a __syncthreads came between
-  return other / 32 == f->warp && wepoch != b.warp_epoch[f->warp];  // a __syncwarp of their warp did
+
+[[noreturn]] __attribute__((noinline)) void report_unwritten(Fiber* f, const char* region_name, size_t offset,
+                                                             size_t n, const void* pc) {
+  fail(f, thread_str(*f->block, f->tid) + " reads " + std::to_string(n) + " bytes of " + region_name +
+              " memory (offset " + hex(offset) + ") that no thread of this block has written\n  read at " +
+              describe_code(reinterpret_cast<const char*>(pc) - 1));
+}
+
+[[noreturn]] __attribute__((noinline)) void report_race(Fiber* f, const char* region_name, size_t offset, size_t n,
+                                                        bool write, const void* pc, bool other_wrote, int other,
+                                                        uint32_t other_pc) {
+  const Block& b = *f->block;
+  const char* mine = write ? "writes" : "reads";
+  const char* theirs = other_wrote ? "wrote" : "read";
+  fail(f, std::string("shared-memory race: ") + thread_str(b, f->tid) + " " + mine + " " + std::to_string(n) +
+              " bytes of " + region_name + " memory (offset " + hex(offset) + ") that " + thread_str(b, other) + " " +
+              theirs + " in the same barrier interval (no __syncthreads() or __syncwarp() orders them)\n  " + mine +
+              " at " + describe_code(reinterpret_cast<const char*>(pc) - 1) + "\n  " + theirs + " at " +
+              pc_str(other_pc));
 }
 
 void shared_access(Fiber* f, Region& r, const char* region_name, uintptr_t a, size_t n, bool write,
                    const void* pc) {
-  Block& b = *f->block;
-  Worker* w = g_worker;
-  const uint32_t gen = w->gen;
+  const Block& b = *f->block;
+  const uint32_t gen = f->worker->gen, epoch = b.epoch, wepoch = b.warp_epoch[f->warp];
+  const int tid = f->tid, warp = f->warp;
+  const uint32_t pco = pc_offset(pc);
+  // an earlier access by `other` in interval (e, we) is unordered with this one: no barrier since,
+  // and no __syncwarp since if both threads are in one warp
+  const auto unordered = [&](uint32_t e, uint32_t we, int other) {
+    return e == epoch && !(other / 32 == warp && we != wepoch);
+  };
   const size_t first = (a - r.lo) / 2, last = std::min((a + n - 1 - r.lo) / 2, r.shadow.size() - 1);
   for (size_t g = first; g <= last; ++g) {
     Shadow& s = r.shadow[g];
     if (s.gen != gen) {
-      if (!write)
-        fail(f, thread_str(b, f->tid) + " reads " + std::to_string(n) + " bytes of " + region_name +
-                    " memory (offset " + hex(g * 2) + ") that no thread of this block has written\n  read at " +
-                    describe_code(reinterpret_cast<const char*>(pc) - 1));
+      if (!write) report_unwritten(f, region_name, g * 2, n, pc);
       s = Shadow{};
       s.gen = gen;
     }
-    const auto race = [&](const char* mine, const char* theirs, int other, uint32_t other_pc) {
-      fail(f, std::string("shared-memory race: ") + thread_str(b, f->tid) + " " + mine + " " + std::to_string(n) +
-                  " bytes of " + region_name + " memory (offset " + hex(g * 2) + ") that " + thread_str(b, other) +
-                  " " + theirs + " in the same barrier interval (no __syncthreads() or __syncwarp() orders them)\n  " +
-                  mine + " at " + describe_code(reinterpret_cast<const char*>(pc) - 1) + "\n  " + theirs + " at " +
-                  pc_str(other_pc));
-    };
-    if (s.w_epoch && s.w_tid != f->tid && !ordered(b, f, s.w_epoch, s.w_wepoch, s.w_tid))
-      race(write ? "writes" : "reads", "wrote", s.w_tid, s.w_pc);
+    if (s.w_epoch && s.w_tid != tid && unordered(s.w_epoch, s.w_wepoch, s.w_tid))
+      report_race(f, region_name, g * 2, n, write, pc, true, s.w_tid, s.w_pc);
+    const bool reader_unordered = s.r_epoch && unordered(s.r_epoch, s.r_wepoch, s.r_tid);
     if (write) {
-      if (s.r_epoch && !ordered(b, f, s.r_epoch, s.r_wepoch, s.r_tid)) {
-        if (s.r_tid != f->tid) race("writes", "read", s.r_tid, s.r_pc);
-        if (s.r_multi && s.r2_tid != f->tid && !ordered(b, f, s.r_epoch, s.r_wepoch, s.r2_tid))
-          race("writes", "read", s.r2_tid, s.r2_pc);
+      if (reader_unordered) {
+        if (s.r_tid != tid) report_race(f, region_name, g * 2, n, true, pc, false, s.r_tid, s.r_pc);
+        if (s.r_multi && s.r2_tid != tid) report_race(f, region_name, g * 2, n, true, pc, false, s.r2_tid, s.r2_pc);
       }
-      s.w_epoch = b.epoch;
-      s.w_wepoch = b.warp_epoch[f->warp];
-      s.w_tid = uint16_t(f->tid);
-      s.w_pc = pc_offset(pc);
+      s.w_epoch = epoch;
+      s.w_wepoch = wepoch;
+      s.w_tid = uint16_t(tid);
+      s.w_pc = pco;
       s.r_epoch = 0;
       s.r_multi = 0;
     } else {
-      const bool same_interval = s.r_epoch && !ordered(b, f, s.r_epoch, s.r_wepoch, s.r_tid);
-      if (same_interval && s.r_tid != f->tid) {  // remember the other reader
+      if (reader_unordered && s.r_tid != tid) {  // remember the other reader of this interval
         s.r2_tid = s.r_tid;
         s.r2_pc = s.r_pc;
         s.r_multi = 1;
-      } else if (!same_interval) {
+      } else if (!reader_unordered) {
         s.r_multi = 0;
       }
-      s.r_epoch = b.epoch;
-      s.r_wepoch = b.warp_epoch[f->warp];
-      s.r_tid = uint16_t(f->tid);
-      s.r_pc = pc_offset(pc);
+      s.r_epoch = epoch;
+      s.r_wepoch = wepoch;
+      s.r_tid = uint16_t(tid);
+      s.r_pc = pco;
     }
   }
 }
@@ -850,7 +863,7 @@ void global_access(Fiber* f, uintptr_t a, size_t n, bool write, const void* pc) 
 inline void on_access(const void* p, size_t n, bool write, const void* pc) {
   Fiber* f = g_cur;
   if (!f || !f->block->L->hooks) return;
-  Worker* w = g_worker;
+  Worker* w = f->worker;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   const Launch& L = *f->block->L;
   if (w->tls.contains(a)) {

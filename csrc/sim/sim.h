@@ -3,8 +3,7 @@
 // The torch glue of the CUDA kernels (csrc/cuda/glue.cpp) is compiled a second time for the
 // simulator (csrc/sim/glue.cpp), into the functions declared here: the same arguments as the ops,
 // CPU tensors, and the CUDA kernels run on the CPU. Under fastconv.simulate() (active() is true) the
-// CPU registration of every op that has a CUDA kernel routes to them; ops without one (convolution
-// and linear, for now) keep their CPU kernels.
+// CPU registration of every op routes to them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,6 +26,16 @@ std::vector<int64_t> stats();
 // on n floats and returns them.
 at::Tensor selftest(const std::string& name, int64_t n);
 
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool relu);
+at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+at::Tensor bias_grad(const at::Tensor& grad_output, int64_t channel_dim);
+at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+at::Tensor linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight);
+at::Tensor linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input);
 at::Tensor relu(const at::Tensor& input);
 at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result);
 at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed);

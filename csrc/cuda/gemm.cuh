@@ -1,0 +1,172 @@
+// gemm.cuh: the tiled GEMM engine behind every CUDA convolution and linear kernel (conv2d.cu,
+// linear.cu). It computes, for each group g,
+//     C_g[m][n] = sum_k A_g(m, k) * B_g(k, n),   0 <= m < M, 0 <= n < N, 0 <= k < K,
+// where a Problem supplies the operands element by element -- an implicit im2col, a transposed or
+// strided view -- so no im2col or transposed copy ever exists in global memory, and stores each
+// result through its own epilogue (bias, ReLU, a split-K partial).
+//
+// Tiling: a 256-thread block owns a BM x BN = 64 x 64 tile of C and walks K in steps of BK = 16.
+// Each step stages a 16 x 64 slab of A and of B in shared memory (in the arithmetic type, so 16-bit
+// inputs are converted once, when loaded); the slabs are double-buffered: while the block multiplies
+// from one buffer, each thread's loads for the next step are already in registers, and are written
+// to the other buffer after the multiply, so one __syncthreads per step suffices. Thread (ty, tx)
+// of the 16 x 16 thread grid accumulates a 4 x 4 register tile, rows 4 ty .. 4 ty + 3 and columns
+// 4 tx .. 4 tx + 3: per k it reads its 4 values of A and of B as one 16-byte shared load each (the
+// 16 threads of a half-warp read 256 consecutive bytes of B, conflict-free; A is a broadcast).
+// Loads: thread t loads element (m = t % 64, k = t / 64 + 4 i), i < 4, of each slab: a warp touches
+// 32 consecutive m (or n), coalesced when the Problem's operand is contiguous along m (or n).
+// Per step and block: 2 * 64 * 64 * 16 = 131072 FLOPs against 2 * 16 * 64 elements loaded: 64 FLOPs
+// per element staged, 32 per shared-memory word read.
+// Split-K: gridDim.z > 1 cuts K into gridDim.z contiguous ranges (whole BK steps); the Problem's
+// store then receives the split index and writes a partial, which a second kernel sums in split
+// order: deterministic, no float atomics.
+// Grid: x = M tiles, y = groups * N tiles, z = K splits.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace fastconv::FC_NS::kernels {
+namespace gemm {
+
+constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
+constexpr int kTM = 4, kTN = 4;  // register tile of a thread
+constexpr int kLoads = kBM * kBK / kThreads;  // elements of each slab a thread loads per step
+
+// The grid of a problem of `groups` GEMMs of M x N, K cut into `splits` ranges.
+inline dim3 grid_for(int64_t m, int64_t n, int64_t groups, int64_t splits) {
+  return dim3(static_cast<unsigned>((m + kBM - 1) / kBM), static_cast<unsigned>(groups * ((n + kBN - 1) / kBN)),
+              static_cast<unsigned>(splits));
+}
+
+// K steps per split, for `splits` splits of K.
+__host__ __device__ inline int64_t steps_per_split(int64_t k, int64_t splits) {
+  const int64_t steps = (k + kBK - 1) / kBK;
+  return (steps + splits - 1) / splits;
+}
+
+// Problem interface (A is the arithmetic type):
+//   int64_t M, N, K, groups;
+//   Row a_row(g, m) const;          what a thread precomputes for its row m of A (once per block)
+//   A a(const Row&, k) const;       A_g(m, k), 0 outside the operand
+//   Col b_col(g, n) const;  A b(const Col&, k) const;   the same for B_g(k, n)
+//   void store(g, split, m, n, A value) const;
+// Four consecutive values of a shared slab row, read as one (float: one 128-bit shared load; double: two).
+template <typename A>
+struct __align__(16) Quad {
+  A v[4];
+};
+
+// One block of 256 threads per (M tile, group x N tile, K split); see the file comment.
+template <typename A, typename Problem>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
+  __shared__ __align__(16) A as[2][kBK][kBM];
+  __shared__ __align__(16) A bs[2][kBK][kBN];
+  const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+  const int64_t ntiles = (p.N + kBN - 1) / kBN;
+  const int64_t g = blockIdx.y / ntiles;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = (blockIdx.y % ntiles) * kBN;
+  const int64_t per_split = steps_per_split(p.K, gridDim.z);
+  const int64_t k_begin = blockIdx.z * per_split * kBK;
+  const int64_t k_end = p.K < k_begin + per_split * kBK ? p.K : k_begin + per_split * kBK;
+
+  // this thread's row of the A slab and column of the B slab
+  const int lm = t % kBM, lk = t / kBM;
+  const bool m_in = m0 + lm < p.M, n_in = n0 + lm < p.N;
+  const auto row = p.a_row(g, m_in ? m0 + lm : 0);
+  const auto col = p.b_col(g, n_in ? n0 + lm : 0);
+  A ra[kLoads], rb[kLoads];
+  const auto load = [&](int64_t k0) {
+    for (int i = 0; i < kLoads; ++i) {
+      const int64_t k = k0 + lk + i * (kThreads / kBM);
+      ra[i] = m_in && k < k_end ? p.a(row, k) : A(0);
+      rb[i] = n_in && k < k_end ? p.b(col, k) : A(0);
+    }
+  };
+  const auto stage = [&](int buf) {
+    for (int i = 0; i < kLoads; ++i) {
+      as[buf][lk + i * (kThreads / kBM)][lm] = ra[i];
+      bs[buf][lk + i * (kThreads / kBM)][lm] = rb[i];
+    }
+  };
+
+  A acc[kTM][kTN];
+  for (int i = 0; i < kTM; ++i)
+    for (int j = 0; j < kTN; ++j) acc[i][j] = A(0);
+
+  int buf = 0;
+  if (k_begin < k_end) {
+    load(k_begin);
+    stage(0);
+  }
+  __syncthreads();
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK) {
+    const bool more = k0 + kBK < k_end;
+    if (more) load(k0 + kBK);  // in flight while the block multiplies this step
+    for (int kk = 0; kk < kBK; ++kk) {
+      const Quad<A> a = *reinterpret_cast<const Quad<A>*>(&as[buf][kk][ty * kTM]);
+      const Quad<A> b = *reinterpret_cast<const Quad<A>*>(&bs[buf][kk][tx * kTN]);
+      for (int i = 0; i < kTM; ++i)
+        for (int j = 0; j < kTN; ++j) acc[i][j] += a.v[i] * b.v[j];
+    }
+    if (more) stage(buf ^ 1);  // the other buffer: nobody reads it during this step
+    __syncthreads();
+    buf ^= 1;
+  }
+
+  for (int i = 0; i < kTM; ++i) {
+    const int64_t m = m0 + ty * kTM + i;
+    if (m >= p.M) continue;
+    for (int j = 0; j < kTN; ++j) {
+      const int64_t n = n0 + tx * kTN + j;
+      if (n < p.N) p.store(g, blockIdx.z, m, n, acc[i][j]);
+    }
+  }
+}
+
+// out[i] = sum over s < splits of partial[s * count + i], in split order; one thread per element.
+template <typename T, typename A>
+__global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__ out, int64_t count, int splits) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
+    A s = partial[i];
+    for (int z = 1; z < splits; ++z) s += partial[z * count + i];
+    out[i] = from_acc<T>(s);
+  }
+}
+
+}  // namespace gemm
+}  // namespace fastconv::FC_NS::kernels
+
+namespace fastconv::FC_NS::kernels {
+namespace gemm {
+
+// How many K splits a reduction GEMM (the weight gradients) uses: enough blocks to fill a large GPU
+// (~512), each split at least 8 K steps long.
+inline int64_t splits_for(int64_t m, int64_t n, int64_t k, int64_t groups) {
+  const int64_t tiles = ((m + kBM - 1) / kBM) * ((n + kBN - 1) / kBN) * groups;
+  const int64_t steps = (k + kBK - 1) / kBK;
+  int64_t splits = 512 / (tiles > 0 ? tiles : 1);
+  if (splits > steps / 8) splits = steps / 8;
+  if (splits > 256) splits = 256;
+  return splits < 1 ? 1 : splits;
+}
+
+// Bytes of the split-K partials of an M x N x groups result (none when one split does).
+template <typename A>
+int64_t split_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t groups) {
+  const int64_t splits = splits_for(m, n, k, groups);
+  return splits > 1 ? splits * m * n * groups * static_cast<int64_t>(sizeof(A)) : 0;
+}
+
+// A launcher's tail for a split-K result: nothing when one split wrote the output itself, else the
+// ordered sum of the partials into it.
+template <typename T, typename A>
+int finish_splits(const A* partial, T* out, int64_t count, int64_t splits, Stream stream) {
+  if (splits <= 1 || count == 0) return 0;
+  const int64_t blocks = (count + 255) / 256;
+  return launch(sum_splits_kernel<T, A>, dim3(static_cast<unsigned>(blocks < 4096 ? blocks : 4096)), dim3(256), 0,
+                stream, partial, out, count, static_cast<int>(splits));
+}
+
+}  // namespace gemm
+}  // namespace fastconv::FC_NS::kernels

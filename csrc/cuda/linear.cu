@@ -1,0 +1,89 @@
+// linear.cu: fully connected layers on the GPU through the GEMM engine of gemm.cuh (the same 64 x 64
+// block tiles as convolution: a linear layer is a 1 x 1 convolution of a 1 x 1 image).
+//   forward      y [rows, out] = x [rows, in] w^T + bias:   M = rows, N = out, K = in; bias in the epilogue
+//   grad input   dx [rows, in] = dy [rows, out] w:          M = rows, N = in,  K = out
+//   grad weight  dw [out, in] = dy^T x:                     M = out,  N = in,  K = rows, split-K over the
+//                rows with the partials summed in split order (deterministic)
+// 2 * rows * in * out FLOPs each. The operands are read in place (no transposed copies).
+#include "cuda/gemm.cuh"
+
+namespace fastconv::FC_NS::kernels {
+namespace {
+
+// A(m, k) = a[m * a_rs + k * a_cs], B(k, n) = b[k * b_rs + n * b_cs]; out[m][n] = A B (+ bias[n]).
+template <typename T>
+struct Strided {
+  using A = acc_t<T>;
+  const T* a_ptr;
+  int64_t a_rs, a_cs;
+  const T* b_ptr;
+  int64_t b_rs, b_cs;
+  const T* bias;
+  T* out;
+  A* partial;  // split-K partials [splits][M][N] when splits > 1
+  int64_t M, N, K, groups, splits;
+
+  __device__ const T* a_row(int64_t, int64_t m) const { return a_ptr + m * a_rs; }
+  __device__ A a(const T* row, int64_t k) const { return to_acc(row[k * a_cs]); }
+  __device__ const T* b_col(int64_t, int64_t n) const { return b_ptr + n * b_cs; }
+  __device__ A b(const T* col, int64_t k) const { return to_acc(col[k * b_rs]); }
+  __device__ void store(int64_t, int split, int64_t m, int64_t n, A v) const {
+    if (splits > 1) {
+      partial[(split * M + m) * N + n] = v;
+      return;
+    }
+    if (bias) v += to_acc(bias[n]);
+    out[m * N + n] = from_acc<T>(v);
+  }
+};
+
+template <typename T>
+int run(const Strided<T>& p, Stream stream) {
+  int err = launch(gemm::gemm_kernel<acc_t<T>, Strided<T>>, gemm::grid_for(p.M, p.N, 1, p.splits),
+                   dim3(gemm::kThreads), 0, stream, p);
+  if (!err) err = gemm::finish_splits(p.partial, p.out, p.M * p.N, p.splits, stream);
+  return err;
+}
+
+}  // namespace
+
+int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t rows, int64_t in,
+                   int64_t out, Stream stream) {
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const Strided<T> p{static_cast<const T*>(x), in, 1, static_cast<const T*>(w), 1, in, static_cast<const T*>(bias),
+                       static_cast<T*>(y), nullptr, rows, out, in, 1, 1};
+    err = run(p, stream);
+  });
+  return err;
+}
+
+int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int64_t rows, int64_t in, int64_t out,
+                      Stream stream) {
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const Strided<T> p{static_cast<const T*>(dy), out, 1, static_cast<const T*>(w), in, 1, nullptr,
+                       static_cast<T*>(dx), nullptr, rows, in, out, 1, 1};
+    err = run(p, stream);
+  });
+  return err;
+}
+
+int64_t linear_grad_weight_workspace_bytes(DType dtype, int64_t rows, int64_t in, int64_t out) {
+  return dtype == DType::f64 ? gemm::split_workspace_bytes<double>(out, in, rows, 1)
+                             : gemm::split_workspace_bytes<float>(out, in, rows, 1);
+}
+
+int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, int64_t rows, int64_t in,
+                       int64_t out, Stream stream) {
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const Strided<T> p{static_cast<const T*>(dy), 1, out, static_cast<const T*>(x), in, 1, nullptr,
+                       static_cast<T*>(dw), static_cast<acc_t<T>*>(workspace), out, in, rows, 1,
+                       gemm::splits_for(out, in, rows, 1)};
+    err = run(p, stream);
+  });
+  return err;
+}
+
+}  // namespace fastconv::FC_NS::kernels
