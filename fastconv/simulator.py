@@ -3,12 +3,11 @@
     with fastconv.simulate():                      # CPU tensors, CUDA kernels
         y = fastconv.functional.relu(torch.randn(8))
 
-Inside the context every fastconv op that has a CUDA kernel (ReLU, max-pooling, softmax +
-cross-entropy, dropout, forward and backward) runs that kernel -- the same ``csrc/cuda/*.cu``
+Inside the context every fastconv op (convolution, linear, ReLU, max-pooling, softmax +
+cross-entropy, dropout, forward and backward) runs its CUDA kernel -- the same ``csrc/cuda/*.cu``
 source nvcc compiles for GPUs -- on the CPU, one fiber per CUDA thread, with CUDA's semantics for
 ``__syncthreads``, warp shuffles and votes, shared memory and atomics. Results equal a GPU's up to
-the order of floating-point rounding. Convolution and linear have no CUDA kernels yet: under the
-simulator they run their CPU kernels.
+the order of floating-point rounding.
 
 While kernels run, the simulator checks what a GPU would not report: barrier divergence, warp
 collectives with bad masks or exited lanes, deadlocks, shared-memory races and reads of shared

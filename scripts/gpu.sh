@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # For a machine with a GPU and a CUDA build of torch: builds fastconv in place with its CUDA kernels
-# (nvcc, TORCH_CUDA_ARCH_LIST default "8.0;9.0"), runs the op tests on the cuda backend (the same
+# (nvcc, TORCH_CUDA_ARCH_LIST default "8.0;9.0"), runs the test suite on the cuda backend (the same
 # tests and references as cpu and sim), then times every op that has a CUDA kernel against torch
 # (cuDNN) with bench/ops.py --device cuda. One command:
 #   bash scripts/gpu.sh                    # PYTHON=python3 by default: the python whose torch has CUDA
@@ -29,11 +29,7 @@ fi
 "$PY" -m fastconv
 echo "== pytest on ${FASTCONV_TEST_BACKENDS:-cuda} (log: $OUTDIR/pytest.log)"
 set +e
-# the tests of the ops that have CUDA kernels (convolution and linear have none yet, and the whole
-# networks of test_nn / test_ecosystem need them)
-TESTS=(tests/test_relu.py tests/test_max_pool2d.py tests/test_cross_entropy.py tests/test_dropout.py tests/test_errors.py
-       tests/test_fuzz.py)
-FASTCONV_TEST_BACKENDS="${FASTCONV_TEST_BACKENDS:-cuda}" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" "$@" 2>&1 \
+FASTCONV_TEST_BACKENDS="${FASTCONV_TEST_BACKENDS:-cuda}" "$PY" -m pytest -q -p no:cacheprovider tests "$@" 2>&1 \
   | tee "$OUTDIR/pytest.log"
 rc=${PIPESTATUS[0]}
 set -e

@@ -38,9 +38,9 @@ inline dim3 grid_for(int64_t m, int64_t n, int64_t groups, int64_t splits) {
               static_cast<unsigned>(splits));
 }
 
-// K steps per split, for `splits` splits of K.
-__host__ __device__ inline int64_t steps_per_split(int64_t k, int64_t splits) {
-  const int64_t steps = (k + kBK - 1) / kBK;
+// K steps per split, for `splits` splits of K (K < 2^31: 32-bit division, which the GPU inlines).
+__host__ __device__ inline int steps_per_split(int64_t k, int splits) {
+  const int steps = static_cast<int>((k + kBK - 1) / kBK);
   return (steps + splits - 1) / splits;
 }
 
@@ -56,16 +56,17 @@ struct __align__(16) Quad {
   A v[4];
 };
 
-// One block of 256 threads per (M tile, group x N tile, K split); see the file comment.
+// One block of 256 threads per (M tile, group x N tile, K split); see the file comment. Launch bounds
+// of two blocks per SM leave it up to 128 registers (ptxas's default choice spilled some variants).
 template <typename A, typename Problem>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
+__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
   __shared__ __align__(16) A as[2][kBK][kBM];
   __shared__ __align__(16) A bs[2][kBK][kBN];
   const int t = threadIdx.x, tx = t % 16, ty = t / 16;
-  const int64_t ntiles = (p.N + kBN - 1) / kBN;
-  const int64_t g = blockIdx.y / ntiles;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = (blockIdx.y % ntiles) * kBN;
-  const int64_t per_split = steps_per_split(p.K, gridDim.z);
+  const int ntiles = static_cast<int>((p.N + kBN - 1) / kBN);
+  const int64_t g = static_cast<int>(blockIdx.y) / ntiles;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y % ntiles) * kBN;
+  const int64_t per_split = steps_per_split(p.K, static_cast<int>(gridDim.z));
   const int64_t k_begin = blockIdx.z * per_split * kBK;
   const int64_t k_end = p.K < k_begin + per_split * kBK ? p.K : k_begin + per_split * kBK;
 
