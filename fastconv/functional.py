@@ -12,7 +12,7 @@ import torch
 
 from .ops import REDUCTIONS, ops
 
-__all__ = ["conv2d", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear", "dropout"]
+__all__ = ["conv2d", "conv2d_relu", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear", "dropout"]
 
 
 def _pair(value, name):
@@ -77,6 +77,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
     x, unbatched = _batched(input, 4, "conv2d")
     out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups), x, weight)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """relu(conv2d(input, weight, bias, ...)) in one op: the ReLU runs in the convolution's epilogue,
+    so the pre-activation is never written (and backward needs only the output)."""
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if weight.dim() != 4:
+        raise ValueError(f"fastconv.conv2d_relu: weight must be 4-D (C_out, C_in / groups, kH, kW), "
+                         f"got shape {tuple(weight.shape)}")
+    pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
+    x, unbatched = _batched(input, 4, "conv2d")
+    out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups, True), x, weight)
     return out.squeeze(0) if unbatched else out
 
 

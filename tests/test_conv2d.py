@@ -390,3 +390,19 @@ def test_lecture_6x6_exercise(backend):
     # and the 4x4 conv output pools to 2x2
     assert FF.max_pool2d(out[None, None], 2).shape == (1, 1, 2, 2)
     assert torch.equal(FF.max_pool2d(out[None, None], 2), F.max_pool2d(out[None, None], 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_relu_is_relu_of_conv2d(backend, dtype):
+    x = backend.randn(2, 3, 9, 8, dtype=dtype, requires_grad=True)
+    w = backend.randn(5, 3, 3, 3, dtype=dtype, requires_grad=True)
+    b = backend.randn(5, dtype=dtype, requires_grad=True)
+    y = FF.conv2d_relu(x, w, b, stride=(2, 1), padding=1)
+    ref = F.relu(F.conv2d(x, w, b, stride=(2, 1), padding=1))
+    torch.testing.assert_close(y, ref, **tol(dtype, 27))
+    assert (y == 0).any() and (y > 0).any()
+    g = torch.randn_like(ref)
+    ours = torch.autograd.grad(y, (x, w, b), g)
+    theirs = torch.autograd.grad(ref, (x, w, b), g)
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a, e, **tol(dtype, 200))
