@@ -68,29 +68,26 @@ def _batched(input, dims, op):
                      f"got {input.dim()}-D with shape {tuple(input.shape)}")
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D convolution, as torch.nn.functional.conv2d."""
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, relu, name):
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     if weight.dim() != 4:
-        raise ValueError(f"fastconv.conv2d: weight must be 4-D (C_out, C_in / groups, kH, kW), "
+        raise ValueError(f"fastconv.{name}: weight must be 4-D (C_out, C_in / groups, kH, kW), "
                          f"got shape {tuple(weight.shape)}")
     pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
     x, unbatched = _batched(input, 4, "conv2d")
-    out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups), x, weight)
+    out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups, relu), x, weight)
     return out.squeeze(0) if unbatched else out
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution, as torch.nn.functional.conv2d."""
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, False, "conv2d")
 
 
 def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """relu(conv2d(input, weight, bias, ...)) in one op: the ReLU runs in the convolution's epilogue,
     so the pre-activation is never written (and backward needs only the output)."""
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    if weight.dim() != 4:
-        raise ValueError(f"fastconv.conv2d_relu: weight must be 4-D (C_out, C_in / groups, kH, kW), "
-                         f"got shape {tuple(weight.shape)}")
-    pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
-    x, unbatched = _batched(input, 4, "conv2d")
-    out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups, True), x, weight)
-    return out.squeeze(0) if unbatched else out
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, True, "conv2d_relu")
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
