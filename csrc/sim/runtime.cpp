@@ -7,7 +7,8 @@
 // fiber. The order in which threads run between meeting points is forward, reverse or seeded-random
 // (Options::order), so a kernel that leans on one interleaving shows it. Blocks are spread over a
 // small pool of worker threads. The context switch is hand-written for x86-64 (callee-saved
-// registers, MXCSR and the x87 control word: ~10 ns); other machines use ucontext.
+// registers, MXCSR and the x87 control word: ~10 ns); other machines use ucontext (FCSIM_UCONTEXT
+// forces it on x86-64 too, to test that path).
 //
 // Checks, each reported with the kernel, block, thread and (through addr2line) the source line:
 //   - barrier divergence: a thread reaches a __syncthreads after another thread of the block exited,
@@ -38,7 +39,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(FCSIM_UCONTEXT)
 #include <ucontext.h>
 #endif
 #if defined(__SANITIZE_ADDRESS__)
@@ -86,7 +87,7 @@ const char* order_name(Order o) {
 
 // -------------------------------------------------------------------------- context switching
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(FCSIM_UCONTEXT)
 // fcsim_switch(save, to): saves the callee-saved state on the current stack, stores the stack
 // pointer in *save, and resumes the context whose stack pointer is `to`.
 // fcsim_fiber_entry: where a fresh fiber's first switch returns to; calls r13(r12).
@@ -135,7 +136,7 @@ fcsim_fiber_entry:
 }  // namespace
 }  // namespace fcsim
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(FCSIM_UCONTEXT)
 extern "C" void fcsim_switch(void** save, void* to);
 extern "C" void fcsim_fiber_entry();
 #endif
@@ -182,7 +183,7 @@ struct Block;
 
 struct Fiber {
   void* sp = nullptr;
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(FCSIM_UCONTEXT)
   ucontext_t uc;
 #endif
   Stack stack;
@@ -266,7 +267,7 @@ struct Region {
 struct Worker {
   std::vector<std::unique_ptr<Fiber>> fibers;
   void* sched_sp = nullptr;
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(FCSIM_UCONTEXT)
   ucontext_t sched_uc;
 #endif
   const void* sched_bottom = nullptr;
@@ -407,13 +408,16 @@ void block_fail(Block& b, const std::string& what) {
 // ------------------------------------------------------------------------------------ fibers
 
 void fiber_main(Fiber* f);
+#if !defined(__x86_64__) || defined(FCSIM_UCONTEXT)
+void fiber_main_uc(unsigned hi, unsigned lo);
+#endif
 
 void init_fiber(Fiber* f) {
 #if defined(__SANITIZE_ADDRESS__)
   // the frames left by the previous block's run of this fiber may hold poisoned redzones
   __asan_unpoison_memory_region(f->stack.lo, f->stack.size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(FCSIM_UCONTEXT)
   char* top = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(f->stack.lo + f->stack.size) & ~uintptr_t(15));
   auto* sp = reinterpret_cast<uint64_t*>(top - 80);  // see fcsim_switch: mxcsr/fpucw, r15..rbp, return address
   uint32_t mxcsr;
@@ -448,7 +452,7 @@ void resume(Worker* w, Fiber* f) {
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, f->stack.lo, f->stack.size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(FCSIM_UCONTEXT)
   fcsim_switch(&w->sched_sp, f->sp);
 #else
   swapcontext(&w->sched_uc, &f->uc);
@@ -465,7 +469,7 @@ void yield(Fiber* f, bool final) {
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_start_switch_fiber(final ? nullptr : &f->asan_fake, w->sched_bottom, w->sched_size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(FCSIM_UCONTEXT)
   fcsim_switch(&f->sp, w->sched_sp);
 #else
   swapcontext(&f->uc, &w->sched_uc);
@@ -520,7 +524,7 @@ void fiber_main(Fiber* f) {
   __builtin_trap();
 }
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(FCSIM_UCONTEXT)
 void fiber_main_uc(unsigned hi, unsigned lo) {
   fiber_main(reinterpret_cast<Fiber*>((uintptr_t(hi) << 32) | uintptr_t(lo)));
 }
