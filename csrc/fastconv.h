@@ -14,6 +14,12 @@
 
 namespace fastconv {
 
+// Whether the CUDA (and simulated CUDA) convolution and linear kernels may round float32 operands to
+// tf32 and multiply them on tensor cores (fastconv.backends.allow_tf32; off by default). The CPU
+// kernels always compute in float32. Defined in registration.cpp.
+bool allow_tf32();
+bool set_allow_tf32(bool enabled);  // returns the previous setting
+
 // float16 and bfloat16 are accepted by every op and computed in float32 (see compute_in_float).
 inline bool is_reduced(const at::Tensor& t) {
   return t.defined() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);

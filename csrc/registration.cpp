@@ -8,7 +8,18 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <atomic>
+
+#include "fastconv.h"
 #include "sim/sim.h"
+
+namespace fastconv {
+namespace {
+std::atomic<bool> g_allow_tf32{false};
+}
+bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
+bool set_allow_tf32(bool enabled) { return g_allow_tf32.exchange(enabled); }
+}  // namespace fastconv
 
 TORCH_LIBRARY(fastconv, m) {
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
@@ -32,6 +43,9 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
         "Tensor lse, int reduction, int ignore_index, float label_smoothing) -> Tensor");
   m.def("dropout(Tensor input, float p, Tensor seed) -> Tensor");
+  // The tf32 switch of the CUDA GEMM kernels (fastconv.backends.allow_tf32).
+  m.def("_set_allow_tf32(bool enabled) -> bool", &fastconv::set_allow_tf32);
+  m.def("_allow_tf32() -> bool", &fastconv::allow_tf32);
   // The SIMT simulator (fastconv.simulate): its switch and options, and its self-test kernels.
   m.def("_sim_configure(bool enabled, int order, int seed, bool race_check, bool memcheck) -> ()",
         &fastconv::sim::configure);

@@ -54,6 +54,9 @@ def _selected_backends():
 BACKENDS = _selected_backends()
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+# float16 / bfloat16: computed from the 16-bit values with float32 accumulation (tensor cores on the
+# CUDA backends) and rounded once; the tests compare with torch in float32 on the same 16-bit values.
+REDUCED_DTYPES = [pytest.param(torch.float16, id="f16"), pytest.param(torch.bfloat16, id="bf16")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +130,10 @@ def _fixed_seed():
 _BASE_TOL = {
     torch.float32: (1e-4, 1e-5),
     torch.float64: (1e-10, 1e-10),
+    # two float32 results that straddle a rounding boundary of the 16-bit type differ by one of its
+    # ulps: at most 2^-10 (float16) or 2^-7 (bfloat16) of the value; near zero, float32's atol
+    torch.float16: (2e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
 }
 
 
@@ -141,6 +148,15 @@ def tol(dtype, terms=1):
     """
     rtol, atol = _BASE_TOL[dtype]
     return dict(rtol=rtol, atol=atol * max(1.0, terms / 10.0))
+
+
+def tf32_round(t):
+    """float32 -> the nearest tf32 value (10 mantissa bits, ties away from zero), as float32: what
+    cvt.rna.tf32.f32 gives the tensor cores. For finite values only."""
+    bits = t.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + 0x1000) & 0xFFFFE000
+    rounded = torch.where(rounded >= 2**31, rounded - 2**32, rounded)
+    return rounded.to(torch.int32).view(torch.float32).reshape(t.shape)
 
 
 def assert_bitwise_equal(actual, expected, msg=""):

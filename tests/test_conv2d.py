@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FF
-from conftest import DTYPES, assert_bitwise_equal, conv_terms, num_threads, tol
+from conftest import DTYPES, REDUCED_DTYPES, assert_bitwise_equal, conv_terms, num_threads, tol
 
 ops = torch.ops.fastconv
 
@@ -104,6 +104,27 @@ def test_conv2d_matches_torch(backend, c, dtype):
     out_shape = F.conv2d(x.detach(), w.detach(), None, **c.kwargs).shape
     _check_against_torch(lambda *a: FF.conv2d(*a, **c.kwargs), lambda *a: F.conv2d(*a, **c.kwargs),
                          (x, w, b), conv_terms(c.w), _grad_terms(c, out_shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", REDUCED_DTYPES)
+@pytest.mark.parametrize("c", CONV2D_CASES)
+def test_conv2d_reduced_precision_matches_torch(backend, c, dtype):
+    """float16 / bfloat16 forward and every gradient (tensor cores on the CUDA kernels) against torch in
+    float32 on the same 16-bit values, rounded once to the 16-bit type."""
+    x, w, b = (t.detach().to(dtype).requires_grad_() if t is not None else None
+               for t in _make_inputs(c, torch.float32, backend.device))
+    leaves = [t for t in (x, w, b) if t is not None]
+    refs = [t.detach().float().requires_grad_() for t in leaves]
+    out = FF.conv2d(x, w, b, **c.kwargs)
+    ref = F.conv2d(*refs, **c.kwargs) if b is not None else F.conv2d(*refs, None, **c.kwargs)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref.to(dtype), **tol(dtype, conv_terms(c.w)))
+    grad_out = torch.randn_like(ref).to(dtype)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_grads = torch.autograd.grad(ref, refs, grad_out.float())
+    for i, (g, r, terms) in enumerate(zip(grads, ref_grads, _grad_terms(c, ref.shape))):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g, r.to(dtype), **tol(dtype, terms), msg=lambda m: f"gradient of input {i}: {m}")
 
 
 @pytest.mark.parametrize("c", CONV2D_CASES)

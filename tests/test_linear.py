@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FF
-from conftest import DTYPES, assert_bitwise_equal, num_threads, tol
+from conftest import DTYPES, REDUCED_DTYPES, assert_bitwise_equal, num_threads, tol
 
 ops = torch.ops.fastconv
 
@@ -47,6 +47,27 @@ def test_linear_matches_torch(backend, x_shape, out_f, dtype, bias):
     w = backend.randn(out_f, x_shape[-1], dtype=dtype, requires_grad=True)
     b = backend.randn(out_f, dtype=dtype, requires_grad=True) if bias else None
     _check(x, w, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", REDUCED_DTYPES)
+@pytest.mark.parametrize("x_shape, out_f", SHAPES)
+def test_linear_reduced_precision_matches_torch(backend, x_shape, out_f, dtype):
+    """float16 / bfloat16 (tensor cores on the CUDA kernels) against torch in float32 on the same
+    16-bit values, rounded once."""
+    x = backend.randn(*x_shape).to(dtype).requires_grad_()
+    w = backend.randn(out_f, x_shape[-1]).to(dtype).requires_grad_()
+    b = backend.randn(out_f).to(dtype).requires_grad_()
+    refs = [t.detach().float().requires_grad_() for t in (x, w, b)]
+    out, ref = FF.linear(x, w, b), F.linear(*refs)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref.to(dtype), **tol(dtype, x_shape[-1]))
+    g = torch.randn_like(ref).to(dtype)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    ref_grads = torch.autograd.grad(ref, refs, g.float())
+    rows = math.prod(x_shape[:-1])
+    for name, a, r, terms in zip(["input", "weight", "bias"], grads, ref_grads, [out_f, rows, rows]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, r.to(dtype), **tol(dtype, terms), msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -140,6 +140,43 @@ def test_unknown_selftest_and_bad_settings_are_refused():
     assert not fastconv.simulator.is_enabled()
 
 
+# ------------------------------------------------------------------------------- tensor-core mma
+
+MMA_K = {"f16": 16, "bf16": 16, "tf32": 8}
+
+
+def _mma_expected(k):
+    """D = A B + C of the mma self-test (csrc/sim/selftest.cu, mma_tile), exact in float64."""
+    a = torch.tensor([[value_of(r * k + j) for j in range(k)] for r in range(16)], dtype=torch.float64)
+    b = torch.tensor([[value_of(1000 + j * 8 + n) for n in range(8)] for j in range(k)], dtype=torch.float64)
+    c = torch.tensor([[value_of(2000 + r * 8 + n) for n in range(8)] for r in range(16)], dtype=torch.float64)
+    return (a @ b + c).reshape(-1)
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("kind", list(MMA_K))
+def test_mma_fragment_layouts_give_the_exact_product(kind, settings):
+    """Lanes that pack their registers by the PTX ISA's fragment layouts get D = A B + C, exactly."""
+    out = selftest(f"ok_mma_{kind}", 128, **settings)
+    assert_bitwise_equal(out, _mma_expected(MMA_K[kind]).to(torch.float32))
+
+
+@pytest.mark.parametrize("kind", ["f16", "tf32"])
+def test_mma_with_a_fragment_index_slip_gives_a_wrong_product(kind):
+    """Swapping two A registers (rows g + 8 <-> columns + 8) is a layout bug the simulated mma exposes."""
+    out = selftest(f"bug_mma_{kind}_swapped_registers", 128)
+    expected = _mma_expected(MMA_K[kind]).to(torch.float32)
+    wrong = (out != expected).sum().item()
+    assert wrong >= 64, f"only {wrong} of 128 outputs changed"
+
+
+def test_mma_reached_by_half_a_warp_is_reported():
+    with pytest.raises(RuntimeError) as info:
+        selftest("bug_mma_divergent", 128)
+    report = str(info.value)
+    assert re.search(r"mma\.sync at \S*mma\.cuh:\d+ .*(exited|exits)|(exits|exited).*mma\.sync", report, re.S), report
+
+
 # ------------------------------------------------------------------------------ the ops under it
 
 def test_simulate_routes_ops_to_the_cuda_kernels_and_restores():

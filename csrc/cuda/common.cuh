@@ -25,6 +25,9 @@
 
 #if defined(__CUDACC__)
 
+// Fully unrolls the loop that follows (register arrays indexed by its counter stay in registers).
+#define FC_UNROLL _Pragma("unroll")
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -48,6 +51,7 @@ inline int launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
 
 #else  // the simulator
 
+#define FC_UNROLL
 #include "sim/cuda_sim.h"
 
 #endif
@@ -71,6 +75,9 @@ template <> __host__ __device__ __forceinline__ __half from_acc<__half>(float v)
 template <> __host__ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
+
+// Zero in a storage type (16-bit types have no implicit conversions under torch's nvcc flags).
+template <typename T> __host__ __device__ __forceinline__ T zero() { return from_acc<T>(acc_t<T>(0)); }
 
 }  // namespace fastconv
 

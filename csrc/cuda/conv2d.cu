@@ -24,6 +24,7 @@ namespace {
 
 template <typename T>
 struct ConvForward {
+  using Storage = T;
   using A = acc_t<T>;
   const T* x;
   const T* w;
@@ -42,14 +43,14 @@ struct ConvForward {
               ow = r - oh * int(s.ow);
     return Row{x + (img * s.c_in + g * (s.c_in / s.groups)) * s.h * s.w, oh * s.sh - s.pt, ow * s.sw - s.pl};
   }
-  __device__ A a(const Row& r, int64_t k) const {
+  __device__ T a(const Row& r, int64_t k) const {
     const int taps = int(s.kh * s.kw), ci = int(k) / taps, t = int(k) - ci * taps, kh = t / int(s.kw),
               kw = t - kh * int(s.kw);
     const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
-    return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w ? to_acc(r.image[(ci * s.h + ih) * s.w + iw]) : A(0);
+    return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w ? r.image[(ci * s.h + ih) * s.w + iw] : zero<T>();
   }
   __device__ const T* b_col(int64_t g, int64_t n) const { return w + (g * N + n) * K; }
-  __device__ A b(const T* filter, int64_t k) const { return to_acc(filter[k]); }
+  __device__ T b(const T* filter, int64_t k) const { return filter[k]; }
   __device__ void store(int64_t g, int, int64_t m, int64_t n, A v) const {
     const int64_t co = g * N + n;
     const int pixels = int(s.oh * s.ow), img = int(m) / pixels;
@@ -61,6 +62,7 @@ struct ConvForward {
 
 template <typename T>
 struct ConvGradInput {
+  using Storage = T;
   using A = acc_t<T>;
   const T* dy;
   const T* w;
@@ -77,21 +79,21 @@ struct ConvGradInput {
               iw = r - ih * int(s.w);
     return Row{dy + (img * s.c_out + g * (s.c_out / s.groups)) * s.oh * s.ow, ih + s.pt, iw + s.pl};
   }
-  __device__ A a(const Row& r, int64_t k) const {
+  __device__ T a(const Row& r, int64_t k) const {
     const int taps = int(s.kh * s.kw), co = int(k) / taps, t = int(k) - co * taps, kh = t / int(s.kw),
               kw = t - kh * int(s.kw);
     const int nh = int(r.ih - kh * s.dh), nw = int(r.iw - kw * s.dw);  // oh * sh, ow * sw if a tap lands here
-    if (nh < 0 || nw < 0 || nh % int(s.sh) != 0 || nw % int(s.sw) != 0) return A(0);
+    if (nh < 0 || nw < 0 || nh % int(s.sh) != 0 || nw % int(s.sw) != 0) return zero<T>();
     const int oh = nh / int(s.sh), ow = nw / int(s.sw);
-    return oh < s.oh && ow < s.ow ? to_acc(r.grad[(co * s.oh + oh) * s.ow + ow]) : A(0);
+    return oh < s.oh && ow < s.ow ? r.grad[(co * s.oh + oh) * s.ow + ow] : zero<T>();
   }
   // column n = input channel ci of group g: w[g * cout_g + co][ci][kh][kw] for k = (co, kh, kw)
   __device__ const T* b_col(int64_t g, int64_t n) const {
     return w + (g * (s.c_out / s.groups) * N + n) * s.kh * s.kw;
   }
-  __device__ A b(const T* filter, int64_t k) const {
+  __device__ T b(const T* filter, int64_t k) const {
     const int taps = int(s.kh * s.kw), co = int(k) / taps;
-    return to_acc(filter[int64_t(co) * N * taps + (int(k) - co * taps)]);
+    return filter[int64_t(co) * N * taps + (int(k) - co * taps)];
   }
   __device__ void store(int64_t g, int, int64_t m, int64_t n, A v) const {
     const int pixels = int(s.h * s.w), img = int(m) / pixels;
@@ -101,6 +103,7 @@ struct ConvGradInput {
 
 template <typename T>
 struct ConvGradWeight {
+  using Storage = T;
   using A = acc_t<T>;
   const T* dy;
   const T* x;
@@ -111,9 +114,9 @@ struct ConvGradWeight {
 
   // row m = output channel co of group g: dy[img][g * cout_g + co][oh][ow] for k = (img, oh, ow)
   __device__ const T* a_row(int64_t g, int64_t m) const { return dy + (g * M + m) * s.oh * s.ow; }
-  __device__ A a(const T* grad, int64_t k) const {
+  __device__ T a(const T* grad, int64_t k) const {
     const int pixels = int(s.oh * s.ow), img = int(k) / pixels;
-    return to_acc(grad[int64_t(img) * s.c_out * pixels + (int(k) - img * pixels)]);
+    return grad[int64_t(img) * s.c_out * pixels + (int(k) - img * pixels)];
   }
   struct Col {
     const T* channel;  // input channel g * cin_g + ci of image 0
@@ -124,13 +127,12 @@ struct ConvGradWeight {
               kw = t - kh * int(s.kw);
     return Col{x + (g * (s.c_in / s.groups) + ci) * s.h * s.w, kh * s.dh - s.pt, kw * s.dw - s.pl};
   }
-  __device__ A b(const Col& c, int64_t k) const {
+  __device__ T b(const Col& c, int64_t k) const {
     const int pixels = int(s.oh * s.ow), img = int(k) / pixels, r = int(k) - img * pixels, oh = r / int(s.ow),
               ow = r - oh * int(s.ow);
     const int64_t ih = oh * s.sh + c.dh0, iw = ow * s.sw + c.dw0;
-    return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w
-               ? to_acc(c.channel[int64_t(img) * s.c_in * s.h * s.w + ih * s.w + iw])
-               : A(0);
+    return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w ? c.channel[int64_t(img) * s.c_in * s.h * s.w + ih * s.w + iw]
+                                                      : zero<T>();
   }
   __device__ void store(int64_t g, int split, int64_t m, int64_t n, A v) const {
     const int64_t i = (g * M + m) * N + n;
@@ -162,32 +164,27 @@ __global__ void __launch_bounds__(256) bias_grad_kernel(const T* __restrict__ dy
   if (t == 0) db[c] = from_acc<T>(static_cast<acc_t<T>>(partial[0]));
 }
 
-template <typename P>
-int run_gemm(const P& p, int64_t splits, Stream stream) {
-  return launch(gemm::gemm_kernel<typename P::A, P>, gemm::grid_for(p.M, p.N, p.groups, splits),
-                dim3(gemm::kThreads), 0, stream, p);
-}
-
 }  // namespace
 
 int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
-                   bool relu, Stream stream) {
+                   bool relu, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const ConvForward<T> p{static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
                            static_cast<T*>(y), s, relu, s.n * s.oh * s.ow, s.c_out / s.groups,
                            s.c_in / s.groups * s.kh * s.kw, s.groups};
-    err = run_gemm(p, 1, stream);
+    err = gemm::run(p, 1, tf32, stream);
   });
   return err;
 }
 
-int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, Stream stream) {
+int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool tf32,
+                      Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const ConvGradInput<T> p{static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx), s,
                              s.n * s.h * s.w, s.c_in / s.groups, s.c_out / s.groups * s.kh * s.kw, s.groups};
-    err = run_gemm(p, 1, stream);
+    err = gemm::run(p, 1, tf32, stream);
   });
   return err;
 }
@@ -209,14 +206,14 @@ int64_t conv2d_grad_weight_workspace_bytes(DType dtype, const ConvShape& s) {
 }
 
 int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const ConvShape& s,
-                       Stream stream) {
+                       bool tf32, Stream stream) {
   const WeightGemmSize g = weight_gemm(s);
   int err = 0;
   FC_DISPATCH(dtype, T, {
     using A = acc_t<T>;
     const ConvGradWeight<T> p{static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw),
                               static_cast<A*>(workspace), s, g.m, g.n, g.k, s.groups, g.splits};
-    err = run_gemm(p, g.splits, stream);
+    err = gemm::run(p, g.splits, tf32, stream);
     if (!err) err = gemm::finish_splits(p.partial, p.dw, s.c_out * g.n, g.splits, stream);
   });
   return err;

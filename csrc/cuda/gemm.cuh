@@ -23,7 +23,10 @@
 // Grid: x = M tiles, y = groups * N tiles, z = K splits.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/common.cuh"
+#include "cuda/mma.cuh"
 
 namespace fastconv::FC_NS::kernels {
 namespace gemm {
@@ -38,17 +41,17 @@ inline dim3 grid_for(int64_t m, int64_t n, int64_t groups, int64_t splits) {
               static_cast<unsigned>(splits));
 }
 
-// K steps per split, for `splits` splits of K (K < 2^31: 32-bit division, which the GPU inlines).
-__host__ __device__ inline int steps_per_split(int64_t k, int splits) {
-  const int steps = static_cast<int>((k + kBK - 1) / kBK);
+// K steps of `bk` per split, for `splits` splits of K (K < 2^31: 32-bit division, which the GPU inlines).
+__host__ __device__ inline int steps_per_split(int64_t k, int splits, int bk = kBK) {
+  const int steps = static_cast<int>((k + bk - 1) / bk);
   return (steps + splits - 1) / splits;
 }
 
-// Problem interface (A is the arithmetic type):
+// Problem interface (T is the storage type, A = acc_t<T> the arithmetic type):
 //   int64_t M, N, K, groups;
 //   Row a_row(g, m) const;          what a thread precomputes for its row m of A (once per block)
-//   A a(const Row&, k) const;       A_g(m, k), 0 outside the operand
-//   Col b_col(g, n) const;  A b(const Col&, k) const;   the same for B_g(k, n)
+//   T a(const Row&, k) const;       A_g(m, k), 0 outside the operand
+//   Col b_col(g, n) const;  T b(const Col&, k) const;   the same for B_g(k, n)
 //   void store(g, split, m, n, A value) const;
 // Four consecutive values of a shared slab row, read as one (float: one 128-bit shared load; double: two).
 template <typename A>
@@ -79,8 +82,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
   const auto load = [&](int64_t k0) {
     for (int i = 0; i < kLoads; ++i) {
       const int64_t k = k0 + lk + i * (kThreads / kBM);
-      ra[i] = m_in && k < k_end ? p.a(row, k) : A(0);
-      rb[i] = n_in && k < k_end ? p.b(col, k) : A(0);
+      ra[i] = m_in && k < k_end ? to_acc(p.a(row, k)) : A(0);
+      rb[i] = n_in && k < k_end ? to_acc(p.b(col, k)) : A(0);
     }
   };
   const auto stage = [&](int buf) {
@@ -135,11 +138,156 @@ __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__
   }
 }
 
+// ---------------------------------------------------------------------------- tensor cores
+// The tensor-core variant (float16 / bfloat16 inputs; float32 inputs when tf32 is allowed), same
+// Problem interface, same 64 x 64 block tile, same grid and split-K, accumulating in float32:
+// 128 threads = 4 warps in a 2 x 2 arrangement, each warp owning a 32 x 32 quarter of the tile as
+// 2 x 4 mma tiles of 16 x 8 (32 float accumulators per thread). A K step is 16 32-bit words of K:
+// 32 elements for 16-bit inputs (2 x m16n8k16 per mma tile), 16 for tf32 (2 x m16n8k8).
+// Shared memory holds each slab row-major along K, as the packed registers the fragments want:
+// as[m][word], bs[n][word], rows padded to 20 words so that the 32 lanes of a fragment load
+// (rows g = 0..7, words t = 0..3) hit 32 different banks. Double-buffered like the SIMT kernel
+// (registers hold the next step's words while the block multiplies); 20 KiB of shared memory.
+// Loads: thread t loads row (m or n) t % 64 of the slab, words t / 64 + 2 i (i < 8): consecutive
+// lanes take consecutive m (or n), as in the SIMT kernel, and each lane packs its two 16-bit
+// elements of a word itself. The stores of a warp into a slab meet 4-way bank conflicts (rows 20
+// words apart); a K step reads each word back twice (two warps share each row), so they cost a
+// third of the shared-memory traffic.
+// Per K step and block: 2 * 64 * 64 * 32 = 262144 FLOPs (16-bit) on 2 * 64 * 32 elements: 64 FLOPs
+// per element staged, as the SIMT kernel, at tensor-core rate.
+constexpr int kTcThreads = 128, kTcWords = 16, kTcRow = 20;
+constexpr int kTcWordLoads = kBM * kTcWords / kTcThreads;  // words of each slab a thread loads per step
+
+template <typename Kind>
+__device__ __forceinline__ uint32_t word_of(const typename Kind::In* v) {
+  if constexpr (Kind::kPerWord == 2)
+    return mma::pack(v[0], v[1]);
+  else
+    return mma::to_tf32(v[0]);
+}
+
+template <typename Kind, typename Problem>
+__global__ void __launch_bounds__(kTcThreads, 4) gemm_tc_kernel(Problem p) {
+  using In = typename Kind::In;
+  constexpr int E = Kind::kPerWord, BK = kTcWords * E;  // K elements per step
+  __shared__ __align__(16) uint32_t as[2][kBM][kTcRow];
+  __shared__ __align__(16) uint32_t bs[2][kBN][kTcRow];
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int wm = warp % 2, wn = warp / 2, grp = lane / 4, tig = lane % 4;
+  const int ntiles = static_cast<int>((p.N + kBN - 1) / kBN);
+  const int64_t g = static_cast<int>(blockIdx.y) / ntiles;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y % ntiles) * kBN;
+  const int64_t per_split = steps_per_split(p.K, static_cast<int>(gridDim.z), BK);
+  const int64_t k_begin = blockIdx.z * per_split * BK;
+  const int64_t k_end = p.K < k_begin + per_split * BK ? p.K : k_begin + per_split * BK;
+
+  const int lm = t % kBM, lw = t / kBM;
+  const bool m_in = m0 + lm < p.M, n_in = n0 + lm < p.N;
+  const auto row = p.a_row(g, m_in ? m0 + lm : 0);
+  const auto col = p.b_col(g, n_in ? n0 + lm : 0);
+  uint32_t ra[kTcWordLoads], rb[kTcWordLoads];
+  const auto load = [&](int64_t k0) {
+    FC_UNROLL
+    for (int i = 0; i < kTcWordLoads; ++i) {
+      In va[E], vb[E];
+      FC_UNROLL
+      for (int e = 0; e < E; ++e) {
+        const int64_t k = k0 + (lw + 2 * i) * E + e;
+        va[e] = m_in && k < k_end ? p.a(row, k) : zero<In>();
+        vb[e] = n_in && k < k_end ? p.b(col, k) : zero<In>();
+      }
+      ra[i] = word_of<Kind>(va);
+      rb[i] = word_of<Kind>(vb);
+    }
+  };
+  const auto stage = [&](int buf) {
+    FC_UNROLL
+    for (int i = 0; i < kTcWordLoads; ++i) {
+      as[buf][lm][lw + 2 * i] = ra[i];
+      bs[buf][lm][lw + 2 * i] = rb[i];
+    }
+  };
+
+  float acc[2][4][4];
+  FC_UNROLL
+  for (int i = 0; i < 2; ++i)
+    FC_UNROLL
+    for (int j = 0; j < 4; ++j)
+      FC_UNROLL
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+  int buf = 0;
+  if (k_begin < k_end) {
+    load(k_begin);
+    stage(0);
+  }
+  __syncthreads();
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
+    const bool more = k0 + BK < k_end;
+    if (more) load(k0 + BK);
+    FC_UNROLL
+    for (int ks = 0; ks < kTcWords / 8; ++ks) {  // one mma K (8 words) at a time
+      const int w0 = ks * 8 + tig;
+      uint32_t af[2][4], bf[4][2];
+      FC_UNROLL
+      for (int mi = 0; mi < 2; ++mi) {
+        const int r = wm * 32 + mi * 16 + grp;
+        af[mi][0] = as[buf][r][w0];
+        af[mi][1] = as[buf][r + 8][w0];
+        af[mi][2] = as[buf][r][w0 + 4];
+        af[mi][3] = as[buf][r + 8][w0 + 4];
+      }
+      FC_UNROLL
+      for (int ni = 0; ni < 4; ++ni) {
+        const int c = wn * 32 + ni * 8 + grp;
+        bf[ni][0] = bs[buf][c][w0];
+        bf[ni][1] = bs[buf][c][w0 + 4];
+      }
+      FC_UNROLL
+      for (int mi = 0; mi < 2; ++mi)
+        FC_UNROLL
+        for (int ni = 0; ni < 4; ++ni) mma::mma_sync<Kind>(acc[mi][ni], af[mi], bf[ni]);
+    }
+    if (more) stage(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
+
+  FC_UNROLL
+
+  for (int mi = 0; mi < 2; ++mi)
+    FC_UNROLL
+    for (int ni = 0; ni < 4; ++ni)
+      FC_UNROLL
+      for (int r = 0; r < 4; ++r) {
+        const int64_t m = m0 + wm * 32 + mi * 16 + grp + 8 * (r / 2);
+        const int64_t n = n0 + wn * 32 + ni * 8 + 2 * tig + r % 2;
+        if (m < p.M && n < p.N) p.store(g, blockIdx.z, m, n, acc[mi][ni][r]);
+      }
+}
+
 }  // namespace gemm
 }  // namespace fastconv::FC_NS::kernels
 
 namespace fastconv::FC_NS::kernels {
 namespace gemm {
+
+// Runs a Problem on the right engine: tensor cores for float16 / bfloat16 (float32 accumulators),
+// and for float32 when tf32 is allowed; the SIMT kernel otherwise (float32, float64).
+template <typename P>
+int run(const P& p, int64_t splits, bool tf32, Stream stream) {
+  using T = typename P::Storage;
+  const dim3 grid = grid_for(p.M, p.N, p.groups, splits);
+  if constexpr (std::is_same<T, __half>::value)
+    return launch(gemm_tc_kernel<mma::F16, P>, grid, dim3(kTcThreads), 0, stream, p);
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    return launch(gemm_tc_kernel<mma::BF16, P>, grid, dim3(kTcThreads), 0, stream, p);
+  else if constexpr (std::is_same<T, float>::value)
+    return tf32 ? launch(gemm_tc_kernel<mma::TF32, P>, grid, dim3(kTcThreads), 0, stream, p)
+                : launch(gemm_kernel<float, P>, grid, dim3(kThreads), 0, stream, p);
+  else
+    return launch(gemm_kernel<typename P::A, P>, grid, dim3(kThreads), 0, stream, p);
+}
 
 // How many K splits a reduction GEMM (the weight gradients) uses: enough blocks to fill a large GPU
 // (~512), each split at least 8 K steps long.

@@ -138,7 +138,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
   check_launch(kernels::conv2d_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), conv_shape(g), relu, stream_of(x)),
+                                       y.mutable_data_ptr(), conv_shape(g), relu, allow_tf32(), stream_of(x)),
                op);
   return y;
 }
@@ -157,7 +157,7 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& we
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
   check_launch(kernels::conv2d_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
-                                          conv_shape(g), stream_of(dy)),
+                                          conv_shape(g), allow_tf32(), stream_of(dy)),
                op);
   return dx;
 }
@@ -178,7 +178,7 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
   check_launch(kernels::conv2d_grad_weight(dtype_of(dy), dy.const_data_ptr(), x.const_data_ptr(), dw.mutable_data_ptr(),
-                                           ws.mutable_data_ptr(), s, stream_of(dy)),
+                                           ws.mutable_data_ptr(), s, allow_tf32(), stream_of(dy)),
                op);
   return dw;
 }
@@ -207,7 +207,7 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const std::
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
   check_launch(kernels::linear_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), rows, in, out_f, stream_of(x)),
+                                       y.mutable_data_ptr(), rows, in, out_f, allow_tf32(), stream_of(x)),
                "linear");
   return y;
 }
@@ -223,7 +223,7 @@ at::Tensor linear_grad_input(const at::Tensor& grad_output, const at::Tensor& we
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
   check_launch(kernels::linear_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
-                                          rows, in, out_f, stream_of(dy)),
+                                          rows, in, out_f, allow_tf32(), stream_of(dy)),
                "linear_grad_input");
   return dx;
 }
@@ -240,7 +240,8 @@ at::Tensor linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
   check_launch(kernels::linear_grad_weight(dtype_of(dy), dy.const_data_ptr(), x.const_data_ptr(), dw.mutable_data_ptr(),
-                                           ws.mutable_data_ptr(), rows, in, out_f, stream_of(dy)),
+                                           ws.mutable_data_ptr(), rows, in, out_f, allow_tf32(),
+                                           stream_of(dy)),
                "linear_grad_weight");
   return dw;
 }

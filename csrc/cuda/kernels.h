@@ -74,27 +74,29 @@ int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, voi
                         int64_t* bad, Stream stream);
 
 // Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = conv(x, w) + bias, then ReLU if `relu`
-// (the pre-activation is never written). bias may be null.
+// (the pre-activation is never written). bias may be null. Every GEMM launcher takes `tf32`: float32
+// operands are then rounded to tf32 and multiplied on tensor cores (float16 / bfloat16 always are).
 int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
-                   bool relu, Stream stream);
+                   bool relu, bool tf32, Stream stream);
 // dx = the transposed convolution of dy with w.
-int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, Stream stream);
+int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool tf32,
+                      Stream stream);
 // dw = the correlation of dy with x, reduced over n * oh * ow in split-K blocks whose partials (in
 // `workspace`, of conv2d_grad_weight_workspace_bytes) are summed in a fixed order.
 int64_t conv2d_grad_weight_workspace_bytes(DType dtype, const ConvShape& s);
 int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const ConvShape& s,
-                       Stream stream);
+                       bool tf32, Stream stream);
 // db[c] = sum of dy[o][c][i] over o < outer, i < inner (a per-channel bias's gradient), in a fixed order.
 int bias_grad(DType dtype, const void* dy, void* db, int64_t outer, int64_t channels, int64_t inner, Stream stream);
 
 // Linear layers through the same engine: y [rows, out] = x [rows, in] w^T [in, out] + bias.
 int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t rows, int64_t in,
-                   int64_t out, Stream stream);
+                   int64_t out, bool tf32, Stream stream);
 int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int64_t rows, int64_t in, int64_t out,
-                      Stream stream);
+                      bool tf32, Stream stream);
 int64_t linear_grad_weight_workspace_bytes(DType dtype, int64_t rows, int64_t in, int64_t out);
 int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, int64_t rows, int64_t in,
-                       int64_t out, Stream stream);
+                       int64_t out, bool tf32, Stream stream);
 
 // Bytes of device workspace that cross_entropy_forward / _backward need for a problem.
 int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a);

@@ -13,6 +13,7 @@ namespace {
 // A(m, k) = a[m * a_rs + k * a_cs], B(k, n) = b[k * b_rs + n * b_cs]; out[m][n] = A B (+ bias[n]).
 template <typename T>
 struct Strided {
+  using Storage = T;
   using A = acc_t<T>;
   const T* a_ptr;
   int64_t a_rs, a_cs;
@@ -24,9 +25,9 @@ struct Strided {
   int64_t M, N, K, groups, splits;
 
   __device__ const T* a_row(int64_t, int64_t m) const { return a_ptr + m * a_rs; }
-  __device__ A a(const T* row, int64_t k) const { return to_acc(row[k * a_cs]); }
+  __device__ T a(const T* row, int64_t k) const { return row[k * a_cs]; }
   __device__ const T* b_col(int64_t, int64_t n) const { return b_ptr + n * b_cs; }
-  __device__ A b(const T* col, int64_t k) const { return to_acc(col[k * b_rs]); }
+  __device__ T b(const T* col, int64_t k) const { return col[k * b_rs]; }
   __device__ void store(int64_t, int split, int64_t m, int64_t n, A v) const {
     if (splits > 1) {
       partial[(split * M + m) * N + n] = v;
@@ -38,9 +39,8 @@ struct Strided {
 };
 
 template <typename T>
-int run(const Strided<T>& p, Stream stream) {
-  int err = launch(gemm::gemm_kernel<acc_t<T>, Strided<T>>, gemm::grid_for(p.M, p.N, 1, p.splits),
-                   dim3(gemm::kThreads), 0, stream, p);
+int run(const Strided<T>& p, bool tf32, Stream stream) {
+  int err = gemm::run(p, p.splits, tf32, stream);
   if (!err) err = gemm::finish_splits(p.partial, p.out, p.M * p.N, p.splits, stream);
   return err;
 }
@@ -48,23 +48,23 @@ int run(const Strided<T>& p, Stream stream) {
 }  // namespace
 
 int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t rows, int64_t in,
-                   int64_t out, Stream stream) {
+                   int64_t out, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(x), in, 1, static_cast<const T*>(w), 1, in, static_cast<const T*>(bias),
                        static_cast<T*>(y), nullptr, rows, out, in, 1, 1};
-    err = run(p, stream);
+    err = run(p, tf32, stream);
   });
   return err;
 }
 
 int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int64_t rows, int64_t in, int64_t out,
-                      Stream stream) {
+                      bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(dy), out, 1, static_cast<const T*>(w), in, 1, nullptr,
                        static_cast<T*>(dx), nullptr, rows, in, out, 1, 1};
-    err = run(p, stream);
+    err = run(p, tf32, stream);
   });
   return err;
 }
@@ -75,13 +75,13 @@ int64_t linear_grad_weight_workspace_bytes(DType dtype, int64_t rows, int64_t in
 }
 
 int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, int64_t rows, int64_t in,
-                       int64_t out, Stream stream) {
+                       int64_t out, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(dy), 1, out, static_cast<const T*>(x), in, 1, nullptr,
                        static_cast<T*>(dw), static_cast<acc_t<T>*>(workspace), out, in, rows, 1,
                        gemm::splits_for(out, in, rows, 1)};
-    err = run(p, stream);
+    err = run(p, tf32, stream);
   });
   return err;
 }

@@ -98,6 +98,11 @@ unsigned vote(Site site, int kind, unsigned mask, int predicate);  // kind: 0 ba
 unsigned activemask();
 // A warp shuffle of `size` bytes (4 or 8) of value bits; kind: 0 idx, 1 up, 2 down, 3 xor.
 uint64_t shuffle(Site site, int kind, unsigned mask, uint64_t bits, int size, int arg, int width);
+// A warp-wide operation the simulator has no CUDA built-in for (the tensor-core mma.sync): every lane
+// of `mask` calls it with its own `data`; when the last one arrives, fn runs once with the data of
+// all 32 lanes (nullptr for lanes outside the mask), then they all go on. The meeting is checked
+// like a shuffle's (mask, exited lanes, lanes at different collectives).
+void warp_collective(Site site, unsigned mask, void* data, void (*fn)(void* const* lanes));
 
 // A compiler barrier after every meeting point: shared memory may have changed while this thread
 // waited, whatever the optimiser can prove about who else could name it.
@@ -250,6 +255,8 @@ inline float __half2float(__half h) { return float(h); }
 inline __half __float2half(float f) { return __half(f); }
 inline __half __float2half_rn(float f) { return __half(f); }
 inline float __bfloat162float(__nv_bfloat16 b) { return float(b); }
+inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.__x; }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 

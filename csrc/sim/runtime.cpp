@@ -171,11 +171,11 @@ enum class State : uint8_t { ready, barrier, warp, exited };
 
 // Kinds of warp collective; lanes that meet must agree on it.
 enum WarpKind : int { kShflIdx = 0, kShflUp = 1, kShflDown = 2, kShflXor = 3, kBallot = 4, kAny = 5, kAll = 6,
-                      kSyncwarp = 7 };
+                      kSyncwarp = 7, kMma = 8 };
 
 const char* warp_kind_name(int kind) {
   static const char* names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
-                                "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp"};
+                                "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp", "mma.sync"};
   return names[kind];
 }
 
@@ -205,6 +205,7 @@ struct WarpOp {
   unsigned mask, arrived;
   int width, size;
   Site site;
+  void (*fn)(void* const*);  // kMma: what the collective computes
 };
 
 struct Launch {
@@ -994,6 +995,12 @@ void complete(Block& b, Worker* w, int warp, const WarpOp& op) {
   unsigned ballot = 0;
   for (int l = 0; l < 32; ++l)
     if (lanes[l] && lanes[l]->in) ballot |= 1u << l;
+  if (op.kind == kMma) {
+    void* data[32] = {};
+    for (int l = 0; l < 32; ++l)
+      if (lanes[l]) data[l] = reinterpret_cast<void*>(uintptr_t(lanes[l]->in));
+    op.fn(data);
+  }
   std::vector<Fiber*> list;
   for (int l = 0; l < 32; ++l) {
     Fiber* f = lanes[l];
@@ -1002,7 +1009,8 @@ void complete(Block& b, Worker* w, int warp, const WarpOp& op) {
       case kBallot: f->out = ballot; break;
       case kAny: f->out = ballot != 0; break;
       case kAll: f->out = ballot == op.mask; break;
-      case kSyncwarp: f->out = 0; break;
+      case kSyncwarp:
+      case kMma: f->out = 0; break;
       default: {
         const int width = op.width, base = l & ~(width - 1), arg = f->arg;
         int src = l;
@@ -1023,7 +1031,8 @@ void complete(Block& b, Worker* w, int warp, const WarpOp& op) {
   push_ordered(b, list);
 }
 
-uint64_t warp_op(Site site, int kind, unsigned mask, uint64_t in, int size, int arg, int width) {
+uint64_t warp_op(Site site, int kind, unsigned mask, uint64_t in, int size, int arg, int width,
+                 void (*fn)(void* const*) = nullptr) {
   Fiber* f = current(warp_kind_name(kind));
   Block& b = *f->block;
   Worker* w = g_worker;
@@ -1046,7 +1055,7 @@ uint64_t warp_op(Site site, int kind, unsigned mask, uint64_t in, int size, int 
   WarpOp* op = nullptr;
   for (WarpOp& p : pending) {
     if (p.mask == mask) {
-      if (p.kind != kind || p.width != width || p.size != size)
+      if (p.kind != kind || p.width != width || p.size != size || p.fn != fn)
         fail(f, who() + " while lanes " + lanes_str(p.arrived) + " of its warp wait at " + warp_kind_name(p.kind) +
                     " at " + site_str(p.site) + " with the same mask: the lanes meet at different collectives");
       op = &p;
@@ -1056,7 +1065,7 @@ uint64_t warp_op(Site site, int kind, unsigned mask, uint64_t in, int size, int 
     }
   }
   if (!op) {
-    pending.push_back(WarpOp{kind, mask, 0u, width, size, site});
+    pending.push_back(WarpOp{kind, mask, 0u, width, size, site, fn});
     op = &pending.back();
   }
   op->arrived |= 1u << f->lane;
@@ -1089,6 +1098,10 @@ unsigned vote(Site site, int kind, unsigned mask, int predicate) {
 
 uint64_t shuffle(Site site, int kind, unsigned mask, uint64_t bits, int size, int arg, int width) {
   return warp_op(site, kind, mask, bits, size, arg, width);
+}
+
+void warp_collective(Site site, unsigned mask, void* data, void (*fn)(void* const* lanes)) {
+  warp_op(site, kMma, mask, uint64_t(reinterpret_cast<uintptr_t>(data)), 8, 0, 32, fn);
 }
 
 unsigned activemask() {

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cuda/common.cuh"
+#include "cuda/mma.cuh"
 
 namespace fastconv::sim {
 namespace {
@@ -138,6 +139,44 @@ __global__ void uninitialised_shared(float* out) {
   out[t] = tile[t];
 }
 
+// One warp computes D = A B + C on the tensor cores (one mma.sync of Kind): every lane packs its
+// fragment registers from the row-major matrices A (16 x K), B (K x 8), C (16 x 8) by the PTX ISA
+// layouts (see cuda/mma.cuh) and stores D back by the accumulator layout. The entries are
+// value_of of their index, exact in every operand type, and every product and sum is exact in
+// float32, so D has one right answer. kSwap (the bug) exchanges A registers 1 and 2, i.e. rows
+// g + 8 with columns + 8: a fragment index slip the simulator must show as a wrong D. kDiverge (the
+// other bug) lets only the low half-warp reach the mma.
+template <typename Kind, bool kSwap, bool kDiverge>
+__global__ void mma_tile(float* out) {
+  using In = typename Kind::In;
+  constexpr int K = Kind::kK;
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  const auto A = [](int r, int k) { return value_of(r * K + k); };
+  const auto B = [](int k, int n) { return value_of(1000 + k * 8 + n); };
+  const auto C = [](int r, int n) { return value_of(2000 + r * 8 + n); };
+  uint32_t a[4], b[2];
+  float d[4];
+  if constexpr (Kind::kPerWord == 2) {
+    for (int r = 0; r < 4; ++r) {  // register r: elements 2r, 2r + 1
+      const int row = g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+      a[r] = mma::pack(from_acc<In>(A(row, col)), from_acc<In>(A(row, col + 1)));
+    }
+    for (int r = 0; r < 2; ++r) b[r] = mma::pack(from_acc<In>(B(2 * t + 8 * r, g)), from_acc<In>(B(2 * t + 8 * r + 1, g)));
+  } else {
+    for (int i = 0; i < 4; ++i) a[i] = mma::to_tf32(A(g + 8 * (i % 2), t + 4 * (i / 2)));
+    for (int i = 0; i < 2; ++i) b[i] = mma::to_tf32(B(t + 4 * i, g));
+  }
+  for (int i = 0; i < 4; ++i) d[i] = C(g + 8 * (i / 2), 2 * t + i % 2);
+  if (kSwap) {
+    const uint32_t r1 = a[1];
+    a[1] = a[2];
+    a[2] = r1;
+  }
+  if (kDiverge && lane >= 16) return;
+  mma::mma_sync<Kind>(d, a, b);
+  for (int i = 0; i < 4; ++i) out[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
 }  // namespace
 
 // Runs the self-test kernel `name` writing into out (n floats); returns false for an unknown name.
@@ -160,6 +199,12 @@ bool selftest(const char* name, float* out, int64_t n) {
   else if (is("bug_out_of_bounds_write"))
     launch(out_of_bounds_write, dim3(unsigned((n + 64) / 64)), dim3(64), 0, nullptr, out, int(n));
   else if (is("bug_uninitialised_shared")) launch(uninitialised_shared, dim3(1), dim3(64), 0, nullptr, out);
+  else if (is("ok_mma_f16")) launch(mma_tile<mma::F16, false, false>, dim3(1), dim3(32), 0, nullptr, out);
+  else if (is("ok_mma_bf16")) launch(mma_tile<mma::BF16, false, false>, dim3(1), dim3(32), 0, nullptr, out);
+  else if (is("ok_mma_tf32")) launch(mma_tile<mma::TF32, false, false>, dim3(1), dim3(32), 0, nullptr, out);
+  else if (is("bug_mma_f16_swapped_registers")) launch(mma_tile<mma::F16, true, false>, dim3(1), dim3(32), 0, nullptr, out);
+  else if (is("bug_mma_tf32_swapped_registers")) launch(mma_tile<mma::TF32, true, false>, dim3(1), dim3(32), 0, nullptr, out);
+  else if (is("bug_mma_divergent")) launch(mma_tile<mma::F16, false, true>, dim3(1), dim3(32), 0, nullptr, out);
   else return false;
   return true;
 }
