@@ -4,7 +4,8 @@
 # frame and spill bytes that ptxas reports (-Xptxas -v). Fails on any compile error or warning and
 # on any spill. Where nvcc is absent it says so and exits 0 (nothing can be checked there).
 # The .cu files include no torch headers, so this needs nvcc alone, not a CUDA build of torch.
-# Extra arguments are passed to nvcc. Logs go to $FASTCONV_NVCC_LOGS (default: a temporary folder).
+# With cuobjdump and nvdisasm at hand (toolkit, or their pip packages) it also checks that the
+# tensor-core kernels contain HMMA instructions. Extra arguments are passed to nvcc. Logs go to $FASTCONV_NVCC_LOGS (default: a temporary folder).
 # With FASTCONV_CUDA_TORCH_INCLUDE set to the include folder of a CUDA build of torch (unzip a CUDA
 # torch wheel's torch/include anywhere: no GPU and no install needed), it also compiles the CUDA
 # glue (csrc/cuda/glue.cpp) against those headers and checks that every launcher it calls is
@@ -22,12 +23,15 @@ LOGS="${FASTCONV_NVCC_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/fastconv-nvcc.XXXXXX")}
 mkdir -p "$LOGS"
 echo "== nvcc_check: $("$NVCC" --version | tail -n 1) (logs: $LOGS)"
 start=$(date +%s)
+# the flags torch's CUDAExtension adds to every nvcc command (no implicit 16-bit conversions), and setup.py's
+TORCH_NVCC_FLAGS=(-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
+                  -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr)
 pids=()
 for cu in "$ROOT"/csrc/cuda/*.cu; do
   for arch in 80 90; do
     name="$(basename "$cu" .cu).sm_$arch"
     ( "$NVCC" -std=c++17 -O3 -gencode "arch=compute_$arch,code=sm_$arch" -I"$ROOT/csrc" -Xptxas -v \
-        -Werror all-warnings -c "$cu" -o "$LOGS/$name.o" "$@" > "$LOGS/$name.log" 2>&1 \
+        "${TORCH_NVCC_FLAGS[@]}" -Werror all-warnings -c "$cu" -o "$LOGS/$name.o" "$@" > "$LOGS/$name.log" 2>&1 \
       || echo "FAILED" >> "$LOGS/$name.log" ) &
     pids+=($!)
     # two compiles at a time: one per core
@@ -77,6 +81,58 @@ print(f"nvcc_check: {len(rows)} kernel builds, {len(spills)} with spills, {len(f
 if failed or spills or not rows:
     sys.exit(1)
 PYEOF
+# The tensor-core check: every tensor-core GEMM kernel's machine code must contain HMMA instructions
+# (and the SIMT kernels none). Needs cuobjdump + nvdisasm: from the CUDA toolkit, or the pip packages
+# nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (found in $PYTHON's site-packages).
+TOOLS="$(dirname "$NVCC"):$("$PY" - <<'PYEOF' 2>/dev/null || true
+import glob, os, site, sys
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+print(":".join(d for p in dirs for d in glob.glob(os.path.join(p, "nvidia", "cu*", "bin"))))
+PYEOF
+)"
+CUOBJDUMP="$(PATH="$TOOLS:$PATH" command -v cuobjdump || true)"
+if [ -n "$CUOBJDUMP" ] && PATH="$TOOLS:$PATH" command -v nvdisasm > /dev/null; then
+  echo "== nvcc_check: tensor-core instructions ($CUOBJDUMP)"
+  for obj in "$LOGS"/*.o; do
+    [ "$(basename "$obj")" = glue_cuda.o ] && continue
+    PATH="$TOOLS:$PATH" "$CUOBJDUMP" -sass "$obj" > "${obj%.o}.sass"
+  done
+  "$PY" - "$LOGS" <<'PYEOF'
+import glob, os, re, subprocess, sys
+
+rows = []
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.sass"))):
+    arch = os.path.basename(path).split(".")[1]
+    name, counts = None, {}
+    for line in open(path):
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            name = m.group(1)
+            counts[name] = 0
+        elif name and re.search(r"\bHMMA\.", line):
+            counts[name] += 1
+    rows += [(arch, mangled, n) for mangled, n in counts.items()]
+names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows), capture_output=True, text=True).stdout.splitlines()
+bad, tc = [], 0
+for (arch, _, n), full in zip(rows, names):
+    short = re.sub(r"\(.*\)$", "", full.replace("fastconv::cuda::kernels::", "").replace("(anonymous namespace)::", ""))
+    short = re.sub(r"^void ", "", short)
+    if "gemm_tc_kernel" in full:
+        tc += 1
+        print(f"{arch:<6} {n:>3} HMMA  {short}")
+        if n == 0:
+            bad.append(f"{arch} {short}: no HMMA")
+    elif n:
+        bad.append(f"{arch} {short}: {n} HMMA in a kernel that should have none")
+print(f"nvcc_check: {tc} tensor-core kernel builds, {len(bad)} problems")
+for b in bad:
+    print("  " + b)
+sys.exit(1 if bad or tc == 0 else 0)
+PYEOF
+else
+  echo "nvcc_check: no cuobjdump + nvdisasm found (CUDA toolkit, or pip install nvidia-cuda-cuobjdump"
+  echo "            nvidia-cuda-nvdisasm): the tensor-core kernels' HMMA instructions were NOT checked"
+fi
 if [ -n "${FASTCONV_CUDA_TORCH_INCLUDE:-}" ]; then
   I="$FASTCONV_CUDA_TORCH_INCLUDE"
   CUDA_INC="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}/include"

@@ -167,7 +167,7 @@ __device__ __forceinline__ uint32_t word_of(const typename Kind::In* v) {
 }
 
 template <typename Kind, typename Problem>
-__global__ void __launch_bounds__(kTcThreads, 4) gemm_tc_kernel(Problem p) {
+__global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p) {
   using In = typename Kind::In;
   constexpr int E = Kind::kPerWord, BK = kTcWords * E;  // K elements per step
   __shared__ __align__(16) uint32_t as[2][kBM][kTcRow];
