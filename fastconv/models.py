@@ -92,8 +92,10 @@ ALL_MODELS = {**MODELS, "lenet5": (lenet5, (1, 28, 28)), "alexnet": (alexnet, (3
 
 
 def build(name, layers=fnn, in_shape=None, num_classes=10):
-    """The model `name` of ALL_MODELS for inputs of `in_shape` (default: the shape it was designed for)."""
+    """The model `name` of ALL_MODELS for inputs of `in_shape` (default: the shape it was designed for).
+    Built from fastconv.nn, each Conv2d + ReLU pair is fused (fastconv.nn.fuse_conv_relu)."""
     if name not in ALL_MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ALL_MODELS)}")
     builder, default_shape = ALL_MODELS[name]
-    return builder(layers, tuple(in_shape or default_shape), num_classes)
+    model = builder(layers, tuple(in_shape or default_shape), num_classes)
+    return fnn.fuse_conv_relu(model) if layers is fnn else model

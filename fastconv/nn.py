@@ -4,12 +4,17 @@ Each class subclasses its torch.nn namesake, so constructor arguments, parameter
 initialisation, ``state_dict`` keys and ``repr`` are torch's by construction: a torch model's
 ``state_dict`` loads into its fastconv twin, and ``isinstance(layer, torch.nn.Conv2d)`` still holds.
 Only ``forward`` changes.
+
+``fuse_conv_relu(model)`` fuses every Conv2d directly followed by a ReLU inside an nn.Sequential:
+the convolution applies the ReLU in its kernel's epilogue (``fastconv.functional.conv2d_relu``), so
+the pre-activation tensor is never written nor read back, and the ReLU becomes an nn.Identity
+(parameter names and ``state_dict`` keys do not change). ``fastconv.models.build`` fuses its nets.
 """
 import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Conv1d", "ReLU", "MaxPool2d", "Linear", "Dropout", "CrossEntropyLoss"]
+__all__ = ["Conv2d", "Conv1d", "ReLU", "MaxPool2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
 
 
 def _zeros_padding_only(layer):
@@ -19,12 +24,20 @@ def _zeros_padding_only(layer):
 
 
 class Conv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d on fastconv's kernels. ``fused_relu = True`` (set by fuse_conv_relu) makes it
+    compute relu(conv2d(x)) in one kernel."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _zeros_padding_only(self)
+        self.fused_relu = False
 
     def _conv_forward(self, input, weight, bias):
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        conv = F.conv2d_relu if self.fused_relu else F.conv2d
+        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self):
+        return super().extra_repr() + (", relu=fused" if self.fused_relu else "")
 
 
 class Conv1d(torch.nn.Conv1d):
@@ -61,3 +74,22 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     def forward(self, input, target):
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+def fuse_conv_relu(model: torch.nn.Module) -> torch.nn.Module:
+    """Fuses, in place, each fastconv.nn.Conv2d that is directly followed by a ReLU (torch's or
+    fastconv's) in an nn.Sequential anywhere in `model`: the Conv2d gets ``fused_relu = True`` and
+    the ReLU is replaced by an nn.Identity. Returns `model`. Forward hooks on a fused ReLU are lost
+    with it; everything else (parameters, state_dict keys, results) is unchanged."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"fastconv.nn.fuse_conv_relu: expected a torch.nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, relu = module._modules[first], module._modules[second]
+            if isinstance(conv, Conv2d) and not conv.fused_relu and type(relu) in (torch.nn.ReLU, ReLU):
+                conv.fused_relu = True
+                module._modules[second] = torch.nn.Identity()
+    return model

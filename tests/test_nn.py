@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+import fastconv
 import fastconv.nn as fnn
-from fastconv.models import MODELS
+from fastconv.models import MODELS, build
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
@@ -152,3 +153,50 @@ def test_sgd_steps_decrease_loss(backend, make, in_shape):
     after = eval_loss()
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert after < before - 0.1, (before, losses, after)
+
+
+# ------------------------------------------------------------------ Conv2d + ReLU fusion
+
+def test_fuse_conv_relu_marks_pairs_and_keeps_state_dict_keys():
+    net = torch.nn.Sequential(fnn.Conv2d(3, 4, 3), fnn.ReLU(), fnn.MaxPool2d(2), fnn.Conv2d(4, 4, 3),
+                              torch.nn.ReLU(), fnn.ReLU(), torch.nn.Sequential(fnn.Conv2d(4, 2, 1), fnn.ReLU()),
+                              fnn.Conv2d(2, 2, 1), torch.nn.Flatten(), fnn.ReLU())
+    keys = list(net.state_dict())
+    assert fnn.fuse_conv_relu(net) is net
+    assert list(net.state_dict()) == keys
+    assert [type(m).__name__ for m in net] == ["Conv2d", "Identity", "MaxPool2d", "Conv2d", "Identity", "ReLU",
+                                               "Sequential", "Conv2d", "Flatten", "ReLU"]
+    assert [net[0].fused_relu, net[3].fused_relu, net[6][0].fused_relu, net[7].fused_relu] == [True, True, True, False]
+    assert "relu=fused" in repr(net[0]) and "relu=fused" not in repr(net[7])
+    with pytest.raises(TypeError, match="expected a torch.nn.Module"):
+        fnn.fuse_conv_relu("net")
+
+
+@pytest.mark.sim_unchecked
+def test_built_nets_are_fused_and_match_their_torch_twins(backend):
+    """fastconv.models.build fuses each Conv2d + ReLU; results and gradients stay torch's, and the
+    ReLU kernels of the fused pairs are gone (the pre-activations are never written)."""
+    torch.manual_seed(0)
+    ours = build("cifar10").to(backend.device)
+    torch.manual_seed(0)
+    ref = build("cifar10", torch.nn).to(backend.device)
+    assert sum(isinstance(m, fnn.Conv2d) and m.fused_relu for m in ours.modules()) == 4
+    assert sum(isinstance(m, torch.nn.Identity) for m in ours.modules()) == 4
+    ours.load_state_dict(ref.state_dict())
+    ours.eval(), ref.eval()
+    x = backend.randn(3, 3, 32, 32)
+    out, expected = ours(x), ref(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        scale = q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=lambda m: f"{name}: {m}")
+    if backend.name == "sim":
+        unfused = MODELS["cifar10"][0](fnn).eval()
+        unfused.load_state_dict(ref.state_dict())
+        before = fastconv.simulator.stats()["launches"]
+        ours(x)
+        fused_launches = fastconv.simulator.stats()["launches"] - before
+        unfused(x)
+        assert fastconv.simulator.stats()["launches"] - before - fused_launches == fused_launches + 4
