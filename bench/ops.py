@@ -10,6 +10,9 @@ faster). The whole-step rows time one SGD training step of each net.
     python bench/ops.py --only conv --reps 30
     python bench/ops.py --json out.json --png out.png    # where to write (default bench/out/ops-*.json, .png)
     python bench/ops.py --device cuda        # on a GPU: CUDA events, warm-up, L2 flushed before each call
+    python bench/ops.py --device cuda --dtype float16    # tensor cores (fastconv) against cuDNN's
+    python bench/ops.py --device cuda --tf32 # float32 as tf32, on both sides (fastconv.backends.allow_tf32
+                                             # and torch.backends.cudnn / cuda.matmul.allow_tf32)
 """
 import argparse
 import json
@@ -60,10 +63,10 @@ def conv_cases(batch, net, layers):
     return cases
 
 
-def make_cases(batch, device=torch.device("cpu")):
+def make_cases(batch, device=torch.device("cpu"), dtype=torch.float32):
     cases = _make_cases(batch)
     for case in cases:
-        case.inputs = [t.to(device) for t in case.inputs]
+        case.inputs = [t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in case.inputs]
     return cases
 
 
@@ -138,10 +141,10 @@ def run_interleaved(fns, reps, warmup, timer):
     return [statistics.median(t) for t in times]
 
 
-def check_case(case):
+def check_case(case, rtol=1e-4, atol=1e-4):
     ours, theirs = case.ours(*case.inputs), case.theirs(*case.inputs)
     if case.extra.get("compare", True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4,
+        torch.testing.assert_close(ours, theirs, rtol=rtol, atol=atol,
                                    msg=lambda m: f"{case.name} {case.shape}: fastconv disagrees with torch: {m}")
     else:
         assert ours.shape == theirs.shape
@@ -161,10 +164,10 @@ def fwd_bwd(fn, inputs):
     return step
 
 
-def bench_ops(cases, reps, warmup, timer):
+def bench_ops(cases, reps, warmup, timer, tolerance=(1e-4, 1e-4)):
     rows = []
     for case in tqdm(cases, desc="ops", unit="case", file=sys.stderr):
-        check_case(case)
+        check_case(case, *tolerance)
         with torch.no_grad():
             f_ours, f_theirs = run_interleaved([lambda: case.ours(*case.inputs), lambda: case.theirs(*case.inputs)],
                                                reps, warmup, timer)
@@ -180,14 +183,15 @@ def bench_ops(cases, reps, warmup, timer):
     return rows
 
 
-def bench_steps(batch, reps, warmup, timer, device):
+def bench_steps(batch, reps, warmup, timer, device, dtype=torch.float32):
     rows = []
     for name, (builder, in_shape) in tqdm(list(MODELS.items()), desc="train steps", unit="net", file=sys.stderr):
         torch.manual_seed(0)
         ref = builder(torch.nn).to(device)
-        ours = builder(fastconv.nn).to(device)
+        ours = fastconv.nn.fuse_conv_relu(builder(fastconv.nn)).to(device)  # as fastconv.models.build makes it
         ours.load_state_dict(ref.state_dict())
-        x = torch.randn(batch, *in_shape, device=device)
+        ref.to(dtype), ours.to(dtype)
+        x = torch.randn(batch, *in_shape, device=device, dtype=dtype)
         y = torch.randint(0, 10, (batch,), device=device)
 
         def stepper(net, loss_fn):
@@ -268,7 +272,16 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="results file (default bench/out/ops-DEVICE-TIME.json)")
     ap.add_argument("--png", default=None, help="bar chart of the ratios (default: the JSON path with .png)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                    help="of every floating input and parameter (16-bit: tensor cores in fastconv's CUDA kernels)")
+    ap.add_argument("--tf32", action="store_true", help="allow tf32 for float32 in fastconv and in torch alike")
     args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    fastconv.backends.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    # float32 results agree to 1e-4; tf32 and 16-bit ones to their own precision
+    tolerance = (1e-4, 1e-4) if dtype == torch.float32 and not args.tf32 else (3e-2, 3e-2)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -279,22 +292,24 @@ def main(argv=None):
             sys.exit("--device cuda: this fastconv was built without CUDA kernels")
 
     timer = Timer(device)
-    cases = [c for c in make_cases(args.batch_size, device) if args.only is None or args.only in c.name]
+    cases = [c for c in make_cases(args.batch_size, device, dtype) if args.only is None or args.only in c.name]
     missing = sorted({c.name for c in cases if not has_kernel(c.name, device)})
     if missing:
         print(f"no {device.type.upper()} kernel yet for: {', '.join(missing)} (not timed)")
         cases = [c for c in cases if c.name not in missing]
-    op_rows = bench_ops(cases, args.reps, args.warmup, timer)
+    op_rows = bench_ops(cases, args.reps, args.warmup, timer, tolerance)
     whole_step = all(has_kernel(op, device) for op in ("conv2d", "linear", "relu", "max_pool2d", "cross_entropy"))
     if not whole_step and not args.no_steps:
         print("whole training steps need every op on this device: not timed")
     step_rows = [] if args.no_steps or args.only or not whole_step else \
-        bench_steps(args.batch_size, max(3, args.reps // 3), 1, timer, device)
+        bench_steps(args.batch_size, max(3, args.reps // 3), 1, timer, device, dtype)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     machine = f"{where}, torch {torch.__version__}, fastconv {fastconv.__version__}"
-    print(f"fastconv vs torch on {args.device} ({machine}); medians of {args.reps} runs; ratio = fastconv / torch\n")
+    precision = args.dtype + (" (tf32 allowed)" if args.tf32 else "")
+    print(f"fastconv vs torch on {args.device} ({machine}), {precision}; medians of {args.reps} runs; "
+          "ratio = fastconv / torch\n")
     print(markdown(op_rows, step_rows))
     conv = [r for r in op_rows if r["op"] == "conv2d"]
     if conv:
@@ -308,7 +323,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device,
-                       "batch_size": args.batch_size, "reps": args.reps, "ops": op_rows, "steps": step_rows}, f,
+                       "dtype": precision, "batch_size": args.batch_size, "reps": args.reps, "ops": op_rows, "steps": step_rows}, f,
                       indent=1)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)

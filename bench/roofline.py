@@ -1,22 +1,31 @@
 """Roofline estimate of fastconv's CUDA kernels on an NVIDIA H200, for the reference nets' layers.
 
-    python bench/roofline.py [--batch-size 128] [--markdown bench/ROOFLINE.md]
+    python bench/roofline.py [--batch-size 128] [--precision float32|tf32|float16|all] [--markdown bench/ROOFLINE.md]
 
 An ESTIMATE from the chip's published peaks, not a measurement: for each kernel, its FLOPs, the
 bytes it must move at least (every operand read once, every result written once), its arithmetic
 intensity, the bound it should hit (memory or compute) and the time that bound implies. Measured
 GPU times come from `python bench/ops.py --device cuda` (scripts/gpu.sh) on a machine with a GPU.
 
-Peaks used (H200 SXM: 132 SMs at up to 1.98 GHz, HBM3e): float32 on CUDA cores 67 TFLOP/s
-(132 SMs x 128 lanes x 2 FLOPs x 1.98 GHz), float64 33.5 TFLOP/s, memory 4.8 TB/s. fastconv's
-convolution and linear kernels use CUDA cores (no tensor cores yet), so float32 is the ceiling.
+Peaks used (H200 SXM: 132 SMs at up to 1.98 GHz, HBM3e, memory 4.8 TB/s), per precision of the
+convolution and linear kernels:
+    float32   CUDA cores (the SIMT GEMM kernel): 67 TFLOP/s (132 SMs x 128 lanes x 2 FLOPs x 1.98 GHz)
+    tf32      tensor cores (fastconv.backends.allow_tf32): 495 TFLOP/s dense, 4-byte operands
+    float16   tensor cores (float16 / bfloat16 inputs, float32 accumulators): 989 TFLOP/s dense,
+              2-byte operands
+The element-wise kernels are memory-bound in every precision; their rows scale with the element size.
 """
 import argparse
 import sys
 
-PEAK_FP32 = 67e12
 BANDWIDTH = 4.8e12
-F32 = 4  # bytes per element
+# precision -> (peak FLOP/s of the GEMM kernels, bytes per element, what runs them)
+PRECISIONS = {
+    "float32": (67e12, 4, "CUDA cores"),
+    "tf32": (495e12, 4, "tensor cores, tf32"),
+    "float16": (989e12, 2, "tensor cores, float16/bfloat16 with float32 accumulation"),
+}
+F32 = 4  # bytes per element of the rows below; table() rescales them
 
 
 def conv_rows(batch):
@@ -59,15 +68,19 @@ def elementwise_rows(batch):
     ]
 
 
-def table(batch):
-    lines = [f"Roofline ESTIMATE for an H200 (not a measurement), batch {batch}, float32: peaks "
-             f"{PEAK_FP32 / 1e12:.0f} TFLOP/s (CUDA cores), {BANDWIDTH / 1e12:.1f} TB/s; ridge point "
-             f"{PEAK_FP32 / BANDWIDTH:.1f} FLOP/byte.", "",
+def table(batch, precision="float32"):
+    peak, size, engine = PRECISIONS[precision]
+    lines = [f"Roofline ESTIMATE for an H200 (not a measurement), batch {batch}, {precision}: peaks "
+             f"{peak / 1e12:.0f} TFLOP/s ({engine}), {BANDWIDTH / 1e12:.1f} TB/s; ridge point "
+             f"{peak / BANDWIDTH:.1f} FLOP/byte.", "",
              "| kernel | shape | GFLOP | MB moved (min) | FLOP/byte | bound | time at the bound (us) |",
              "|---|---|---:|---:|---:|---|---:|"]
-    for name, shape, flops, moved in conv_rows(batch) + linear_rows(batch) + elementwise_rows(batch):
+    gemm = conv_rows(batch) + linear_rows(batch)
+    for i, (name, shape, flops, moved) in enumerate(gemm + elementwise_rows(batch)):
+        moved = moved * size / F32
+        rate = peak if i < len(gemm) else PRECISIONS["float32"][0]  # element-wise kernels: CUDA cores
         intensity = flops / moved
-        compute_s, memory_s = flops / PEAK_FP32, moved / BANDWIDTH
+        compute_s, memory_s = flops / rate, moved / BANDWIDTH
         bound = "compute" if compute_s > memory_s else "memory"
         lines.append(f"| {name} | {shape} | {flops / 1e9:.3f} | {moved / 1e6:.2f} | {intensity:.1f} | {bound} | "
                      f"{max(compute_s, memory_s) * 1e6:.1f} |")
@@ -77,14 +90,16 @@ def table(batch):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--precision", choices=[*PRECISIONS, "all"], default="all")
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
-    text = table(args.batch_size)
+    chosen = list(PRECISIONS) if args.precision == "all" else [args.precision]
+    text = "\n\n".join(table(args.batch_size, p) for p in chosen)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("# CUDA kernels: roofline estimate\n\n" + text + "\n\nWritten by `python bench/roofline.py "
-                    f"--batch-size {args.batch_size} --markdown {args.markdown}`. Measured GPU figures belong "
+                    f"--batch-size {args.batch_size} --precision {args.precision} --markdown {args.markdown}`. Measured GPU figures belong "
                     "next to these once a GPU has run `bash scripts/gpu.sh`.\n")
 
 
