@@ -22,6 +22,9 @@ SHAPES = [
     pytest.param((7, 300), 130, id="2d_300to130"),
     pytest.param((2, 35, 300), 130, id="3d_70rows_300to130"),
     pytest.param((3, 2, 4, 19), 23, id="4d_19to23"),
+    # rows of 16-byte multiples: the tensor-core kernel's 16-byte loads (whole K steps, then a tail)
+    pytest.param((9, 64), 20, id="2d_64to20_vector_rows"),
+    pytest.param((3, 5, 40), 12, id="3d_40to12_vector_rows_tail"),
 ]
 
 

@@ -51,6 +51,10 @@ struct ConvForward {
   }
   __device__ const T* b_col(int64_t g, int64_t n) const { return w + (g * N + n) * K; }
   __device__ T b(const T* filter, int64_t k) const { return filter[k]; }
+  // a filter is contiguous along K: 16-byte loads when its rows are aligned
+  bool b_vec = false;
+  __device__ const T* a_run(const Row&) const { return nullptr; }
+  __device__ const T* b_run(const T* filter) const { return b_vec ? filter : nullptr; }
   __device__ void store(int64_t g, int, int64_t m, int64_t n, A v) const {
     const int64_t co = g * N + n;
     const int pixels = int(s.oh * s.ow), img = int(m) / pixels;
@@ -95,6 +99,8 @@ struct ConvGradInput {
     const int taps = int(s.kh * s.kw), co = int(k) / taps;
     return filter[int64_t(co) * N * taps + (int(k) - co * taps)];
   }
+  __device__ const T* a_run(const Row&) const { return nullptr; }
+  __device__ const T* b_run(const T*) const { return nullptr; }
   __device__ void store(int64_t g, int, int64_t m, int64_t n, A v) const {
     const int pixels = int(s.h * s.w), img = int(m) / pixels;
     dx[(img * s.c_in + g * N + n) * pixels + (int(m) - img * pixels)] = from_acc<T>(v);
@@ -134,6 +140,8 @@ struct ConvGradWeight {
     return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w ? c.channel[int64_t(img) * s.c_in * s.h * s.w + ih * s.w + iw]
                                                       : zero<T>();
   }
+  __device__ const T* a_run(const T*) const { return nullptr; }  // contiguous only within an image
+  __device__ const T* b_run(const Col&) const { return nullptr; }
   __device__ void store(int64_t g, int split, int64_t m, int64_t n, A v) const {
     const int64_t i = (g * M + m) * N + n;
     if (splits > 1)
@@ -170,9 +178,10 @@ int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, 
                    bool relu, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    const ConvForward<T> p{static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                           static_cast<T*>(y), s, relu, s.n * s.oh * s.ow, s.c_out / s.groups,
-                           s.c_in / s.groups * s.kh * s.kw, s.groups};
+    ConvForward<T> p{static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+                     static_cast<T*>(y), s, relu, s.n * s.oh * s.ow, s.c_out / s.groups,
+                     s.c_in / s.groups * s.kh * s.kw, s.groups};
+    p.b_vec = gemm::aligned_rows(p.w, p.K);
     err = gemm::run(p, 1, tf32, stream);
   });
   return err;

@@ -53,6 +53,9 @@ __host__ __device__ inline int steps_per_split(int64_t k, int splits, int bk = k
 //   T a(const Row&, k) const;       A_g(m, k), 0 outside the operand
 //   Col b_col(g, n) const;  T b(const Col&, k) const;   the same for B_g(k, n)
 //   void store(g, split, m, n, A value) const;
+//   const T* a_run(const Row&) const;  &A_g(m, 0) when row m is contiguous along K and 16-byte
+//   const T* b_run(const Col&) const;  aligned (a K step of it then loads as 16-byte vectors), else
+//                                      nullptr; used by the tensor-core kernel
 // Four consecutive values of a shared slab row, read as one (float: one 128-bit shared load; double: two).
 template <typename A>
 struct __align__(16) Quad {
@@ -148,14 +151,23 @@ __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__
 // as[m][word], bs[n][word], rows padded to 20 words so that the 32 lanes of a fragment load
 // (rows g = 0..7, words t = 0..3) hit 32 different banks. Double-buffered like the SIMT kernel
 // (registers hold the next step's words while the block multiplies); 20 KiB of shared memory.
-// Loads: thread t loads row (m or n) t % 64 of the slab, words t / 64 + 2 i (i < 8): consecutive
-// lanes take consecutive m (or n), as in the SIMT kernel, and each lane packs its two 16-bit
-// elements of a word itself. The stores of a warp into a slab meet 4-way bank conflicts (rows 20
-// words apart); a K step reads each word back twice (two warps share each row), so they cost a
-// third of the shared-memory traffic.
+// Loads: thread t loads row (m or n) t % 64 of the slab, words 8 (t / 64) .. 8 (t / 64) + 7:
+// consecutive lanes take consecutive m (or n), as in the SIMT kernel, and each lane packs its two
+// 16-bit elements of a word itself, then writes its 8 words to shared memory as two 16-byte stores
+// (conflict-free: the 8 rows of a quarter-warp start 20 words apart). Where the Problem says an
+// operand row is contiguous along K and 16-byte aligned (a_run / b_run: linear's inputs and
+// weights, convolution's filters), a full K step of it comes from global memory as two 16-byte
+// loads per thread instead of 8 or 16 element loads.
 // Per K step and block: 2 * 64 * 64 * 32 = 262144 FLOPs (16-bit) on 2 * 64 * 32 elements: 64 FLOPs
 // per element staged, as the SIMT kernel, at tensor-core rate.
 constexpr int kTcThreads = 128, kTcWords = 16, kTcRow = 20;
+
+// Whether rows `stride` elements apart from `base` all start on 16 bytes (a_run / b_run may then
+// hand them out, with their elements contiguous).
+template <typename T>
+inline bool aligned_rows(const T* base, int64_t stride) {
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && (stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+}
 constexpr int kTcWordLoads = kBM * kTcWords / kTcThreads;  // words of each slab a thread loads per step
 
 template <typename Kind>
@@ -185,27 +197,46 @@ __global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p) {
   const bool m_in = m0 + lm < p.M, n_in = n0 + lm < p.N;
   const auto row = p.a_row(g, m_in ? m0 + lm : 0);
   const auto col = p.b_col(g, n_in ? n0 + lm : 0);
+  const In* const a_run = m_in ? p.a_run(row) : nullptr;
+  const In* const b_run = n_in ? p.b_run(col) : nullptr;
   uint32_t ra[kTcWordLoads], rb[kTcWordLoads];
-  const auto load = [&](int64_t k0) {
+  // this thread's 8 words of one operand's row for the step at k0: two 16-byte loads when the row
+  // is a contiguous run and the step is whole, else element by element (0 outside the operand)
+  const auto load_row = [&](uint32_t(&r)[kTcWordLoads], const In* run, bool in, int64_t k0, auto element) {
+    const int64_t first = k0 + lw * kTcWordLoads * E;
+    if (run && k0 + BK <= k_end) {
+      const uint4* v = reinterpret_cast<const uint4*>(run + first);
+      FC_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const uint4 q = v[h];
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+        FC_UNROLL
+        for (int j = 0; j < 4; ++j) r[4 * h + j] = E == 2 ? w[j] : mma::to_tf32(__uint_as_float(w[j]));
+      }
+      return;
+    }
     FC_UNROLL
     for (int i = 0; i < kTcWordLoads; ++i) {
-      In va[E], vb[E];
+      In v[E];
       FC_UNROLL
       for (int e = 0; e < E; ++e) {
-        const int64_t k = k0 + (lw + 2 * i) * E + e;
-        va[e] = m_in && k < k_end ? p.a(row, k) : zero<In>();
-        vb[e] = n_in && k < k_end ? p.b(col, k) : zero<In>();
+        const int64_t k = first + i * E + e;
+        v[e] = in && k < k_end ? element(k) : zero<In>();
       }
-      ra[i] = word_of<Kind>(va);
-      rb[i] = word_of<Kind>(vb);
+      r[i] = word_of<Kind>(v);
     }
   };
+  const auto load = [&](int64_t k0) {
+    load_row(ra, a_run, m_in, k0, [&](int64_t k) { return p.a(row, k); });
+    load_row(rb, b_run, n_in, k0, [&](int64_t k) { return p.b(col, k); });
+  };
   const auto stage = [&](int buf) {
-    FC_UNROLL
-    for (int i = 0; i < kTcWordLoads; ++i) {
-      as[buf][lm][lw + 2 * i] = ra[i];
-      bs[buf][lm][lw + 2 * i] = rb[i];
-    }
+    uint4* a = reinterpret_cast<uint4*>(&as[buf][lm][lw * kTcWordLoads]);
+    uint4* b = reinterpret_cast<uint4*>(&bs[buf][lm][lw * kTcWordLoads]);
+    a[0] = make_uint4(ra[0], ra[1], ra[2], ra[3]);
+    a[1] = make_uint4(ra[4], ra[5], ra[6], ra[7]);
+    b[0] = make_uint4(rb[0], rb[1], rb[2], rb[3]);
+    b[1] = make_uint4(rb[4], rb[5], rb[6], rb[7]);
   };
 
   float acc[2][4][4];

@@ -23,11 +23,14 @@ struct Strided {
   T* out;
   A* partial;  // split-K partials [splits][M][N] when splits > 1
   int64_t M, N, K, groups, splits;
+  bool a_vec = false, b_vec = false;  // rows of A / columns of B contiguous along K and 16-byte aligned
 
   __device__ const T* a_row(int64_t, int64_t m) const { return a_ptr + m * a_rs; }
   __device__ T a(const T* row, int64_t k) const { return row[k * a_cs]; }
   __device__ const T* b_col(int64_t, int64_t n) const { return b_ptr + n * b_cs; }
   __device__ T b(const T* col, int64_t k) const { return col[k * b_rs]; }
+  __device__ const T* a_run(const T* row) const { return a_vec ? row : nullptr; }
+  __device__ const T* b_run(const T* col) const { return b_vec ? col : nullptr; }
   __device__ void store(int64_t, int split, int64_t m, int64_t n, A v) const {
     if (splits > 1) {
       partial[(split * M + m) * N + n] = v;
@@ -39,7 +42,9 @@ struct Strided {
 };
 
 template <typename T>
-int run(const Strided<T>& p, bool tf32, Stream stream) {
+int run(Strided<T> p, bool tf32, Stream stream) {
+  p.a_vec = p.a_cs == 1 && gemm::aligned_rows(p.a_ptr, p.a_rs);
+  p.b_vec = p.b_rs == 1 && gemm::aligned_rows(p.b_ptr, p.b_cs);
   int err = gemm::run(p, p.splits, tf32, stream);
   if (!err) err = gemm::finish_splits(p.partial, p.out, p.M * p.N, p.splits, stream);
   return err;
