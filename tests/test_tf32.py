@@ -62,6 +62,19 @@ def _compare(backend, out, grads, ref_tf32, ref_f32, terms):
             torch.testing.assert_close(got, want_f32.float(), **tol(torch.float32, n))
 
 
+def _reference(fn, x, w, b, dy, round_operands):
+    """fn's output and the gradients of x, w, b in float64, with the GEMM operands (x, w, dy) rounded to
+    tf32 or not. With rounding, the bias gradient is None: it is a plain sum of dy, never a GEMM."""
+    r = tf32_round if round_operands else (lambda t: t)
+    xs, ws = (r(t.detach()).double().requires_grad_() for t in (x, w))
+    bs = b.detach().double().requires_grad_()
+    y = fn(xs, ws, bs)
+    grads = list(torch.autograd.grad(y, (xs, ws, bs), r(dy).double()))
+    if round_operands:
+        grads[2] = None
+    return [y, *grads]
+
+
 def test_conv2d_tf32(backend):
     x = backend.randn(2, 16, 9, 7, requires_grad=True)
     w = backend.randn(12, 16, 3, 3, requires_grad=True)
@@ -71,15 +84,7 @@ def test_conv2d_tf32(backend):
         dy = torch.randn_like(out)
         grads = torch.autograd.grad(out, (x, w, b), dy)
 
-    def reference(round_operands):
-        r = tf32_round if round_operands else (lambda t: t)
-        xs, ws = (r(t.detach()).double().requires_grad_() for t in (x, w))
-        bs = b.detach().double().requires_grad_()
-        y = F.conv2d(xs, ws, bs, stride=(1, 2), padding=1)
-        return [y, *torch.autograd.grad(y, (xs, ws, bs), r(dy).double())]
-
-    tf, f32 = reference(True), reference(False)
-    tf[3] = None  # the bias gradient is a plain sum of dy, never a tensor-core GEMM
+    tf, f32 = (_reference(lambda *a: F.conv2d(*a, stride=(1, 2), padding=1), x, w, b, dy, r) for r in (True, False))
     pixels = out.shape[0] * out.shape[2] * out.shape[3]
     _compare(backend, out, grads, tf, f32, [16 * 9, 12 * 9, pixels, pixels])
 
@@ -93,15 +98,7 @@ def test_linear_tf32(backend):
         dy = torch.randn_like(out)
         grads = torch.autograd.grad(out, (x, w, b), dy)
 
-    def reference(round_operands):
-        r = tf32_round if round_operands else (lambda t: t)
-        xs, ws = (r(t.detach()).double().requires_grad_() for t in (x, w))
-        bs = b.detach().double().requires_grad_()
-        y = F.linear(xs, ws, bs)
-        return [y, *torch.autograd.grad(y, (xs, ws, bs), r(dy).double())]
-
-    tf, f32 = reference(True), reference(False)
-    tf[3] = None
+    tf, f32 = (_reference(F.linear, x, w, b, dy, r) for r in (True, False))
     _compare(backend, out, grads, tf, f32, [300, 70, 37, 37])
 
 

@@ -1,6 +1,7 @@
 // conv2d.cu: 2-D convolution forward and backward on the GPU, as implicit GEMMs on the engine of
-// gemm.cuh (64 x 64 block tiles, BK = 16, double-buffered shared memory, 4 x 4 register tiles), one
-// GEMM per group, every stride / padding / dilation / groups (depthwise too). Per group g:
+// gemm.cuh (64 x 64 block tiles, double-buffered shared memory; CUDA cores with 4 x 4 register tiles
+// for float32 / float64, tensor cores for float16 / bfloat16 and tf32), one GEMM per group, every
+// stride / padding / dilation / groups (depthwise too). Per group g:
 //   forward      M = N*OH*OW (output pixels), N = C_out/g, K = C_in/g*KH*KW:
 //                A(m, k) = x at the input pixel that kernel tap k of output pixel m reads (0 in the
 //                padding), B(k, n) = w[n][k]; the epilogue adds the bias and applies the ReLU, so a

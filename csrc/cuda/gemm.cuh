@@ -5,6 +5,11 @@
 // strided view -- so no im2col or transposed copy ever exists in global memory, and stores each
 // result through its own epilogue (bias, ReLU, a split-K partial).
 //
+// Two kernels implement it: gemm_kernel on CUDA cores (float32, float64; described here) and
+// gemm_tc_kernel on tensor cores (float16, bfloat16, and float32 as tf32 when allowed; described
+// before it below), chosen per dtype by gemm::run. They share the Problem interface, the block tile,
+// the grid and split-K, so every op runs on either.
+//
 // Tiling: a 256-thread block owns a BM x BN = 64 x 64 tile of C and walks K in steps of BK = 16.
 // Each step stages a 16 x 64 slab of A and of B in shared memory (in the arithmetic type, so 16-bit
 // inputs are converted once, when loaded); the slabs are double-buffered: while the block multiplies

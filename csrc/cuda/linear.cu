@@ -1,5 +1,6 @@
 // linear.cu: fully connected layers on the GPU through the GEMM engine of gemm.cuh (the same 64 x 64
-// block tiles as convolution: a linear layer is a 1 x 1 convolution of a 1 x 1 image).
+// block tiles as convolution, on CUDA or tensor cores by dtype: a linear layer is a 1 x 1 convolution
+// of a 1 x 1 image).
 //   forward      y [rows, out] = x [rows, in] w^T + bias:   M = rows, N = out, K = in; bias in the epilogue
 //   grad input   dx [rows, in] = dy [rows, out] w:          M = rows, N = in,  K = out
 //   grad weight  dw [out, in] = dy^T x:                     M = out,  N = in,  K = rows, split-K over the
