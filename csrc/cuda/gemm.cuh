@@ -164,7 +164,8 @@ __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__
 // weights, convolution's filters), a full K step of it comes from global memory as two 16-byte
 // loads per thread instead of 8 or 16 element loads.
 // Per K step and block: 2 * 64 * 64 * 32 = 262144 FLOPs (16-bit) on 2 * 64 * 32 elements: 64 FLOPs
-// per element staged, as the SIMT kernel, at tensor-core rate.
+// per element staged, as the SIMT kernel, at tensor-core rate. Launch bounds of three blocks per SM
+// (up to 168 registers; 60 KiB of shared memory): at four, linear's variants spilled on sm_80.
 constexpr int kTcThreads = 128, kTcWords = 16, kTcRow = 20;
 
 // Whether rows `stride` elements apart from `base` all start on 16 bytes (a_run / b_run may then
