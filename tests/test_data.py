@@ -253,7 +253,7 @@ def test_md5_match_is_silent_even_when_strict(tmp_path, rng, monkeypatch, no_war
     write_mnist(tmp_path, fake_mnist(rng))
     published = {name + ".gz": hashlib.md5((tmp_path / (name + ".gz")).read_bytes()).hexdigest()
                  for name in MNIST_NAMES}
-    monkeypatch.setattr(data, "MD5", {**data.MD5, **published})
+    monkeypatch.setattr(data.files, "MD5", {**data.MD5, **published})
     data.load_mnist(tmp_path, verify="strict")
 
 
@@ -266,7 +266,7 @@ def test_md5_computed_once_per_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("hashed twice")
 
-    monkeypatch.setattr(data.hashlib, "md5", boom)
+    monkeypatch.setattr(data.files.hashlib, "md5", boom)
     assert data.md5sum(path) == digest
     path.write_bytes(b"other bytes, other size")   # a changed file is hashed again
     with pytest.raises(AssertionError, match="hashed twice"):
@@ -525,7 +525,7 @@ def test_synthetic_default_sizes(monkeypatch):
         calls.append((n, seed, split))
         return torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)
 
-    monkeypatch.setattr(data, "generate_digits", fake_generate)
+    monkeypatch.setattr(data.synthetic, "generate_digits", fake_generate)
     data.load("synthetic", seed=7)
     assert calls == [(60000, 7, "train"), (10000, 7, "test")]
 
