@@ -39,57 +39,12 @@ for cu in "$ROOT"/csrc/cuda/*.cu; do
   done
 done
 wait
-"$PY" - "$LOGS" <<'PYEOF'
-import glob, os, re, subprocess, sys
-
-logs = sys.argv[1]
-rows, failed = [], []
-for path in sorted(glob.glob(os.path.join(logs, "*.log"))):
-    name = os.path.basename(path)[:-4]
-    text = open(path).read()
-    if "FAILED" in text or "error" in text.lower() or "warning" in text.lower():
-        failed.append(name)
-        print(f"--- {name} ---\n{text}")
-        continue
-    kernel = None
-    for line in text.splitlines():
-        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
-        if m:
-            kernel = dict(mangled=m.group(1), arch=m.group(2), file=name.split(".")[0])
-            continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m and kernel is not None:
-            kernel.update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
-            continue
-        m = re.search(r"Used (\d+) registers(.*)", line)
-        if m and kernel is not None:
-            smem = re.search(r"(\d+) bytes smem", m.group(2))
-            kernel.update(regs=int(m.group(1)), smem=int(smem.group(1)) if smem else 0)
-            rows.append(kernel)
-            kernel = None
-names = subprocess.run(["c++filt"], input="\n".join(r["mangled"] for r in rows), capture_output=True,
-                       text=True).stdout.splitlines() if rows else []
-for r, n in zip(rows, names):
-    n = re.sub(r"^void ", "", n).replace("fastconv::cuda::kernels::(anonymous namespace)::", "")
-    r["name"] = re.sub(r"\(.*\)$", "", n)
-print(f"{'file':<14} {'arch':<6} {'regs':>4} {'smem B':>7} {'stack B':>7} {'spill st/ld B':>13}  kernel")
-for r in sorted(rows, key=lambda r: (r["file"], r["name"], r["arch"])):
-    print(f"{r['file']:<14} {r['arch']:<6} {r['regs']:>4} {r['smem']:>7} {r['stack']:>7} "
-          f"{r['spill_st']:>6}/{r['spill_ld']:<6}  {r['name']}")
-spills = [r for r in rows if r["spill_st"] or r["spill_ld"]]
-print(f"nvcc_check: {len(rows)} kernel builds, {len(spills)} with spills, {len(failed)} files failed to compile")
-if failed or spills or not rows:
-    sys.exit(1)
-PYEOF
+# the table of registers / shared memory / stack / spills per kernel; fails on a compile error, a warning or a spill
+"$PY" "$ROOT/scripts/ptxas_table.py" "$LOGS"
 # The tensor-core check: every tensor-core GEMM kernel's machine code must contain HMMA instructions
 # (and the SIMT kernels none). Needs cuobjdump + nvdisasm: from the CUDA toolkit, or the pip packages
 # nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (found in $PYTHON's site-packages).
-TOOLS="$(dirname "$NVCC"):$("$PY" - <<'PYEOF' 2>/dev/null || true
-import glob, os, site, sys
-dirs = site.getsitepackages() + [site.getusersitepackages()]
-print(":".join(d for p in dirs for d in glob.glob(os.path.join(p, "nvidia", "cu*", "bin"))))
-PYEOF
-)"
+TOOLS="$(dirname "$NVCC"):$("$PY" "$ROOT/scripts/nvidia_tool_dirs.py" 2>/dev/null || true)"
 CUOBJDUMP="$(PATH="$TOOLS:$PATH" command -v cuobjdump || true)"
 if [ -n "$CUOBJDUMP" ] && PATH="$TOOLS:$PATH" command -v nvdisasm > /dev/null; then
   echo "== nvcc_check: tensor-core instructions ($CUOBJDUMP)"
@@ -97,38 +52,7 @@ if [ -n "$CUOBJDUMP" ] && PATH="$TOOLS:$PATH" command -v nvdisasm > /dev/null; t
     [ "$(basename "$obj")" = glue_cuda.o ] && continue
     PATH="$TOOLS:$PATH" "$CUOBJDUMP" -sass "$obj" > "${obj%.o}.sass"
   done
-  "$PY" - "$LOGS" <<'PYEOF'
-import glob, os, re, subprocess, sys
-
-rows = []
-for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.sass"))):
-    arch = os.path.basename(path).split(".")[1]
-    name, counts = None, {}
-    for line in open(path):
-        m = re.search(r"Function : (\S+)", line)
-        if m:
-            name = m.group(1)
-            counts[name] = 0
-        elif name and re.search(r"\bHMMA\.", line):
-            counts[name] += 1
-    rows += [(arch, mangled, n) for mangled, n in counts.items()]
-names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows), capture_output=True, text=True).stdout.splitlines()
-bad, tc = [], 0
-for (arch, _, n), full in zip(rows, names):
-    short = re.sub(r"\(.*\)$", "", full.replace("fastconv::cuda::kernels::", "").replace("(anonymous namespace)::", ""))
-    short = re.sub(r"^void ", "", short)
-    if "gemm_tc_kernel" in full:
-        tc += 1
-        print(f"{arch:<6} {n:>3} HMMA  {short}")
-        if n == 0:
-            bad.append(f"{arch} {short}: no HMMA")
-    elif n:
-        bad.append(f"{arch} {short}: {n} HMMA in a kernel that should have none")
-print(f"nvcc_check: {tc} tensor-core kernel builds, {len(bad)} problems")
-for b in bad:
-    print("  " + b)
-sys.exit(1 if bad or tc == 0 else 0)
-PYEOF
+  "$PY" "$ROOT/scripts/hmma_check.py" "$LOGS"
 else
   echo "nvcc_check: no cuobjdump + nvdisasm found (CUDA toolkit, or pip install nvidia-cuda-cuobjdump"
   echo "            nvidia-cuda-nvdisasm): the tensor-core kernels' HMMA instructions were NOT checked"
