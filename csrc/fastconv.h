@@ -1,16 +1,23 @@
-// fastconv.h: what every backend shares -- argument checks with messages that name the argument,
-// what was expected and what came, and the output-size arithmetic of convolution and pooling.
-// Every op validates here before any kernel touches memory, so bad input is a Python exception
-// (ValueError / TypeError / IndexError / RuntimeError), never a crash or garbage.
+// fastconv.h: what every backend shares -- one check entry per op, which validates every argument
+// (dtypes, float16 / bfloat16 included; devices; shapes) with a message that names the argument, what
+// was expected and what came, and returns the op's torch-free problem description (csrc/shapes.h) that
+// the CPU kernel and the CUDA launcher both take. Every op runs its check before any kernel touches
+// memory, so bad input is a Python exception (ValueError / TypeError / IndexError / RuntimeError),
+// never a crash or garbage. Also here: the output-size arithmetic of convolution and pooling, and
+// in_float32, the one place where the CPU kernels turn 16-bit arguments into float32.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
+
+#include "shapes.h"
 
 namespace fastconv {
 
@@ -20,7 +27,9 @@ namespace fastconv {
 bool allow_tf32();
 bool set_allow_tf32(bool enabled);  // returns the previous setting
 
-// float16 and bfloat16 are accepted by every op and computed in float32 (see compute_in_float).
+// ------------------------------------------------------------------------ argument checks, by kind
+
+// float16 and bfloat16 are accepted by every op; the CPU kernels compute them in float32 (in_float32).
 inline bool is_reduced(const at::Tensor& t) {
   return t.defined() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
 }
@@ -30,13 +39,6 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* name
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || is_reduced(t), "fastconv.", op, ": ", name,
                    " must be float32 or float64, got ", s, "; float16 and bfloat16 are accepted too (computed in "
                    "float32)");
-}
-
-// Reduced-precision arguments: the op runs on float32 copies, its floating results are rounded back to
-// `dtype` (float32 accumulation, as torch's own CPU kernels do for these types).
-inline at::Tensor to_float(const at::Tensor& t) { return is_reduced(t) ? t.to(at::kFloat) : t; }
-inline std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(to_float(*t)) : t;
 }
 
 inline void check_same_dtype(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn,
@@ -49,6 +51,13 @@ inline void check_same_device(const at::Tensor& a, const char* an, const at::Ten
                               const char* op) {
   TORCH_CHECK(a.device() == b.device(), "fastconv.", op, ": ", bn, " is on ", b.device(), " but ", an,
               " is on ", a.device(), "; move both to one device");
+}
+
+// Two floating arguments of one op: same dtype, same device.
+inline void check_pair_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
+  check_floating(a, op, an);
+  check_same_dtype(a, an, b, bn, op);
+  check_same_device(a, an, b, bn, op);
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name,
@@ -64,28 +73,83 @@ inline void check_pair(at::IntArrayRef v, const char* op, const char* name, int6
                       ", got ", v);
 }
 
+// The optional bias of conv2d / linear: same dtype and device as `input`, shape [channels]; `hint`
+// follows the expected shape in the message.
+inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& input, int64_t channels,
+                       const char* op, const char* hint) {
+  if (!bias.has_value() || !bias->defined()) return;
+  check_pair_args(input, "input", *bias, "bias", op);
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == channels, "fastconv.", op, ": bias must have shape [",
+                    channels, "]", hint, ", got ", bias->sizes());
+}
+
+// An optional tensor argument made contiguous; undefined when absent.
+inline at::Tensor contiguous_or_none(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+// ---------------------------------------------------------- float16 / bfloat16 on the CPU kernels
+
+// A 16-bit argument as float32; any other argument (float32 / float64 tensors, sizes, flags) as it is.
+inline at::Tensor to_float(const at::Tensor& t) { return is_reduced(t) ? t.to(at::kFloat) : t; }
+inline std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(to_float(*t)) : t;
+}
+template <typename A> const A& to_float(const A& a) { return a; }
+
+inline std::optional<at::ScalarType> reduced_dtype_of(const at::Tensor& t) {
+  return is_reduced(t) ? std::optional<at::ScalarType>(t.scalar_type()) : std::nullopt;
+}
+inline std::optional<at::ScalarType> reduced_dtype_of(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? reduced_dtype_of(*t) : std::nullopt;
+}
+template <typename A> std::optional<at::ScalarType> reduced_dtype_of(const A&) { return std::nullopt; }
+
+// A floating result rounded to `dtype`; integer results (max-pool indices) as they are.
+inline at::Tensor round_to(const at::Tensor& t, at::ScalarType dtype) {
+  return t.is_floating_point() ? t.to(dtype) : t;
+}
+template <typename... T> std::tuple<T...> round_to(const std::tuple<T...>& t, at::ScalarType dtype) {
+  return std::apply([&](const auto&... r) { return std::tuple<T...>(round_to(r, dtype)...); }, t);
+}
+
+// in_float32(body, args...): body(args...), except that 16-bit tensors among args are passed as float32
+// copies and the floating results are rounded back to that 16-bit dtype: float32 accumulation and one
+// rounding, as torch's own CPU kernels do for these types. The CPU kernels call it after the op's check
+// (which has seen the arguments as they came, 16-bit types included), with the arguments that hold
+// values; index tensors (targets, indices, seeds) are not passed to it.
+template <typename F, typename... A>
+auto in_float32(F&& body, const A&... args) {
+  std::optional<at::ScalarType> dtype;
+  ((dtype = dtype ? dtype : reduced_dtype_of(args)), ...);
+  if (!dtype) return body(args...);
+  return round_to(body(to_float(args)...), *dtype);
+}
+
+// ---------------------------------------------------------------------- window arithmetic
+
 // Output length of a sliding window over `in` padded by `pad_lo + pad_hi` (floor mode).
 inline int64_t window_out(int64_t in, int64_t pad_lo, int64_t pad_hi, int64_t k, int64_t d, int64_t s) {
   return (in + pad_lo + pad_hi - d * (k - 1) - 1) / s + 1;
 }
 
-// Shape of a 2-D convolution; padding is (top, bottom, left, right) so that "same" with an even
-// effective kernel (extra row/column at the bottom/right, as torch does) needs no copy of the input.
-struct ConvGeometry {
-  int64_t n, c_in, h, w;        // input
-  int64_t c_out, kh, kw;        // weight: [c_out, c_in / groups, kh, kw]
-  int64_t sh, sw, dh, dw;       // stride, dilation
-  int64_t pt, pb, pl, pr;       // padding
-  int64_t groups;
-  int64_t oh, ow;               // output
-  int64_t cin_g() const { return c_in / groups; }
-  int64_t cout_g() const { return c_out / groups; }
-  int64_t k_gemm() const { return cin_g() * kh * kw; }  // reduction length of one output value
-};
+// Floor division for any sign of the numerator (C++ division truncates toward zero).
+inline int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
-inline ConvGeometry conv_geometry(at::IntArrayRef input, at::IntArrayRef weight, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                  const char* op) {
+// Max-pool output length, torch's rule: in ceil mode the last window must start inside the
+// input or the left padding.
+inline int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;  // negative: the window is larger than the padded input
+  int64_t out = floor_div(ceil_mode ? span + s - 1 : span, s) + 1;
+  if (ceil_mode && (out - 1) * s >= in + p) --out;
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ conv2d
+
+// The shape of a convolution from the sizes of its input and weight and its window arguments.
+inline ConvShape conv_shape(at::IntArrayRef input, at::IntArrayRef weight, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const char* op) {
   TORCH_CHECK_VALUE(input.size() == 4, "fastconv.", op, ": input must be 4-D (N, C, H, W), got shape ", input);
   TORCH_CHECK_VALUE(weight.size() == 4, "fastconv.", op,
                     ": weight must be 4-D (C_out, C_in / groups, kH, kW), got shape ", weight);
@@ -96,7 +160,7 @@ inline ConvGeometry conv_geometry(at::IntArrayRef input, at::IntArrayRef weight,
   for (int64_t p : padding)
     TORCH_CHECK_VALUE(p >= 0, "fastconv.", op, ": padding must be >= 0, got ", padding);
   TORCH_CHECK_VALUE(groups >= 1, "fastconv.", op, ": groups must be >= 1, got ", groups);
-  ConvGeometry g{};
+  ConvShape g{};
   g.n = input[0]; g.c_in = input[1]; g.h = input[2]; g.w = input[3];
   g.c_out = weight[0]; g.kh = weight[2]; g.kw = weight[3];
   g.sh = stride[0]; g.sw = stride[1]; g.dh = dilation[0]; g.dw = dilation[1];
@@ -120,49 +184,37 @@ inline ConvGeometry conv_geometry(at::IntArrayRef input, at::IntArrayRef weight,
   return g;
 }
 
-// Max-pool output length, torch's rule: in ceil mode the last window must start inside the
-// input or the left padding.
-// Floor division for any sign of the numerator (C++ division truncates toward zero).
-inline int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
-
-inline int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
-  const int64_t span = in + 2 * p - d * (k - 1) - 1;  // negative: the window is larger than the padded input
-  int64_t out = floor_div(ceil_mode ? span + s - 1 : span, s) + 1;
-  if (ceil_mode && (out - 1) * s >= in + p) --out;
-  return out;
-}
-
-// ----------------------------------------------------------------- per-op checks of every backend
-
-// Two floating arguments of one op: same dtype, same device.
-inline void check_pair_args(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, const char* op) {
-  check_floating(a, op, an);
-  check_same_dtype(a, an, b, bn, op);
-  check_same_device(a, an, b, bn, op);
-}
-
-inline void check_grad_output_shape(const at::Tensor& grad_output, const ConvGeometry& g, const char* op) {
+inline void check_grad_output_shape(const at::Tensor& grad_output, const ConvShape& g, const char* op) {
   const std::vector<int64_t> expected{g.n, g.c_out, g.oh, g.ow};
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "fastconv.", op,
                     ": grad_output must have shape ", at::IntArrayRef(expected), ", got ", grad_output.sizes());
 }
 
-// The optional bias of conv2d / linear, checked against the input and made contiguous (undefined without one).
-inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& input, int64_t channels,
-                               const char* op) {
-  if (!bias.has_value() || !bias->defined()) return at::Tensor();
-  check_pair_args(input, "input", *bias, "bias", op);
-  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == channels, "fastconv.", op, ": bias must have shape [",
-                    channels, "]", std::string(op) == "conv2d" ? " (one value per output channel)" : "", ", got ",
-                    bias->sizes());
-  return bias->contiguous();
+// conv2d(input, weight, bias, stride, padding, dilation, groups).
+inline ConvShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "conv2d";
+  check_pair_args(input, "input", weight, "weight", op);
+  const ConvShape g = conv_shape(input.sizes(), weight.sizes(), stride, padding, dilation, groups, op);
+  check_bias(bias, input, g.c_out, op, " (one value per output channel)");
+  return g;
+}
+
+// conv2d_grad_input(grad_output, weight, input_size, ...) and conv2d_grad_weight(grad_output, input,
+// weight_size, ...): `other` (named `other_name`) is the op's tensor argument besides grad_output; the
+// convolution's input and weight sizes come from it and from the size argument.
+inline ConvShape check_conv2d_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& other,
+                                       const char* other_name, at::IntArrayRef input_size,
+                                       at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, int64_t groups) {
+  check_pair_args(grad_output, "grad_output", other, other_name, op);
+  const ConvShape g = conv_shape(input_size, weight_size, stride, padding, dilation, groups, op);
+  check_grad_output_shape(grad_output, g, op);
+  return g;
 }
 
 // bias_grad(grad_output, channel_dim): grad_output viewed as [outer, channels, inner].
-struct BiasGradShape {
-  int64_t dim, outer, channels, inner;
-};
-
 inline BiasGradShape check_bias_grad(const at::Tensor& grad_output, int64_t channel_dim) {
   check_floating(grad_output, "bias_grad", "grad_output");
   TORCH_CHECK_INDEX(grad_output.dim() > 0, "fastconv.bias_grad: grad_output must have at least 1 dimension");
@@ -175,8 +227,25 @@ inline BiasGradShape check_bias_grad(const at::Tensor& grad_output, int64_t chan
   return s;
 }
 
-// linear(input, weight, bias): returns the output's shape.
-inline std::vector<int64_t> check_linear(const at::Tensor& input, const at::Tensor& weight) {
+// ------------------------------------------------------------------------------------ linear
+
+// `sizes` with its last value replaced: the shape of a linear layer's output or input gradient.
+inline std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
+  std::vector<int64_t> shape(sizes.begin(), sizes.end());
+  shape.back() = last;
+  return shape;
+}
+
+// The product of all but the last size: the rows of a linear layer's GEMM.
+inline int64_t leading_rows(at::IntArrayRef sizes) {
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < sizes.size(); ++d) rows *= sizes[d];
+  return rows;
+}
+
+// linear(input, weight, bias): output [..., out] = input [..., in] weight^T + bias.
+inline LinearShape check_linear(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias) {
   const char* op = "linear";
   check_pair_args(input, "input", weight, "weight", op);
   check_dim(weight, 2, op, "weight", "out_features, in_features");
@@ -184,23 +253,20 @@ inline std::vector<int64_t> check_linear(const at::Tensor& input, const at::Tens
   TORCH_CHECK_VALUE(input.size(-1) == weight.size(1), "fastconv.linear: input has ", input.size(-1),
                     " features in its last dimension but weight expects ", weight.size(1), " (weight shape ",
                     weight.sizes(), ")");
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = weight.size(0);
-  return shape;
+  check_bias(bias, input, weight.size(0), op, "");
+  return LinearShape{leading_rows(input.sizes()), weight.size(1), weight.size(0)};
 }
 
-inline std::vector<int64_t> check_linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight) {
+inline LinearShape check_linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight) {
   const char* op = "linear_grad_input";
   check_pair_args(grad_output, "grad_output", weight, "weight", op);
   check_dim(weight, 2, op, "weight", "out_features, in_features");
   TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.size(-1) == weight.size(0), "fastconv.", op,
                     ": grad_output must end in ", weight.size(0), " features, got shape ", grad_output.sizes());
-  std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
-  shape.back() = weight.size(1);
-  return shape;
+  return LinearShape{leading_rows(grad_output.sizes()), weight.size(1), weight.size(0)};
 }
 
-inline void check_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input) {
+inline LinearShape check_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input) {
   const char* op = "linear_grad_weight";
   check_pair_args(grad_output, "grad_output", input, "input", op);
   TORCH_CHECK_VALUE(grad_output.dim() >= 1 && input.dim() == grad_output.dim() &&
@@ -208,14 +274,20 @@ inline void check_linear_grad_weight(const at::Tensor& grad_output, const at::Te
                             grad_output.sizes().slice(0, grad_output.dim() - 1),
                     "fastconv.", op, ": grad_output ", grad_output.sizes(), " and input ", input.sizes(),
                     " must agree in all but the last dimension");
+  return LinearShape{leading_rows(input.sizes()), input.size(-1), grad_output.size(-1)};
 }
 
-inline void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
-  check_floating(grad_output, "relu_backward", "grad_output");
-  check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
-  check_same_device(grad_output, "grad_output", result, "result", "relu_backward");
-  TORCH_CHECK_VALUE(grad_output.sizes() == result.sizes(), "fastconv.relu_backward: grad_output ",
-                    grad_output.sizes(), " and result ", result.sizes(), " must have the same shape");
+// ------------------------------------------------------------------------ elementwise, dropout
+
+// An elementwise op of one floating tensor (relu): any shape.
+inline void check_elementwise(const at::Tensor& input, const char* op) { check_floating(input, op, "input"); }
+
+// The backward of an elementwise op from its forward result (relu_backward): two floating tensors of
+// one dtype, device and shape.
+inline void check_elementwise_backward(const at::Tensor& grad_output, const at::Tensor& result, const char* op) {
+  check_pair_args(grad_output, "grad_output", result, "result", op);
+  TORCH_CHECK_VALUE(grad_output.sizes() == result.sizes(), "fastconv.", op, ": grad_output ", grad_output.sizes(),
+                    " and result ", result.sizes(), " must have the same shape");
 }
 
 // The seed is one int64 on the input's device (a kernel reads it there: no host round trip).
@@ -228,9 +300,7 @@ inline void check_dropout(const at::Tensor& input, double p, const at::Tensor& s
                     seed.device());
 }
 
-struct PoolShape {
-  int64_t n, c, h, w, oh, ow;
-};
+// -------------------------------------------------------------------------------- max_pool2d
 
 inline void check_pool_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation, const char* op) {
@@ -243,17 +313,25 @@ inline void check_pool_window(at::IntArrayRef kernel_size, at::IntArrayRef strid
                       "kernel_size, got padding ", padding, " for kernel_size ", kernel_size);
 }
 
+// A pool's shape from its (checked) window arguments; the sizes are filled by the caller.
+inline PoolShape pool_window(at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d) {
+  PoolShape g{};
+  g.kh = k[0]; g.kw = k[1]; g.sh = s[0]; g.sw = s[1]; g.ph = p[0]; g.pw = p[1]; g.dh = d[0]; g.dw = d[1];
+  return g;
+}
+
 inline PoolShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   const char* op = "max_pool2d";
   check_floating(input, op, "input");
   check_dim(input, 4, op, "input", "N, C, H, W");
   check_pool_window(kernel_size, stride, padding, dilation, op);
-  PoolShape s{input.size(0), input.size(1), input.size(2), input.size(3), 0, 0};
+  PoolShape s = pool_window(kernel_size, stride, padding, dilation);
+  s.n = input.size(0); s.c = input.size(1); s.h = input.size(2); s.w = input.size(3);
   TORCH_CHECK_VALUE(s.h > 0 && s.w > 0 && s.c > 0, "fastconv.max_pool2d: input must have non-zero C, H and W, got ",
                     input.sizes());
-  s.oh = pool_out(s.h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode);
-  s.ow = pool_out(s.w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode);
+  s.oh = pool_out(s.h, s.kh, s.sh, s.ph, s.dh, ceil_mode);
+  s.ow = pool_out(s.w, s.kw, s.sw, s.pw, s.dw, ceil_mode);
   TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.max_pool2d: the window (kernel_size ", kernel_size,
                     ", dilation ", dilation, ") does not fit the padded input ", s.h, "x", s.w);
   return s;
@@ -278,8 +356,10 @@ inline PoolShape check_max_pool2d_backward(const at::Tensor& grad_output, const 
                     "fastconv.", op, ": input_size ", input_size, " does not match grad_output ",
                     grad_output.sizes());
   check_pool_window(kernel_size, stride, padding, dilation, op);
-  return PoolShape{input_size[0], input_size[1], input_size[2], input_size[3], grad_output.size(2),
-                   grad_output.size(3)};
+  PoolShape s = pool_window(kernel_size, stride, padding, dilation);
+  s.n = input_size[0]; s.c = input_size[1]; s.h = input_size[2]; s.w = input_size[3];
+  s.oh = grad_output.size(2); s.ow = grad_output.size(3);
+  return s;
 }
 
 // The message of an index outside its plane, found by any backend's backward.
@@ -289,17 +369,14 @@ inline PoolShape check_max_pool2d_backward(const at::Tensor& grad_output, const 
   __builtin_unreachable();
 }
 
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+// ----------------------------------------------------------------------------- cross_entropy
 
-// Checked and contiguous arguments of cross_entropy and its backward.
-struct CrossEntropyInputs {
-  at::Tensor z, target, weight;  // weight undefined without class weights
-  int64_t n, c;
-};
-
-inline CrossEntropyInputs check_cross_entropy(const at::Tensor& input, const at::Tensor& target,
-                                              const std::optional<at::Tensor>& weight, int64_t reduction,
-                                              double label_smoothing, const char* op) {
+// cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing) and the checks its
+// backward shares (`op` names the one checked).
+inline CrossEntropyArgs check_cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                            const std::optional<at::Tensor>& weight, int64_t reduction,
+                                            int64_t ignore_index, double label_smoothing,
+                                            const char* op = "cross_entropy") {
   check_floating(input, op, "input");
   check_dim(input, 2, op, "input", "N, C");
   check_same_device(input, "input", target, "target", op);
@@ -313,41 +390,51 @@ inline CrossEntropyInputs check_cross_entropy(const at::Tensor& input, const at:
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, "fastconv.", op,
                     ": label_smoothing must be in [0, 1], got ", label_smoothing);
   TORCH_CHECK_VALUE(input.size(1) > 0, "fastconv.", op, ": input must have at least one class");
-  CrossEntropyInputs a{input.contiguous(), target.contiguous(), at::Tensor(), input.size(0), input.size(1)};
+  const CrossEntropyArgs a{input.size(0), input.size(1), static_cast<Reduction>(reduction), ignore_index,
+                           label_smoothing};
   if (weight.has_value() && weight->defined()) {
     check_same_dtype(input, "input", *weight, "weight", op);
     check_same_device(input, "input", *weight, "weight", op);
     TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == a.c, "fastconv.", op, ": weight must have shape [",
                       a.c, "] (one value per class), got ", weight->sizes());
-    a.weight = weight->contiguous();
   }
   return a;
 }
 
-inline void check_cross_entropy_backward(const CrossEntropyInputs& a, const at::Tensor& input,
-                                         const at::Tensor& grad_loss, const at::Tensor& lse, int64_t reduction) {
+// cross_entropy_backward(grad_loss, input, target, weight, lse, ...): lse is the forward's second result.
+inline CrossEntropyArgs check_cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input,
+                                                     const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                                     const at::Tensor& lse, int64_t reduction, int64_t ignore_index,
+                                                     double label_smoothing) {
   const char* op = "cross_entropy_backward";
+  const CrossEntropyArgs a =
+      check_cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing, op);
   check_same_dtype(input, "input", grad_loss, "grad_loss", op);
   check_same_dtype(input, "input", lse, "lse", op);
+  check_same_device(input, "input", grad_loss, "grad_loss", op);
+  check_same_device(input, "input", lse, "lse", op);
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == a.n, "fastconv.", op, ": lse must have shape [", a.n,
                     "], got ", lse.sizes());
-  if (reduction == kNone) {
+  if (a.reduction == Reduction::none) {
     TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == a.n, "fastconv.", op,
                       ": with reduction 'none' grad_loss must have shape [", a.n, "], got ", grad_loss.sizes());
   } else {
     TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastconv.", op, ": grad_loss must be a scalar, got shape ",
                       grad_loss.sizes());
   }
+  return a;
 }
 
-// The message of a target outside [0, C) that is not ignore_index, found by any backend.
+// What the forward's message of a bad target adds: the values it expected.
+inline std::string expected_targets(const CrossEntropyArgs& a) {
+  return c10::str(" (expected 0..", a.c - 1, " or ignore_index ", a.ignore_index, ")");
+}
+
+// The message of a target outside [0, C) that is not ignore_index, found by any backend; `hint` ends it.
 [[noreturn]] inline void cross_entropy_bad_target(const char* op, int64_t target, int64_t row, int64_t classes,
-                                                  int64_t ignore_index) {
-  if (std::string(op) == "cross_entropy")
-    TORCH_CHECK_INDEX(false, "fastconv.cross_entropy: target ", target, " at row ", row, " is out of range for ",
-                      classes, " classes (expected 0..", classes - 1, " or ignore_index ", ignore_index, ")");
+                                                  const std::string& hint) {
   TORCH_CHECK_INDEX(false, "fastconv.", op, ": target ", target, " at row ", row, " is out of range for ", classes,
-                    " classes");
+                    " classes", hint);
   __builtin_unreachable();
 }
 

@@ -5,24 +5,20 @@
 
 Inside the context every fastconv op (convolution, linear, ReLU, max-pooling, softmax +
 cross-entropy, dropout, forward and backward) runs its CUDA kernel -- the same ``csrc/cuda/*.cu``
-source nvcc compiles for GPUs -- on the CPU, one fiber per CUDA thread, with CUDA's semantics for
-``__syncthreads``, warp shuffles and votes, shared memory and atomics. Results equal a GPU's up to
-the order of floating-point rounding.
+source nvcc compiles for GPUs -- on the CPU, one fiber per CUDA thread, with CUDA's semantics, and
+is checked while it runs. Results equal a GPU's up to the order of floating-point rounding.
 
-While kernels run, the simulator checks what a GPU would not report: barrier divergence, warp
-collectives with bad masks or exited lanes, deadlocks, shared-memory races and reads of shared
-memory no thread wrote (``race_check``), and global accesses outside the op's tensors
-(``memcheck``). A detected bug stops the op with a ``RuntimeError`` naming the kernel, block, thread
-and source line. ``order`` chooses in which order a block's threads run between meeting points:
-"forward", "reverse" or "random" (seeded by ``seed``); correct kernels give bitwise-identical results
-in all three.
+What the simulator checks and what it does not model: README.md, section "Running CUDA without a GPU".
+
+A detected bug stops the op with a ``RuntimeError`` naming the kernel, block, thread and source
+line. ``race_check`` and ``memcheck`` turn the shared-memory race check and the global-memory bounds
+check on or off (both on by default where the kernels were built with the access hooks). ``order``
+chooses in which order a block's threads run between meeting points: "forward", "reverse" or
+"random" (seeded by ``seed``); correct kernels give bitwise-identical results in all three.
 
 ``FASTCONV_SIMULATE=1`` turns the simulator on for a whole process (``FASTCONV_SIM_ORDER`` and
 ``FASTCONV_SIM_SEED`` set its order and seed). ``FASTCONV_SIM_THREADS`` caps the worker threads
 that run blocks (default: one per core).
-
-Not modelled: weak memory ordering, spin-waits on other blocks, timing and bank conflicts, and
-overruns from one static ``__shared__`` array into the next.
 """
 import contextlib
 import dataclasses

@@ -233,7 +233,7 @@ inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64
 }
 
 template <typename T>
-void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+void forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t K = g.k_gemm(), M = g.cout_g(), m_panels = ceil_div(M, MR);
   const int64_t Hp = g.h + g.pt + g.pb, Wp = g.w + g.pl + g.pr;
@@ -259,7 +259,7 @@ void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias
 // Unit-stride grad input is the convolution of grad_output, padded by the dilated kernel extent
 // minus the forward padding, with the kernel flipped and its channel axes swapped.
 template <typename T>
-void grad_input_direct(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t khw = g.kh * g.kw, K = g.cout_g() * khw, M = g.cin_g(), m_panels = ceil_div(M, MR);
   const int64_t top = (g.kh - 1) * g.dh - g.pt, left = (g.kw - 1) * g.dw - g.pl;
@@ -296,7 +296,7 @@ void grad_input_direct(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 // tile runs over a whole block of pixels in registers and is then added, as two vectors a row, into
 // the chunk's [k][co] sum. The chunk sums are added in chunk order and transposed into dW[co][k].
 template <typename T>
-void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* dw, int64_t nchunks) {
+void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int64_t nchunks) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t K = g.k_gemm(), M = g.cout_g(), c_panels = ceil_div(M, NR), k_panels = ceil_div(K, MR);
   const int64_t CoP = c_panels * NR;  // row length of a chunk sum: output channels padded to NR
@@ -349,7 +349,7 @@ void grad_weight_direct(const ConvGeometry& g, const T* dy, const T* x, T* dw, i
 // ---------------------------------------------------------------- packed paths (any stride)
 
 template <typename T>
-void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+void forward_impl(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
   constexpr int NR = Tile<T>::NR;
   const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
   const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(P, NB);
@@ -384,7 +384,7 @@ void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, 
 }
 
 template <typename T>
-void grad_input_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+void grad_input_impl(const ConvShape& g, const T* dy, const T* w, T* dx) {
   constexpr int NR = Tile<T>::NR;
   const int64_t Q = g.h * g.w, P = g.oh * g.ow, khw = g.kh * g.kw;
   const int64_t K = g.cout_g() * khw;  // depth: (co, kh, kw)
@@ -435,7 +435,7 @@ void grad_input_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 inline int64_t weight_grad_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
 
 template <typename T>
-void grad_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* partial, int64_t nchunks) {
+void grad_weight_impl(const ConvShape& g, const T* dy, const T* x, T* partial, int64_t nchunks) {
   constexpr int NR = Tile<T>::NR;
   const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
   const int64_t NB = kPanelsPerBlock * NR, ncb = ceil_div(K, NB), pblocks = ceil_div(P, kKC);
@@ -477,93 +477,86 @@ void grad_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* partial
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       bool relu) {
-  if (is_reduced(input) || is_reduced(weight)) {
-    check_same_dtype(input, "input", weight, "weight", "conv2d");
-    if (bias.has_value() && bias->defined()) check_same_dtype(input, "input", *bias, "bias", "conv2d");
-    return conv2d_cpu(to_float(input), to_float(weight), to_float(bias), stride, padding, dilation, groups, relu)
-        .to(input.scalar_type());
-  }
-  check_pair_args(input, "input", weight, "weight", "conv2d");
-  const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, "conv2d");
-  const at::Tensor b = checked_bias(bias, input, g.c_out, "conv2d");
-  at::Tensor out = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
-    auto impl = g.sh == 1 && g.sw == 1 ? forward_direct<scalar_t> : forward_impl<scalar_t>;
-    impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-         b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu, out.mutable_data_ptr<scalar_t>());
-  });
-  return out;
+  const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  return in_float32(
+      [&](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+        at::Tensor out = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
+        if (out.numel() == 0) return out;
+        const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
+        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
+          auto impl = g.sh == 1 && g.sw == 1 ? forward_direct<scalar_t> : forward_impl<scalar_t>;
+          impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu, out.mutable_data_ptr<scalar_t>());
+        });
+        return out;
+      },
+      input, weight, bias);
 }
 
 at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                  at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, int64_t groups) {
-  if (is_reduced(grad_output) || is_reduced(weight)) {
-    check_same_dtype(grad_output, "grad_output", weight, "weight", "conv2d_grad_input");
-    return conv2d_grad_input_cpu(to_float(grad_output), to_float(weight), input_size, stride, padding, dilation,
-                                 groups).to(grad_output.scalar_type());
+  const ConvShape g = check_conv2d_backward("conv2d_grad_input", grad_output, weight, "weight", input_size,
+                                            weight.sizes(), stride, padding, dilation, groups);
+  return in_float32(
+      [&](const at::Tensor& grad_output, const at::Tensor& weight) {
+        at::Tensor dx = at::empty(input_size, grad_output.options());
+        if (dx.numel() == 0) return dx;
+        if (grad_output.numel() == 0) return dx.zero_();
+        const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+        AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_input", [&] {
+          auto impl = g.sh == 1 && g.sw == 1 ? grad_input_direct<scalar_t> : grad_input_impl<scalar_t>;
+          impl(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
+        });
+        return dx;
+      },
+      grad_output, weight);
+}
+
+// dW from per-chunk partial sums added in chunk order (bitwise the same for any thread count).
+template <typename T>
+void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw, T* partial, int64_t nchunks) {
+  if (g.sh == 1 && g.sw == 1) {
+    grad_weight_direct<T>(g, dy, x, dw, nchunks);
+    return;
   }
-  const char* op = "conv2d_grad_input";
-  check_pair_args(grad_output, "grad_output", weight, "weight", op);
-  const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
-  check_grad_output_shape(grad_output, g, op);
-  at::Tensor dx = at::empty(input_size, grad_output.options());
-  if (dx.numel() == 0) return dx;
-  if (grad_output.numel() == 0) return dx.zero_();
-  const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_input", [&] {
-    auto impl = g.sh == 1 && g.sw == 1 ? grad_input_direct<scalar_t> : grad_input_impl<scalar_t>;
-    impl(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
+  grad_weight_impl<T>(g, dy, x, partial, nchunks);
+  if (nchunks == 1) return;
+  const int64_t per_chunk = g.c_out * g.k_gemm();
+  at::parallel_for(0, per_chunk, 32768 / nchunks, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T s = partial[i];
+      for (int64_t c = 1; c < nchunks; ++c) s += partial[c * per_chunk + i];
+      dw[i] = s;
+    }
   });
-  return dx;
 }
 
 at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, int64_t groups) {
-  if (is_reduced(grad_output) || is_reduced(input)) {
-    check_same_dtype(grad_output, "grad_output", input, "input", "conv2d_grad_weight");
-    return conv2d_grad_weight_cpu(to_float(grad_output), to_float(input), weight_size, stride, padding, dilation,
-                                  groups).to(grad_output.scalar_type());
-  }
-  const char* op = "conv2d_grad_weight";
-  check_pair_args(grad_output, "grad_output", input, "input", op);
-  const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
-  check_grad_output_shape(grad_output, g, op);
-  at::Tensor dw = at::empty(weight_size, grad_output.options());
-  if (dw.numel() == 0) return dw;
-  if (grad_output.numel() == 0) return dw.zero_();
-  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
-  const int64_t nchunks = weight_grad_chunks(g.n), per_chunk = g.c_out * g.k_gemm();
-  const bool direct = g.sh == 1 && g.sw == 1;
-  at::Tensor partial = nchunks == 1 || direct ? dw : at::empty({nchunks, per_chunk}, dy.options());
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
-    scalar_t* pp = partial.mutable_data_ptr<scalar_t>();
-    if (direct) {
-      grad_weight_direct<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
-      return;
-    }
-    grad_weight_impl<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pp, nchunks);
-    if (nchunks > 1) {
-      scalar_t* out = dw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, per_chunk, 32768 / nchunks, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          scalar_t s = pp[i];
-          for (int64_t c = 1; c < nchunks; ++c) s += pp[c * per_chunk + i];
-          out[i] = s;
-        }
-      });
-    }
-  });
-  return dw;
+  const ConvShape g = check_conv2d_backward("conv2d_grad_weight", grad_output, input, "input", input.sizes(),
+                                            weight_size, stride, padding, dilation, groups);
+  return in_float32(
+      [&](const at::Tensor& grad_output, const at::Tensor& input) {
+        at::Tensor dw = at::empty(weight_size, grad_output.options());
+        if (dw.numel() == 0) return dw;
+        if (grad_output.numel() == 0) return dw.zero_();
+        const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
+        const int64_t nchunks = weight_grad_chunks(g.n);
+        const bool direct = g.sh == 1 && g.sw == 1;
+        at::Tensor partial = nchunks == 1 || direct ? dw : at::empty({nchunks, g.c_out * g.k_gemm()}, dy.options());
+        AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
+          grad_weight<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                dw.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<scalar_t>(), nchunks);
+        });
+        return dw;
+      },
+      grad_output, input);
 }
 
 // Sum of grad_output over every dimension but `channel_dim`: the gradient of a per-channel bias.
-at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
-  if (is_reduced(grad_output)) return bias_grad_cpu(to_float(grad_output), channel_dim).to(grad_output.scalar_type());
-  const BiasGradShape shape = check_bias_grad(grad_output, channel_dim);
+at::Tensor bias_grad_impl(const BiasGradShape& shape, const at::Tensor& grad_output) {
   const at::Tensor g = grad_output.contiguous();
   const int64_t C = shape.channels, outer = shape.outer, inner = shape.inner;
   at::Tensor out = at::empty({C}, g.options());
@@ -596,6 +589,11 @@ at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
     });
   });
   return out;
+}
+
+at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
+  const BiasGradShape shape = check_bias_grad(grad_output, channel_dim);
+  return in_float32([&](const at::Tensor& grad_output) { return bias_grad_impl(shape, grad_output); }, grad_output);
 }
 
 }  // namespace

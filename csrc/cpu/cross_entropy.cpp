@@ -31,29 +31,23 @@ namespace {
 template <typename T>
 T class_weight(const T* w, int64_t c) { return w ? w[c] : T(1); }
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, const at::Tensor& target,
-                                                     const std::optional<at::Tensor>& weight, int64_t reduction,
-                                                     int64_t ignore_index, double label_smoothing) {
-  if (is_reduced(input)) {
-    if (weight.has_value() && weight->defined()) check_same_dtype(input, "input", *weight, "weight", "cross_entropy");
-    auto [loss, lse] = cross_entropy_cpu(to_float(input), target, to_float(weight), reduction, ignore_index,
-                                         label_smoothing);
-    return {loss.to(input.scalar_type()), lse.to(input.scalar_type())};
-  }
+std::tuple<at::Tensor, at::Tensor> cross_entropy_impl(const CrossEntropyArgs& a, const at::Tensor& input,
+                                                      const at::Tensor& target, const std::optional<at::Tensor>& weight) {
   const char* op = "cross_entropy";
-  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
-  at::Tensor lse = at::empty({a.n}, a.z.options());
-  at::Tensor rows = at::empty({a.n}, a.z.options());
-  at::Tensor loss = reduction == kNone ? rows : at::empty({}, a.z.options());
-  AT_DISPATCH_FLOATING_TYPES(a.z.scalar_type(), "fastconv_cross_entropy", [&] {
+  const at::Tensor zc = input.contiguous(), tc = target.contiguous(), wc = contiguous_or_none(weight);
+  const int64_t ignore_index = a.ignore_index;
+  at::Tensor lse = at::empty({a.n}, zc.options());
+  at::Tensor rows = at::empty({a.n}, zc.options());
+  at::Tensor loss = a.reduction == Reduction::none ? rows : at::empty({}, zc.options());
+  AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "fastconv_cross_entropy", [&] {
     using T = scalar_t;
-    const T* z = a.z.const_data_ptr<T>();
-    const int64_t* t = a.target.const_data_ptr<int64_t>();
-    const T* w = a.weight.defined() ? a.weight.const_data_ptr<T>() : nullptr;
+    const T* z = zc.const_data_ptr<T>();
+    const int64_t* t = tc.const_data_ptr<int64_t>();
+    const T* w = wc.defined() ? wc.const_data_ptr<T>() : nullptr;
     T* lse_p = lse.mutable_data_ptr<T>();
     T* row_p = rows.mutable_data_ptr<T>();
     const int64_t C = a.c;
-    const double eps = label_smoothing;
+    const double eps = a.label_smoothing;
     at::parallel_for(0, a.n, std::max<int64_t>(64, 65536 / C), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const T* zi = z + i * C;
@@ -69,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
           row_p[i] = T(0);
           continue;
         }
-        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, ignore_index);
+        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, expected_targets(a));
         T loss_i = T(1.0 - eps) * class_weight(w, ti) * (l - zi[ti]);
         if (eps > 0) {
           T smooth = 0;
@@ -79,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
         row_p[i] = loss_i;
       }
     });
-    if (reduction != kNone) {
+    if (a.reduction != Reduction::none) {
       double total = 0, denom = 0;
       for (int64_t i = 0; i < a.n; ++i) {
         total += row_p[i];
@@ -87,39 +81,34 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, co
       }
       // mean over zero total weight is NaN, as in torch, even where the smoothing term alone is not 0
       const double mean = denom == 0 ? std::numeric_limits<double>::quiet_NaN() : total / denom;
-      loss.mutable_data_ptr<T>()[0] = static_cast<T>(reduction == kMean ? mean : total);
+      loss.mutable_data_ptr<T>()[0] = static_cast<T>(a.reduction == Reduction::mean ? mean : total);
     }
   });
   return {loss, lse};
 }
 
-at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
-                                      const std::optional<at::Tensor>& weight, const at::Tensor& lse,
-                                      int64_t reduction, int64_t ignore_index, double label_smoothing) {
-  if (is_reduced(input)) {
-    check_same_dtype(input, "input", grad_loss, "grad_loss", "cross_entropy_backward");
-    return cross_entropy_backward_cpu(to_float(grad_loss), to_float(input), target, to_float(weight), to_float(lse),
-                                      reduction, ignore_index, label_smoothing).to(input.scalar_type());
-  }
+at::Tensor cross_entropy_backward_impl(const CrossEntropyArgs& a, const at::Tensor& grad_loss, const at::Tensor& input,
+                                       const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                       const at::Tensor& lse) {
   const char* op = "cross_entropy_backward";
-  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
-  check_cross_entropy_backward(a, input, grad_loss, lse, reduction);
-  at::Tensor dz = at::empty({a.n, a.c}, a.z.options());
+  const at::Tensor zc = input.contiguous(), tc = target.contiguous(), wc = contiguous_or_none(weight);
+  const int64_t ignore_index = a.ignore_index;
+  at::Tensor dz = at::empty({a.n, a.c}, zc.options());
   const at::Tensor gl = grad_loss.contiguous(), ls = lse.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(a.z.scalar_type(), "fastconv_cross_entropy_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "fastconv_cross_entropy_backward", [&] {
     using T = scalar_t;
-    const T* z = a.z.const_data_ptr<T>();
-    const int64_t* t = a.target.const_data_ptr<int64_t>();
-    const T* w = a.weight.defined() ? a.weight.const_data_ptr<T>() : nullptr;
+    const T* z = zc.const_data_ptr<T>();
+    const int64_t* t = tc.const_data_ptr<int64_t>();
+    const T* w = wc.defined() ? wc.const_data_ptr<T>() : nullptr;
     const T* g = gl.const_data_ptr<T>();
     const T* l = ls.const_data_ptr<T>();
     T* out = dz.mutable_data_ptr<T>();
     const int64_t C = a.c;
-    const double eps = label_smoothing;
+    const double eps = a.label_smoothing;
     double wsum = 0;  // sum_c w[c]
     for (int64_t c = 0; c < C; ++c) wsum += class_weight(w, c);
     double denom = 1;
-    if (reduction == kMean) {
+    if (a.reduction == Reduction::mean) {
       denom = 0;
       for (int64_t i = 0; i < a.n; ++i)
         if (t[i] != ignore_index) denom += class_weight(w, t[i]);
@@ -133,8 +122,8 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
           for (int64_t c = 0; c < C; ++c) oi[c] = T(0);
           continue;
         }
-        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, ignore_index);
-        const T scale = static_cast<T>((reduction == kNone ? double(g[i]) : double(g[0])) / denom);
+        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, "");
+        const T scale = static_cast<T>((a.reduction == Reduction::none ? double(g[i]) : double(g[0])) / denom);
         const T hard = T((1.0 - eps) * double(class_weight(w, ti)));
         const T soft = T(eps / C);
         const T coef_sum = hard + T(eps / C * wsum);
@@ -146,6 +135,28 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Ten
     });
   });
   return dz;
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& weight, int64_t reduction,
+                                                     int64_t ignore_index, double label_smoothing) {
+  const CrossEntropyArgs a = check_cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
+  return in_float32(
+      [&](const at::Tensor& input, const std::optional<at::Tensor>& weight) {
+        return cross_entropy_impl(a, input, target, weight);
+      },
+      input, weight);
+}
+
+at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                      int64_t reduction, int64_t ignore_index, double label_smoothing) {
+  const CrossEntropyArgs a = check_cross_entropy_backward(grad_loss, input, target, weight, lse, reduction,
+                                                          ignore_index, label_smoothing);
+  return in_float32(
+      [&](const at::Tensor& grad_loss, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+          const at::Tensor& lse) { return cross_entropy_backward_impl(a, grad_loss, input, target, weight, lse); },
+      grad_loss, input, weight, lse);
 }
 
 }  // namespace

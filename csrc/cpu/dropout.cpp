@@ -18,10 +18,7 @@
 namespace fastconv::cpu {
 namespace {
 
-at::Tensor dropout_cpu(const at::Tensor& input, double p, const at::Tensor& seed) {
-  if (is_reduced(input)) return dropout_cpu(to_float(input), p, seed).to(input.scalar_type());
-  check_dropout(input, p, seed);
-  const uint64_t key = static_cast<uint64_t>(seed.contiguous().const_data_ptr<int64_t>()[0]);
+at::Tensor dropout_impl(const at::Tensor& input, double p, uint64_t key) {
   const at::Tensor x = input.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t n = x.numel();
@@ -41,6 +38,12 @@ at::Tensor dropout_cpu(const at::Tensor& input, double p, const at::Tensor& seed
     });
   });
   return out;
+}
+
+at::Tensor dropout_cpu(const at::Tensor& input, double p, const at::Tensor& seed) {
+  check_dropout(input, p, seed);
+  const uint64_t key = static_cast<uint64_t>(seed.contiguous().const_data_ptr<int64_t>()[0]);
+  return in_float32([&](const at::Tensor& input) { return dropout_impl(input, p, key); }, input);
 }
 
 }  // namespace

@@ -129,61 +129,53 @@ void gemm_packing_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, i
 }
 
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  if (is_reduced(input) || is_reduced(weight)) {
-    check_same_dtype(input, "input", weight, "weight", "linear");
-    if (bias.has_value() && bias->defined()) check_same_dtype(input, "input", *bias, "bias", "linear");
-    return linear_cpu(to_float(input), to_float(weight), to_float(bias)).to(input.scalar_type());
-  }
-  const std::vector<int64_t> out_shape = check_linear(input, weight);
-  const int64_t in = weight.size(1), out_f = weight.size(0);
-  const at::Tensor b = checked_bias(bias, input, out_f, "linear");
-  at::Tensor out = at::empty(out_shape, input.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
-  const int64_t rows = out.numel() / out_f;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_linear", [&] {
-    gemm_packing_b<scalar_t>(rows, out_f, in, x.const_data_ptr<scalar_t>(), in, 1, w.const_data_ptr<scalar_t>(), 1,
-                             in, out.mutable_data_ptr<scalar_t>(),
-                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
-  });
-  return out;
+  const LinearShape s = check_linear(input, weight, bias);
+  return in_float32(
+      [&](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+        at::Tensor out = at::empty(with_last(input.sizes(), s.out), input.options());
+        if (out.numel() == 0) return out;
+        const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
+        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_linear", [&] {
+          gemm_packing_b<scalar_t>(s.rows, s.out, s.in, x.const_data_ptr<scalar_t>(), s.in, 1,
+                                   w.const_data_ptr<scalar_t>(), 1, s.in, out.mutable_data_ptr<scalar_t>(),
+                                   b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+        });
+        return out;
+      },
+      input, weight, bias);
 }
 
 at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight) {
-  if (is_reduced(grad_output) || is_reduced(weight)) {
-    check_same_dtype(grad_output, "grad_output", weight, "weight", "linear_grad_input");
-    return linear_grad_input_cpu(to_float(grad_output), to_float(weight)).to(grad_output.scalar_type());
-  }
-  const std::vector<int64_t> shape = check_linear_grad_input(grad_output, weight);
-  const int64_t in = weight.size(1), out_f = weight.size(0);
-  at::Tensor dx = at::empty(shape, grad_output.options());
-  if (dx.numel() == 0) return dx;
-  const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
-  const int64_t rows = dx.numel() / in;
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_input", [&] {
-    gemm_packing_b<scalar_t>(rows, in, out_f, dy.const_data_ptr<scalar_t>(), out_f, 1, w.const_data_ptr<scalar_t>(),
-                             in, 1, dx.mutable_data_ptr<scalar_t>(), nullptr);
-  });
-  return dx;
+  const LinearShape s = check_linear_grad_input(grad_output, weight);
+  return in_float32(
+      [&](const at::Tensor& grad_output, const at::Tensor& weight) {
+        at::Tensor dx = at::empty(with_last(grad_output.sizes(), s.in), grad_output.options());
+        if (dx.numel() == 0) return dx;
+        const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+        AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_input", [&] {
+          gemm_packing_b<scalar_t>(s.rows, s.in, s.out, dy.const_data_ptr<scalar_t>(), s.out, 1,
+                                   w.const_data_ptr<scalar_t>(), s.in, 1, dx.mutable_data_ptr<scalar_t>(), nullptr);
+        });
+        return dx;
+      },
+      grad_output, weight);
 }
 
 at::Tensor linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
-  if (is_reduced(grad_output) || is_reduced(input)) {
-    check_same_dtype(grad_output, "grad_output", input, "input", "linear_grad_weight");
-    return linear_grad_weight_cpu(to_float(grad_output), to_float(input)).to(grad_output.scalar_type());
-  }
-  check_linear_grad_weight(grad_output, input);
-  const int64_t in = input.size(-1), out_f = grad_output.size(-1);
-  at::Tensor dw = at::empty({out_f, in}, grad_output.options());
-  if (dw.numel() == 0) return dw;
-  const int64_t rows = in > 0 ? input.numel() / in : 0;
-  if (rows == 0) return dw.zero_();
-  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_weight", [&] {
-    gemm_packing_b<scalar_t>(out_f, in, rows, dy.const_data_ptr<scalar_t>(), 1, out_f, x.const_data_ptr<scalar_t>(),
-                             in, 1, dw.mutable_data_ptr<scalar_t>(), nullptr);
-  });
-  return dw;
+  const LinearShape s = check_linear_grad_weight(grad_output, input);
+  return in_float32(
+      [&](const at::Tensor& grad_output, const at::Tensor& input) {
+        at::Tensor dw = at::empty({s.out, s.in}, grad_output.options());
+        if (dw.numel() == 0) return dw;
+        if (s.rows == 0) return dw.zero_();
+        const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
+        AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_weight", [&] {
+          gemm_packing_b<scalar_t>(s.out, s.in, s.rows, dy.const_data_ptr<scalar_t>(), 1, s.out,
+                                   x.const_data_ptr<scalar_t>(), s.in, 1, dw.mutable_data_ptr<scalar_t>(), nullptr);
+        });
+        return dw;
+      },
+      grad_output, input);
 }
 
 }  // namespace

@@ -84,15 +84,8 @@ void pool_plane(const T* __restrict__ x, int64_t H, int64_t W, int64_t OH, int64
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                                  at::IntArrayRef dilation, bool ceil_mode) {
-  if (is_reduced(input)) {
-    auto [out, idx] = max_pool2d_cpu(to_float(input), kernel_size, stride, padding, dilation, ceil_mode);
-    return {out.to(input.scalar_type()), idx};
-  }
-  const PoolShape shape = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
-  const int64_t N = shape.n, C = shape.c, H = shape.h, W = shape.w, OH = shape.oh, OW = shape.ow;
+std::tuple<at::Tensor, at::Tensor> max_pool2d_impl(const PoolShape& s, const at::Tensor& input) {
+  const int64_t N = s.n, C = s.c, H = s.h, W = s.w, OH = s.oh, OW = s.ow;
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({N, C, OH, OW}, x.options());
   at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong));
@@ -100,26 +93,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     int64_t* ip = idx.mutable_data_ptr<int64_t>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / (OH * OW * kernel_size[0] * kernel_size[1]));
+    const int64_t grain = std::max<int64_t>(1, 32768 / (OH * OW * s.kh * s.kw));
     at::parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {
       for (int64_t plane = b; plane < e; ++plane)
-        pool_plane(xp + plane * H * W, H, W, OH, OW, kernel_size[0], kernel_size[1], stride[0], stride[1],
-                   padding[0], padding[1], dilation[0], dilation[1], yp + plane * OH * OW, ip + plane * OH * OW);
+        pool_plane(xp + plane * H * W, H, W, OH, OW, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw,
+                   yp + plane * OH * OW, ip + plane * OH * OW);
     });
   });
   return {y, idx};
 }
 
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
-                                   at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
-  if (is_reduced(grad_output))
-    return max_pool2d_backward_cpu(to_float(grad_output), indices, input_size, kernel_size, stride, padding,
-                                   dilation).to(grad_output.scalar_type());
-  check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation);
-  const int64_t planes = input_size[0] * input_size[1], HW = input_size[2] * input_size[3];
-  const int64_t OHW = grad_output.size(2) * grad_output.size(3);
-  at::Tensor dx = at::zeros(input_size, grad_output.options());
+at::Tensor max_pool2d_backward_impl(const PoolShape& s, const at::Tensor& grad_output, const at::Tensor& indices) {
+  const int64_t planes = s.n * s.c, HW = s.h * s.w, OHW = s.oh * s.ow;
+  at::Tensor dx = at::zeros({s.n, s.c, s.h, s.w}, grad_output.options());
   const at::Tensor dy = grad_output.contiguous(), ix = indices.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward", [&] {
     const scalar_t* g = dy.const_data_ptr<scalar_t>();
@@ -139,6 +125,22 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     });
   });
   return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  const PoolShape s = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  return in_float32([&](const at::Tensor& input) { return max_pool2d_impl(s, input); }, input);
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const PoolShape s =
+      check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation);
+  return in_float32([&](const at::Tensor& grad_output) { return max_pool2d_backward_impl(s, grad_output, indices); },
+                    grad_output);
 }
 
 }  // namespace

@@ -40,9 +40,7 @@ inline void elementwise(int64_t b, int64_t e, F f, T* __restrict__ dst, const Sr
   for (; i < e; ++i) dst[i] = f(src[i]..., T(0));
 }
 
-at::Tensor relu_cpu(const at::Tensor& input) {
-  if (is_reduced(input)) return relu_cpu(to_float(input)).to(input.scalar_type());
-  check_floating(input, "relu", "input");
+at::Tensor relu_impl(const at::Tensor& input) {
   const at::Tensor x = input.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu", [&] {
@@ -55,12 +53,7 @@ at::Tensor relu_cpu(const at::Tensor& input) {
   return out;
 }
 
-at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result) {
-  if (is_reduced(grad_output) || is_reduced(result)) {
-    check_same_dtype(grad_output, "grad_output", result, "result", "relu_backward");
-    return relu_backward_cpu(to_float(grad_output), to_float(result)).to(grad_output.scalar_type());
-  }
-  check_relu_backward(grad_output, result);
+at::Tensor relu_backward_impl(const at::Tensor& grad_output, const at::Tensor& result) {
   const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
   at::Tensor dx = at::empty(dy.sizes(), dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward", [&] {
@@ -72,6 +65,16 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
     });
   });
   return dx;
+}
+
+at::Tensor relu_cpu(const at::Tensor& input) {
+  check_elementwise(input, "relu");
+  return in_float32(relu_impl, input);
+}
+
+at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_elementwise_backward(grad_output, result, "relu_backward");
+  return in_float32(relu_backward_impl, grad_output, result);
 }
 
 }  // namespace

@@ -10,11 +10,17 @@
 //     (0 = success), and in the simulator throws std::runtime_error with a report when the
 //     simulator catches a bug (race, divergent barrier, bad shuffle mask, device assertion);
 //   - dynamic shared memory is FC_DYNAMIC_SHARED(T, name) instead of `extern __shared__ T name[]`.
+// What differs by compiler besides the language itself comes from here too: the message of a launch's
+// error code (launch_error_string), and the tensor-core operations of cuda/mma.cuh, whose inline PTX
+// (FC_INLINE_PTX) the simulator replaces by its own versions (sim/mma_sim.h).
+// Below the compiler branch: the integer helpers of launch geometry (ceil_div, kWarpSize, is_aligned,
+// grid_1d) and the storage / arithmetic type conversions, written once for every kernel file.
 // Nothing here includes torch: nvcc compiles these files on machines whose torch has no CUDA.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define FC_NS cuda
@@ -36,6 +42,9 @@
   extern __shared__ __align__(16) unsigned char fc_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(fc_dynamic_shared_)
 
+// FC_INLINE_PTX(definitions): device functions written in inline PTX, compiled as they are.
+#define FC_INLINE_PTX(...) __VA_ARGS__
+
 namespace fastconv {
 
 // kernel<<<grid, block, smem, stream>>>(args...), then the launch's error code. An empty grid is
@@ -47,16 +56,55 @@ inline int launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
   return static_cast<int>(cudaGetLastError());
 }
 
+// The message of an error code that launch returned.
+inline const char* launch_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
 }  // namespace fastconv
 
 #else  // the simulator
 
 #define FC_UNROLL
+// The simulator cannot run inline PTX: it drops those definitions and supplies its own versions of
+// them (the tensor-core operations: sim/mma_sim.h).
+#define FC_INLINE_PTX(...)
 #include "sim/cuda_sim.h"
+#include "sim/mma_sim.h"
+
+namespace fastconv {
+
+// The message of an error code that launch returned (the simulator's launches return only 0: a bug
+// they catch is thrown instead).
+inline const char* launch_error_string(int code) {
+  return code == 0 ? "no error" : "fastconv simulator: unknown error code";
+}
+
+}  // namespace fastconv
 
 #endif
 
 namespace fastconv {
+
+// Threads of a warp, as a constant expression (CUDA's warpSize is not one in device code).
+constexpr int kWarpSize = 32;
+
+// ceil(a / b) for integers a >= 0 and b > 0, in the type of a + b.
+template <typename I, typename J>
+__host__ __device__ constexpr auto ceil_div(I a, J b) -> decltype(a + b) {
+  static_assert(std::is_integral<I>::value && std::is_integral<J>::value, "ceil_div divides integers");
+  return (a + b - 1) / b;
+}
+
+// Whether p is a multiple of `bytes` (the alignment of a vector access: 16 for a 128-bit one).
+__host__ __device__ inline bool is_aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// The one-dimensional grid of a grid-stride kernel: a block per `per_block` of `work` items, at most
+// max_blocks (the kernel's loop then goes round again); no blocks for no work (launch skips it).
+inline dim3 grid_1d(int64_t work, int64_t per_block, int64_t max_blocks) {
+  const int64_t blocks = ceil_div(work, per_block);
+  return dim3(static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks));
+}
 
 // Arithmetic type of a storage type: float16 and bfloat16 are loaded, computed in float32 and rounded
 // back (round-to-nearest-even), float32 and float64 compute in themselves.

@@ -229,12 +229,12 @@ int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, voi
   return err;
 }
 
-int bias_grad(DType dtype, const void* dy, void* db, int64_t outer, int64_t channels, int64_t inner, Stream stream) {
-  if (channels == 0) return 0;
+int bias_grad(DType dtype, const void* dy, void* db, const BiasGradShape& s, Stream stream) {
+  if (s.channels == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    err = launch(bias_grad_kernel<T>, dim3(static_cast<unsigned>(channels)), dim3(256), 0, stream,
-                 static_cast<const T*>(dy), static_cast<T*>(db), outer, channels, inner);
+    err = launch(bias_grad_kernel<T>, dim3(static_cast<unsigned>(s.channels)), dim3(256), 0, stream,
+                 static_cast<const T*>(dy), static_cast<T*>(db), s.outer, s.channels, s.inner);
   });
   return err;
 }

@@ -37,17 +37,15 @@
 namespace fastconv::FC_NS::kernels {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kRowsPerWarpBlock = 8;
-constexpr int kWarpBlock = kWarp * kRowsPerWarpBlock;
+constexpr int kWarpBlock = kWarpSize * kRowsPerWarpBlock;
 constexpr int64_t kWarpRowMaxC = 1024;
 constexpr int kRowBlock = 512;
-constexpr int kRowBlockWarps = kRowBlock / kWarp;
+constexpr int kRowBlockWarps = kRowBlock / kWarpSize;
 constexpr int kReduceBlock = 256;
 constexpr int kElemBlock = 256;
-constexpr int64_t kMaxGrid = 4096;
-constexpr int kMean = 1;
+constexpr int64_t kMaxBlocks = 4096;
 
 __device__ __forceinline__ float ce_exp(float x) { return expf(x); }
 __device__ __forceinline__ double ce_exp(double x) { return exp(x); }
@@ -99,7 +97,7 @@ __device__ __forceinline__ A lse_final(A m, A s) {
 // All-reduces of a warp: every lane gets the same result.
 template <typename A>
 __device__ __forceinline__ void warp_lse(A& m, A& s) {
-  for (int off = kWarp / 2; off > 0; off >>= 1) {
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) {
     const A m2 = __shfl_xor_sync(kFullMask, m, off);
     const A s2 = __shfl_xor_sync(kFullMask, s, off);
     lse_merge(m, s, m2, s2);
@@ -108,7 +106,7 @@ __device__ __forceinline__ void warp_lse(A& m, A& s) {
 
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
-  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
   return v;
 }
 
@@ -116,7 +114,7 @@ __device__ __forceinline__ A warp_sum(A v) {
 // may be reused once these return (they end with a barrier).
 template <typename A>
 __device__ __forceinline__ void block_lse(A& m, A& s, A* sh_m, A* sh_s) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   warp_lse(m, s);
   if (lane == 0) {
     sh_m[warp] = m;
@@ -131,7 +129,7 @@ __device__ __forceinline__ void block_lse(A& m, A& s, A* sh_m, A* sh_s) {
 
 template <typename A>
 __device__ __forceinline__ A block_sum(A v, A* sh) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   v = warp_sum(v);
   if (lane == 0) sh[warp] = v;
   __syncthreads();
@@ -205,20 +203,20 @@ __device__ __forceinline__ bool smooth_row(const RowParams<T>& p, int64_t t) {
 template <typename T>
 __global__ void ce_rows_warp(RowParams<T> p) {
   using A = acc_t<T>;
-  const int lane = threadIdx.x % kWarp;
+  const int lane = threadIdx.x % kWarpSize;
   const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kRowsPerWarpBlock;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.x / kWarp; row < p.n;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.x / kWarpSize; row < p.n;
        row += row_stride) {
     const T* zr = p.z + row * p.C;
     A m = A(-INFINITY), s = A(0);
-    for (int64_t c = lane; c < p.C; c += kWarp) lse_push(m, s, to_acc(zr[c]));
+    for (int64_t c = lane; c < p.C; c += kWarpSize) lse_push(m, s, to_acc(zr[c]));
     warp_lse(m, s);
     const A l = lse_final(m, s);
     const int64_t t = p.target[row];
     A smooth = A(0);
     if (smooth_row(p, t)) {
       A part = A(0);
-      for (int64_t c = lane; c < p.C; c += kWarp) part += class_weight(p.w, c) * (l - to_acc(zr[c]));
+      for (int64_t c = lane; c < p.C; c += kWarpSize) part += class_weight(p.w, c) * (l - to_acc(zr[c]));
       smooth = warp_sum(part);
     }
     if (lane == 0) finish_row(p, row, t, l, smooth);
@@ -250,7 +248,7 @@ __global__ void ce_rows_block(RowParams<T> p) {
 
 // Mean/sum of the row losses: one block; thread k takes rows k, k + 256, ..., then a fixed tree.
 template <typename T>
-__global__ void ce_reduce(const double2* rows, int64_t n, int reduction, T* loss) {
+__global__ void ce_reduce(const double2* rows, int64_t n, Reduction reduction, T* loss) {
   __shared__ double sh_total[kReduceBlock];
   __shared__ double sh_denom[kReduceBlock];
   double total = 0, denom = 0;
@@ -261,7 +259,7 @@ __global__ void ce_reduce(const double2* rows, int64_t n, int reduction, T* loss
   }
   block_tree_sum2(total, denom, sh_total, sh_denom);
   if (threadIdx.x == 0) {
-    const double v = reduction == kMean ? (denom == 0 ? static_cast<double>(NAN) : total / denom) : total;
+    const double v = reduction == Reduction::mean ? (denom == 0 ? static_cast<double>(NAN) : total / denom) : total;
     loss[0] = from_acc<T>(static_cast<acc_t<T>>(v));
   }
 }
@@ -270,13 +268,13 @@ __global__ void ce_reduce(const double2* rows, int64_t n, int reduction, T* loss
 // then a fixed tree. ws[0] = grad[0] / denom rounded to A (mean/sum), ws[1] = eps/C * wsum rounded to A.
 template <typename T>
 __global__ void ce_backward_prep(const T* grad, const int64_t* target, const T* w, int64_t n, int64_t C,
-                                 int64_t ignore_index, int reduction, double soft, double* ws) {
+                                 int64_t ignore_index, Reduction reduction, double soft, double* ws) {
   using A = acc_t<T>;
   __shared__ double sh_wsum[kReduceBlock];
   __shared__ double sh_denom[kReduceBlock];
   double wsum = 0, denom = 0;
   for (int64_t c = threadIdx.x; c < C; c += kReduceBlock) wsum += static_cast<double>(class_weight(w, c));
-  if (reduction == kMean) {
+  if (reduction == Reduction::mean) {
     for (int64_t i = threadIdx.x; i < n; i += kReduceBlock) {
       const int64_t t = target[i];
       if (t != ignore_index && t >= 0 && t < C) denom += static_cast<double>(class_weight(w, t));
@@ -284,9 +282,11 @@ __global__ void ce_backward_prep(const T* grad, const int64_t* target, const T* 
   }
   block_tree_sum2(wsum, denom, sh_wsum, sh_denom);
   if (threadIdx.x == 0) {
-    if (reduction != kMean) denom = 1;
+    if (reduction != Reduction::mean) denom = 1;
     else if (denom == 0) denom = static_cast<double>(NAN);
-    ws[0] = reduction != 0 ? static_cast<double>(static_cast<A>(static_cast<double>(to_acc(grad[0])) / denom)) : 0.0;
+    ws[0] = reduction != Reduction::none
+                ? static_cast<double>(static_cast<A>(static_cast<double>(to_acc(grad[0])) / denom))
+                : 0.0;
     ws[1] = static_cast<double>(static_cast<A>(soft * wsum));
   }
 }
@@ -299,7 +299,7 @@ struct BackParams {
   const T* w;              // [C] or null
   const T* lse;            // [n]
   int64_t n, C, ignore_index;
-  int reduction;
+  Reduction reduction;
   double one_minus_eps;
   acc_t<T> soft;           // eps / C
   const double* ws;        // from ce_backward_prep
@@ -326,7 +326,7 @@ __global__ void ce_backward(BackParams<T> p) {
       if (t < 0 || t >= p.C) {
         if (c == 0) atomicMin(p.bad_row, static_cast<long long>(i));
       } else {
-        const A scale = p.reduction == 0 ? to_acc(p.grad[i]) : shared_scale;
+        const A scale = p.reduction == Reduction::none ? to_acc(p.grad[i]) : shared_scale;
         const A hard = static_cast<A>(p.one_minus_eps * static_cast<double>(class_weight(p.w, t)));
         const A coef_sum = hard + soft_total;
         v = scale * (ce_exp(to_acc(p.z[k]) - to_acc(p.lse[i])) * coef_sum - p.soft * class_weight(p.w, c));
@@ -343,16 +343,11 @@ __global__ void ce_backward(BackParams<T> p) {
   }
 }
 
-unsigned grid_for(int64_t work, int64_t per_block) {
-  const int64_t blocks = (work + per_block - 1) / per_block;
-  return static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
-}
-
 template <typename T>
 int forward_impl(const void* logits, const int64_t* target, const void* weight, const CrossEntropyArgs& a,
                  void* loss, void* lse, void* workspace, int64_t* bad_row, Stream stream) {
   using A = acc_t<T>;
-  double2* ws_rows = a.reduction != 0 ? static_cast<double2*>(workspace) : nullptr;
+  double2* ws_rows = a.reduction != Reduction::none ? static_cast<double2*>(workspace) : nullptr;
   if (a.n > 0) {
     RowParams<T> p;
     p.z = static_cast<const T*>(logits);
@@ -365,17 +360,17 @@ int forward_impl(const void* logits, const int64_t* target, const void* weight, 
     p.soft = static_cast<A>(a.label_smoothing / static_cast<double>(a.c));
     p.smoothing = a.label_smoothing > 0;
     p.lse = static_cast<T*>(lse);
-    p.loss_rows = a.reduction == 0 ? static_cast<T*>(loss) : nullptr;
+    p.loss_rows = a.reduction == Reduction::none ? static_cast<T*>(loss) : nullptr;
     p.ws_rows = ws_rows;
     p.bad_row = reinterpret_cast<long long*>(bad_row);
     const int rc = a.c <= kWarpRowMaxC
-                       ? launch(ce_rows_warp<T>, dim3(grid_for(a.n, kRowsPerWarpBlock)), dim3(kWarpBlock), 0,
+                       ? launch(ce_rows_warp<T>, grid_1d(a.n, kRowsPerWarpBlock, kMaxBlocks), dim3(kWarpBlock), 0,
                                 stream, p)
-                       : launch(ce_rows_block<T>, dim3(grid_for(a.n, 1)), dim3(kRowBlock), 0, stream, p);
+                       : launch(ce_rows_block<T>, grid_1d(a.n, 1, kMaxBlocks), dim3(kRowBlock), 0, stream, p);
     if (rc != 0) return rc;
   }
   // Reduced losses are written even for n == 0 (mean NaN, sum 0), as on the CPU.
-  if (a.reduction != 0) {
+  if (a.reduction != Reduction::none) {
     return launch(ce_reduce<T>, dim3(1), dim3(kReduceBlock), 0, stream, static_cast<const double2*>(ws_rows), a.n,
                   a.reduction, static_cast<T*>(loss));
   }
@@ -409,14 +404,14 @@ int backward_impl(const void* grad_loss, const void* logits, const int64_t* targ
   p.ws = ws;
   p.dz = static_cast<T*>(dlogits);
   p.bad_row = reinterpret_cast<long long*>(bad_row);
-  return launch(ce_backward<T>, dim3(grid_for(a.n * a.c, kElemBlock)), dim3(kElemBlock), 0, stream, p);
+  return launch(ce_backward<T>, grid_1d(a.n * a.c, kElemBlock, kMaxBlocks), dim3(kElemBlock), 0, stream, p);
 }
 
 }  // namespace
 
 int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a) {
   // forward mean/sum: one (loss, weight) pair of doubles per row; backward: two doubles.
-  const int64_t rows = a.reduction != 0 ? a.n * static_cast<int64_t>(2 * sizeof(double)) : 0;
+  const int64_t rows = a.reduction != Reduction::none ? a.n * static_cast<int64_t>(2 * sizeof(double)) : 0;
   const int64_t constants = 2 * sizeof(double);
   return rows > constants ? rows : constants;
 }

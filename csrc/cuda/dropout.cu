@@ -38,7 +38,7 @@ template <typename T>
 __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, float p,
                                        acc_t<T> scale, const int64_t* __restrict__ seed, bool packed) {
   const uint64_t key = static_cast<uint64_t>(*seed);
-  const int64_t groups = (n + 3) / 4;
+  const int64_t groups = ceil_div(n, 4);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < groups; q += stride) {
     const Philox4 r = philox4x32_10(static_cast<uint64_t>(q), key);
@@ -55,8 +55,6 @@ __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ 
   }
 }
 
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, const int64_t* seed, Stream stream) {
@@ -66,11 +64,9 @@ int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, co
   FC_DISPATCH(dtype, T, {
     using A = acc_t<T>;
     const A scale = p < 1.0 ? static_cast<A>(1.0 / (1.0 - p)) : A(0);
-    const bool packed = aligned(x, alignof(Group<T>)) && aligned(y, alignof(Group<T>));
-    const int64_t blocks = ((n + 3) / 4 + kThreads - 1) / kThreads;
-    const dim3 grid(static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks));
-    err = launch(dropout_forward_kernel<T>, grid, dim3(kThreads), 0, stream, static_cast<const T*>(x),
-                 static_cast<T*>(y), n, threshold, scale, seed, packed);
+    const bool packed = is_aligned(x, alignof(Group<T>)) && is_aligned(y, alignof(Group<T>));
+    err = launch(dropout_forward_kernel<T>, grid_1d(ceil_div(n, 4), kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(x), static_cast<T*>(y), n, threshold, scale, seed, packed);
   });
   return err;
 }

@@ -1,15 +1,12 @@
-// errors.cu: the message of a launcher's error code (csrc/cuda/kernels.h).
+// errors.cu: the message of a launcher's error code (csrc/cuda/kernels.h): fastconv's own codes here,
+// the launch's (CUDA's, or the simulator's) from launch_error_string (common.cuh).
 #include "cuda/common.cuh"
 
 namespace fastconv::FC_NS::kernels {
 
 const char* error_string(int code) {
   if (code == kBadDType) return "fastconv: unsupported dtype for a CUDA kernel";
-#if defined(__CUDACC__)
-  return cudaGetErrorString(static_cast<cudaError_t>(code));
-#else
-  return code == 0 ? "no error" : "fastconv simulator: unknown error code";
-#endif
+  return launch_error_string(code);
 }
 
 }  // namespace fastconv::FC_NS::kernels

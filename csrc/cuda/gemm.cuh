@@ -42,14 +42,14 @@ constexpr int kLoads = kBM * kBK / kThreads;  // elements of each slab a thread 
 
 // The grid of a problem of `groups` GEMMs of M x N, K cut into `splits` ranges.
 inline dim3 grid_for(int64_t m, int64_t n, int64_t groups, int64_t splits) {
-  return dim3(static_cast<unsigned>((m + kBM - 1) / kBM), static_cast<unsigned>(groups * ((n + kBN - 1) / kBN)),
+  return dim3(static_cast<unsigned>(ceil_div(m, kBM)), static_cast<unsigned>(groups * ceil_div(n, kBN)),
               static_cast<unsigned>(splits));
 }
 
 // K steps of `bk` per split, for `splits` splits of K (K < 2^31: 32-bit division, which the GPU inlines).
 __host__ __device__ inline int steps_per_split(int64_t k, int splits, int bk = kBK) {
-  const int steps = static_cast<int>((k + bk - 1) / bk);
-  return (steps + splits - 1) / splits;
+  const int steps = static_cast<int>(ceil_div(k, bk));
+  return ceil_div(steps, splits);
 }
 
 // Problem interface (T is the storage type, A = acc_t<T> the arithmetic type):
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
   __shared__ __align__(16) A as[2][kBK][kBM];
   __shared__ __align__(16) A bs[2][kBK][kBN];
   const int t = threadIdx.x, tx = t % 16, ty = t / 16;
-  const int ntiles = static_cast<int>((p.N + kBN - 1) / kBN);
+  const int ntiles = static_cast<int>(ceil_div(p.N, kBN));
   const int64_t g = static_cast<int>(blockIdx.y) / ntiles;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y % ntiles) * kBN;
   const int64_t per_split = steps_per_split(p.K, static_cast<int>(gridDim.z));
@@ -135,7 +135,12 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
   }
 }
 
-// out[i] = sum over s < splits of partial[s * count + i], in split order; one thread per element.
+// The grid of sum_splits_kernel: blocks of kSumThreads, at most kSumMaxBlocks of them.
+constexpr int kSumThreads = 256;
+constexpr int64_t kSumMaxBlocks = 4096;
+
+// out[i] = sum over s < splits of partial[s * count + i], in split order; one thread per element,
+// grid-stride.
 template <typename T, typename A>
 __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__ out, int64_t count, int splits) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -172,7 +177,7 @@ constexpr int kTcThreads = 128, kTcWords = 16, kTcRow = 20;
 // hand them out, with their elements contiguous).
 template <typename T>
 inline bool aligned_rows(const T* base, int64_t stride) {
-  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && (stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  return is_aligned(base, 16) && (stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
 }
 constexpr int kTcWordLoads = kBM * kTcWords / kTcThreads;  // words of each slab a thread loads per step
 
@@ -190,9 +195,9 @@ __global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p) {
   constexpr int E = Kind::kPerWord, BK = kTcWords * E;  // K elements per step
   __shared__ __align__(16) uint32_t as[2][kBM][kTcRow];
   __shared__ __align__(16) uint32_t bs[2][kBN][kTcRow];
-  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int t = threadIdx.x, lane = t % kWarpSize, warp = t / kWarpSize;
   const int wm = warp % 2, wn = warp / 2, grp = lane / 4, tig = lane % 4;
-  const int ntiles = static_cast<int>((p.N + kBN - 1) / kBN);
+  const int ntiles = static_cast<int>(ceil_div(p.N, kBN));
   const int64_t g = static_cast<int>(blockIdx.y) / ntiles;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y % ntiles) * kBN;
   const int64_t per_split = steps_per_split(p.K, static_cast<int>(gridDim.z), BK);
@@ -329,8 +334,8 @@ int run(const P& p, int64_t splits, bool tf32, Stream stream) {
 // How many K splits a reduction GEMM (the weight gradients) uses: enough blocks to fill a large GPU
 // (~512), each split at least 8 K steps long.
 inline int64_t splits_for(int64_t m, int64_t n, int64_t k, int64_t groups) {
-  const int64_t tiles = ((m + kBM - 1) / kBM) * ((n + kBN - 1) / kBN) * groups;
-  const int64_t steps = (k + kBK - 1) / kBK;
+  const int64_t tiles = ceil_div(m, kBM) * ceil_div(n, kBN) * groups;
+  const int64_t steps = ceil_div(k, kBK);
   int64_t splits = 512 / (tiles > 0 ? tiles : 1);
   if (splits > steps / 8) splits = steps / 8;
   if (splits > 256) splits = 256;
@@ -349,9 +354,8 @@ int64_t split_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t groups) {
 template <typename T, typename A>
 int finish_splits(const A* partial, T* out, int64_t count, int64_t splits, Stream stream) {
   if (splits <= 1 || count == 0) return 0;
-  const int64_t blocks = (count + 255) / 256;
-  return launch(sum_splits_kernel<T, A>, dim3(static_cast<unsigned>(blocks < 4096 ? blocks : 4096)), dim3(256), 0,
-                stream, partial, out, count, static_cast<int>(splits));
+  return launch(sum_splits_kernel<T, A>, grid_1d(count, kSumThreads, kSumMaxBlocks), dim3(kSumThreads), 0, stream,
+                partial, out, count, static_cast<int>(splits));
 }
 
 }  // namespace gemm

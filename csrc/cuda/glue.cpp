@@ -75,23 +75,24 @@ const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data
 }  // namespace
 
 at::Tensor relu(const at::Tensor& input) {
-  check_floating(input, "relu", "input");
+  check_elementwise(input, "relu");
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"));
-  check_launch(kernels::relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), stream_of(x)), "relu");
+  check_launch(kernels::relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), stream_of(x)),
+               "relu");
   return y;
 }
 
 at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
-  check_relu_backward(grad_output, result);
+  check_elementwise_backward(grad_output, result, "relu_backward");
   const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
   at::Tensor dx = at::empty(dy.sizes(), dy.options());
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(y, "result"), buf(dx, "grad_input"));
-  check_launch(kernels::relu_backward(dtype_of(dy), dy.const_data_ptr(), y.const_data_ptr(), dx.mutable_data_ptr(), dy.numel(),
-                             stream_of(dy)),
+  check_launch(kernels::relu_backward(dtype_of(dy), dy.const_data_ptr(), y.const_data_ptr(), dx.mutable_data_ptr(),
+                                      dy.numel(), stream_of(dy)),
                "relu_backward");
   return dx;
 }
@@ -103,16 +104,12 @@ at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(s, "seed"), buf(y, "output"));
   check_launch(kernels::dropout_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), p,
-                               s.const_data_ptr<int64_t>(), stream_of(x)),
+                                        s.const_data_ptr<int64_t>(), stream_of(x)),
                "dropout");
   return y;
 }
 
 namespace {
-ConvShape conv_shape(const ConvGeometry& g) {
-  return ConvShape{g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.groups};
-}
-
 // The GEMM kernels decompose their indices in 32 bits.
 void check_gemm_size(int64_t m, int64_t n, int64_t k, const char* op) {
   constexpr int64_t kLimit = int64_t(1) << 31;
@@ -128,17 +125,15 @@ at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool relu) {
   const char* op = "conv2d";
-  check_pair_args(input, "input", weight, "weight", op);
-  const ConvGeometry g = conv_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups, op);
-  const at::Tensor b = checked_bias(bias, input, g.c_out, op);
-  at::Tensor y = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
+  const ConvShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  at::Tensor y = at::empty({s.n, s.c_out, s.oh, s.ow}, input.options());
   if (y.numel() == 0) return y;
-  check_gemm_size(g.n * g.oh * g.ow, g.cout_g(), g.k_gemm(), op);
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  check_gemm_size(s.n * s.oh * s.ow, s.cout_g(), s.k_gemm(), op);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
   check_launch(kernels::conv2d_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), conv_shape(g), relu, allow_tf32(), stream_of(x)),
+                                       y.mutable_data_ptr(), s, relu, allow_tf32(), stream_of(x)),
                op);
   return y;
 }
@@ -147,17 +142,16 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& we
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups) {
   const char* op = "conv2d_grad_input";
-  check_pair_args(grad_output, "grad_output", weight, "weight", op);
-  const ConvGeometry g = conv_geometry(input_size, weight.sizes(), stride, padding, dilation, groups, op);
-  check_grad_output_shape(grad_output, g, op);
+  const ConvShape s = check_conv2d_backward(op, grad_output, weight, "weight", input_size,
+                                            weight.sizes(), stride, padding, dilation, groups);
   at::Tensor dx = at::empty(input_size, grad_output.options());
   if (dx.numel() == 0) return dx;
-  check_gemm_size(g.n * g.h * g.w, g.cin_g(), g.cout_g() * g.kh * g.kw, op);
+  check_gemm_size(s.n * s.h * s.w, s.cin_g(), s.cout_g() * s.kh * s.kw, op);
   const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
   check_launch(kernels::conv2d_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
-                                          conv_shape(g), allow_tf32(), stream_of(dy)),
+                                          s, allow_tf32(), stream_of(dy)),
                op);
   return dx;
 }
@@ -166,14 +160,12 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                               int64_t groups) {
   const char* op = "conv2d_grad_weight";
-  check_pair_args(grad_output, "grad_output", input, "input", op);
-  const ConvGeometry g = conv_geometry(input.sizes(), weight_size, stride, padding, dilation, groups, op);
-  check_grad_output_shape(grad_output, g, op);
+  const ConvShape s = check_conv2d_backward(op, grad_output, input, "input", input.sizes(),
+                                            weight_size, stride, padding, dilation, groups);
   at::Tensor dw = at::empty(weight_size, grad_output.options());
   if (dw.numel() == 0) return dw;
-  check_gemm_size(g.cout_g(), g.k_gemm(), g.n * g.oh * g.ow, op);
+  check_gemm_size(s.cout_g(), s.k_gemm(), s.n * s.oh * s.ow, op);
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
-  const ConvShape s = conv_shape(g);
   at::Tensor ws = workspace(kernels::conv2d_grad_weight_workspace_bytes(dtype_of(dy), s), dy);
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
@@ -189,69 +181,53 @@ at::Tensor bias_grad(const at::Tensor& grad_output, int64_t channel_dim) {
   at::Tensor db = at::empty({s.channels}, dy.options());
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(db, "grad_bias"));
-  check_launch(kernels::bias_grad(dtype_of(dy), dy.const_data_ptr(), db.mutable_data_ptr(), s.outer, s.channels,
-                                  s.inner, stream_of(dy)),
+  check_launch(kernels::bias_grad(dtype_of(dy), dy.const_data_ptr(), db.mutable_data_ptr(), s, stream_of(dy)),
                "bias_grad");
   return db;
 }
 
 at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  const std::vector<int64_t> shape = check_linear(input, weight);
-  const int64_t in = weight.size(1), out_f = weight.size(0);
-  const at::Tensor b = checked_bias(bias, input, out_f, "linear");
-  at::Tensor y = at::empty(shape, input.options());
+  const LinearShape s = check_linear(input, weight, bias);
+  at::Tensor y = at::empty(with_last(input.sizes(), s.out), input.options());
   if (y.numel() == 0) return y;
-  const int64_t rows = y.numel() / out_f;
-  check_gemm_size(rows, out_f, in, "linear");
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  check_gemm_size(s.rows, s.out, s.in, "linear");
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
   check_launch(kernels::linear_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), rows, in, out_f, allow_tf32(), stream_of(x)),
+                                       y.mutable_data_ptr(), s, allow_tf32(), stream_of(x)),
                "linear");
   return y;
 }
 
 at::Tensor linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight) {
-  const std::vector<int64_t> shape = check_linear_grad_input(grad_output, weight);
-  const int64_t in = weight.size(1), out_f = weight.size(0);
-  at::Tensor dx = at::empty(shape, grad_output.options());
+  const LinearShape s = check_linear_grad_input(grad_output, weight);
+  at::Tensor dx = at::empty(with_last(grad_output.sizes(), s.in), grad_output.options());
   if (dx.numel() == 0) return dx;
-  const int64_t rows = dx.numel() / in;
-  check_gemm_size(rows, in, out_f, "linear_grad_input");
+  check_gemm_size(s.rows, s.in, s.out, "linear_grad_input");
   const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
   check_launch(kernels::linear_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
-                                          rows, in, out_f, allow_tf32(), stream_of(dy)),
+                                          s, allow_tf32(), stream_of(dy)),
                "linear_grad_input");
   return dx;
 }
 
 at::Tensor linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input) {
-  check_linear_grad_weight(grad_output, input);
-  const int64_t in = input.size(-1), out_f = grad_output.size(-1);
-  at::Tensor dw = at::empty({out_f, in}, grad_output.options());
+  const LinearShape s = check_linear_grad_weight(grad_output, input);
+  at::Tensor dw = at::empty({s.out, s.in}, grad_output.options());
   if (dw.numel() == 0) return dw;
-  const int64_t rows = input.numel() / in;
-  check_gemm_size(out_f, in, rows, "linear_grad_weight");
+  check_gemm_size(s.out, s.in, s.rows, "linear_grad_weight");
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
-  at::Tensor ws = workspace(kernels::linear_grad_weight_workspace_bytes(dtype_of(dy), rows, in, out_f), dy);
+  at::Tensor ws = workspace(kernels::linear_grad_weight_workspace_bytes(dtype_of(dy), s), dy);
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
   check_launch(kernels::linear_grad_weight(dtype_of(dy), dy.const_data_ptr(), x.const_data_ptr(), dw.mutable_data_ptr(),
-                                           ws.mutable_data_ptr(), rows, in, out_f, allow_tf32(),
-                                           stream_of(dy)),
+                                           ws.mutable_data_ptr(), s, allow_tf32(), stream_of(dy)),
                "linear_grad_weight");
   return dw;
 }
-
-namespace {
-PoolGeometry pool_geometry(const PoolShape& s, at::IntArrayRef k, at::IntArrayRef st, at::IntArrayRef p,
-                           at::IntArrayRef d) {
-  return PoolGeometry{s.n, s.c, s.h, s.w, s.oh, s.ow, k[0], k[1], st[0], st[1], p[0], p[1], d[0], d[1]};
-}
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                                               at::IntArrayRef stride, at::IntArrayRef padding,
@@ -262,8 +238,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
   at::Tensor idx = at::empty({s.n, s.c, s.oh, s.ow}, x.options().dtype(at::kLong));
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"), buf(idx, "indices"));
-  check_launch(kernels::max_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), idx.mutable_data_ptr<int64_t>(),
-                                  pool_geometry(s, kernel_size, stride, padding, dilation), stream_of(x)),
+  check_launch(kernels::max_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(),
+                                           idx.mutable_data_ptr<int64_t>(), s, stream_of(x)),
                "max_pool2d");
   return {y, idx};
 }
@@ -280,8 +256,7 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   {
     FC_BUFFERS(buf(dy, "grad_output"), buf(ix, "indices"), buf(dx, "grad_input"), buf(bad, "error slot"));
     check_launch(kernels::max_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), ix.const_data_ptr<int64_t>(),
-                                     dx.mutable_data_ptr(), pool_geometry(s, kernel_size, stride, padding, dilation),
-                                     bad.mutable_data_ptr<int64_t>(), stream_of(dy)),
+                                              dx.mutable_data_ptr(), s, bad.mutable_data_ptr<int64_t>(), stream_of(dy)),
                  "max_pool2d_backward");
   }
   const int64_t first_bad = read_int64(bad);
@@ -289,33 +264,27 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   return dx;
 }
 
-namespace {
-CrossEntropyArgs ce_args(const CrossEntropyInputs& a, int64_t reduction, int64_t ignore_index, double eps) {
-  return CrossEntropyArgs{a.n, a.c, static_cast<int>(reduction), ignore_index, eps};
-}
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
                                                  const std::optional<at::Tensor>& weight, int64_t reduction,
                                                  int64_t ignore_index, double label_smoothing) {
   const char* op = "cross_entropy";
-  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
-  const CrossEntropyArgs args = ce_args(a, reduction, ignore_index, label_smoothing);
-  at::Tensor lse = at::empty({a.n}, a.z.options());
-  at::Tensor loss = reduction == kNone ? at::empty({a.n}, a.z.options()) : at::empty({}, a.z.options());
-  at::Tensor workspace = at::empty({kernels::cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
-  at::Tensor bad = error_slot(a.z);
-  DeviceGuard guard(a.z.device());
+  const CrossEntropyArgs a = check_cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
+  const at::Tensor z = input.contiguous(), t = target.contiguous(), w = contiguous_or_none(weight);
+  at::Tensor lse = at::empty({a.n}, z.options());
+  at::Tensor loss = a.reduction == Reduction::none ? at::empty({a.n}, z.options()) : at::empty({}, z.options());
+  at::Tensor ws = workspace(kernels::cross_entropy_workspace_bytes(a), z);
+  at::Tensor bad = error_slot(z);
+  DeviceGuard guard(z.device());
   {
-    FC_BUFFERS(buf(a.z, "input"), buf(a.target, "target"), buf(a.weight, "weight"), buf(lse, "lse"),
-               buf(loss, "loss"), buf(workspace, "workspace"), buf(bad, "error slot"));
-    check_launch(kernels::cross_entropy_forward(dtype_of(a.z), a.z.const_data_ptr(), a.target.const_data_ptr<int64_t>(),
-                                       ptr_or_null(a.weight), args, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
-                                       workspace.mutable_data_ptr(), bad.mutable_data_ptr<int64_t>(), stream_of(a.z)),
+    FC_BUFFERS(buf(z, "input"), buf(t, "target"), buf(w, "weight"), buf(lse, "lse"), buf(loss, "loss"),
+               buf(ws, "workspace"), buf(bad, "error slot"));
+    check_launch(kernels::cross_entropy_forward(dtype_of(z), z.const_data_ptr(), t.const_data_ptr<int64_t>(),
+                                                ptr_or_null(w), a, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
+                                                ws.mutable_data_ptr(), bad.mutable_data_ptr<int64_t>(), stream_of(z)),
                  op);
   }
   const int64_t row = read_int64(bad);
-  if (row != kNoError) cross_entropy_bad_target(op, read_int64(a.target, row), row, a.c, ignore_index);
+  if (row != kNoError) cross_entropy_bad_target(op, read_int64(t, row), row, a.c, expected_targets(a));
   return {loss, lse};
 }
 
@@ -323,25 +292,25 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
                                   const std::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t reduction,
                                   int64_t ignore_index, double label_smoothing) {
   const char* op = "cross_entropy_backward";
-  const CrossEntropyInputs a = check_cross_entropy(input, target, weight, reduction, label_smoothing, op);
-  check_cross_entropy_backward(a, input, grad_loss, lse, reduction);
-  const CrossEntropyArgs args = ce_args(a, reduction, ignore_index, label_smoothing);
+  const CrossEntropyArgs a = check_cross_entropy_backward(grad_loss, input, target, weight, lse, reduction,
+                                                          ignore_index, label_smoothing);
+  const at::Tensor z = input.contiguous(), t = target.contiguous(), w = contiguous_or_none(weight);
   const at::Tensor g = grad_loss.contiguous(), l = lse.contiguous();
-  at::Tensor dz = at::empty({a.n, a.c}, a.z.options());
-  at::Tensor workspace = at::empty({kernels::cross_entropy_workspace_bytes(args)}, a.z.options().dtype(at::kByte));
-  at::Tensor bad = error_slot(a.z);
-  DeviceGuard guard(a.z.device());
+  at::Tensor dz = at::empty({a.n, a.c}, z.options());
+  at::Tensor ws = workspace(kernels::cross_entropy_workspace_bytes(a), z);
+  at::Tensor bad = error_slot(z);
+  DeviceGuard guard(z.device());
   {
-    FC_BUFFERS(buf(g, "grad_loss"), buf(a.z, "input"), buf(a.target, "target"), buf(a.weight, "weight"),
-               buf(l, "lse"), buf(dz, "grad_input"), buf(workspace, "workspace"), buf(bad, "error slot"));
-    check_launch(kernels::cross_entropy_backward(dtype_of(a.z), g.const_data_ptr(), a.z.const_data_ptr(),
-                                        a.target.const_data_ptr<int64_t>(), ptr_or_null(a.weight), l.const_data_ptr(),
-                                        args, dz.mutable_data_ptr(), workspace.mutable_data_ptr(),
-                                        bad.mutable_data_ptr<int64_t>(), stream_of(a.z)),
+    FC_BUFFERS(buf(g, "grad_loss"), buf(z, "input"), buf(t, "target"), buf(w, "weight"), buf(l, "lse"),
+               buf(dz, "grad_input"), buf(ws, "workspace"), buf(bad, "error slot"));
+    check_launch(kernels::cross_entropy_backward(dtype_of(z), g.const_data_ptr(), z.const_data_ptr(),
+                                                 t.const_data_ptr<int64_t>(), ptr_or_null(w), l.const_data_ptr(), a,
+                                                 dz.mutable_data_ptr(), ws.mutable_data_ptr(),
+                                                 bad.mutable_data_ptr<int64_t>(), stream_of(z)),
                  op);
   }
   const int64_t row = read_int64(bad);
-  if (row != kNoError) cross_entropy_bad_target(op, read_int64(a.target, row), row, a.c, ignore_index);
+  if (row != kNoError) cross_entropy_bad_target(op, read_int64(t, row), row, a.c, "");
   return dz;
 }
 

@@ -11,36 +11,14 @@
 
 #include <cstdint>
 
+#include "shapes.h"
+
 namespace fastconv {
 
 using Stream = void*;
 
-// Storage type of a tensor's elements.
-enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
-
 // Launcher errors of fastconv's own, above CUDA's error codes.
 constexpr int kBadDType = 100000;
-
-// Geometry of a 2-D max-pool: input [n, c, h, w] -> output [n, c, oh, ow].
-struct PoolGeometry {
-  int64_t n, c, h, w, oh, ow;
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-// Geometry of a 2-D convolution: input [n, c_in, h, w], weight [c_out, c_in / groups, kh, kw],
-// output [n, c_out, oh, ow]; padding top / left (bottom / right are implied by oh, ow).
-struct ConvShape {
-  int64_t n, c_in, h, w, c_out, kh, kw, oh, ow;
-  int64_t sh, sw, dh, dw, pt, pl, groups;
-};
-
-// Softmax + cross-entropy problem: logits [n, c], int64 targets [n], optional class weights [c].
-struct CrossEntropyArgs {
-  int64_t n, c;
-  int reduction;          // 0 none, 1 mean, 2 sum
-  int64_t ignore_index;
-  double label_smoothing;
-};
 
 }  // namespace fastconv
 
@@ -64,13 +42,13 @@ int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, co
 
 // Max-pool forward: y and flat indices ih * w + iw per output (the first maximum, or the last NaN, as
 // the CPU kernel).
-int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolGeometry& g,
+int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolShape& g,
                        Stream stream);
 // Max-pool backward by gathering (deterministic, no atomics on floats): each input element sums, in
 // output order, the gradients of the windows that cover it and chose it. First `*bad` (one int64 in
 // device memory that the caller sets to INT64_MAX) receives the smallest flat output position whose
 // index lies outside its input plane (the caller reports it), then dx is written.
-int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolGeometry& g,
+int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolShape& g,
                         int64_t* bad, Stream stream);
 
 // Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = conv(x, w) + bias, then ReLU if `relu`
@@ -87,16 +65,16 @@ int64_t conv2d_grad_weight_workspace_bytes(DType dtype, const ConvShape& s);
 int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const ConvShape& s,
                        bool tf32, Stream stream);
 // db[c] = sum of dy[o][c][i] over o < outer, i < inner (a per-channel bias's gradient), in a fixed order.
-int bias_grad(DType dtype, const void* dy, void* db, int64_t outer, int64_t channels, int64_t inner, Stream stream);
+int bias_grad(DType dtype, const void* dy, void* db, const BiasGradShape& s, Stream stream);
 
 // Linear layers through the same engine: y [rows, out] = x [rows, in] w^T [in, out] + bias.
-int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t rows, int64_t in,
-                   int64_t out, bool tf32, Stream stream);
-int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int64_t rows, int64_t in, int64_t out,
-                      bool tf32, Stream stream);
-int64_t linear_grad_weight_workspace_bytes(DType dtype, int64_t rows, int64_t in, int64_t out);
-int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, int64_t rows, int64_t in,
-                       int64_t out, bool tf32, Stream stream);
+int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const LinearShape& s,
+                   bool tf32, Stream stream);
+int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, const LinearShape& s, bool tf32,
+                      Stream stream);
+int64_t linear_grad_weight_workspace_bytes(DType dtype, const LinearShape& s);
+int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const LinearShape& s,
+                       bool tf32, Stream stream);
 
 // Bytes of device workspace that cross_entropy_forward / _backward need for a problem.
 int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a);

@@ -53,8 +53,9 @@ int run(Strided<T> p, bool tf32, Stream stream) {
 
 }  // namespace
 
-int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, int64_t rows, int64_t in,
-                   int64_t out, bool tf32, Stream stream) {
+int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const LinearShape& s,
+                   bool tf32, Stream stream) {
+  const int64_t rows = s.rows, in = s.in, out = s.out;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(x), in, 1, static_cast<const T*>(w), 1, in, static_cast<const T*>(bias),
@@ -64,8 +65,9 @@ int linear_forward(DType dtype, const void* x, const void* w, const void* bias, 
   return err;
 }
 
-int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int64_t rows, int64_t in, int64_t out,
-                      bool tf32, Stream stream) {
+int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, const LinearShape& s, bool tf32,
+                      Stream stream) {
+  const int64_t rows = s.rows, in = s.in, out = s.out;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(dy), out, 1, static_cast<const T*>(w), in, 1, nullptr,
@@ -75,13 +77,14 @@ int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, int6
   return err;
 }
 
-int64_t linear_grad_weight_workspace_bytes(DType dtype, int64_t rows, int64_t in, int64_t out) {
-  return dtype == DType::f64 ? gemm::split_workspace_bytes<double>(out, in, rows, 1)
-                             : gemm::split_workspace_bytes<float>(out, in, rows, 1);
+int64_t linear_grad_weight_workspace_bytes(DType dtype, const LinearShape& s) {
+  return dtype == DType::f64 ? gemm::split_workspace_bytes<double>(s.out, s.in, s.rows, 1)
+                             : gemm::split_workspace_bytes<float>(s.out, s.in, s.rows, 1);
 }
 
-int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, int64_t rows, int64_t in,
-                       int64_t out, bool tf32, Stream stream) {
+int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const LinearShape& s,
+                       bool tf32, Stream stream) {
+  const int64_t rows = s.rows, in = s.in, out = s.out;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(dy), 1, out, static_cast<const T*>(x), in, 1, nullptr,

@@ -27,7 +27,7 @@ constexpr int64_t kMaxBlocks = 4096;
 // One thread per output element (n, c, oh, ow), grid-stride.
 template <typename T>
 __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t* __restrict__ indices,
-                                          PoolGeometry g) {
+                                          PoolShape g) {
   using A = acc_t<T>;
   const int64_t total = g.n * g.c * g.oh * g.ow;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -36,10 +36,10 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict
     const int64_t oh = rest % g.oh, plane = rest / g.oh;
     int64_t h0 = oh * g.sh - g.ph;
     const int64_t h1 = h0 + (g.kh - 1) * g.dh + 1 < g.h ? h0 + (g.kh - 1) * g.dh + 1 : g.h;
-    if (h0 < 0) h0 += (-h0 + g.dh - 1) / g.dh * g.dh;
+    if (h0 < 0) h0 += ceil_div(-h0, g.dh) * g.dh;
     int64_t w0 = ow * g.sw - g.pw;
     const int64_t w1 = w0 + (g.kw - 1) * g.dw + 1 < g.w ? w0 + (g.kw - 1) * g.dw + 1 : g.w;
-    if (w0 < 0) w0 += (-w0 + g.dw - 1) / g.dw * g.dw;
+    if (w0 < 0) w0 += ceil_div(-w0, g.dw) * g.dw;
     const T* __restrict__ xp = x + plane * g.h * g.w;
     A best = -INFINITY;
     int64_t best_i = h0 * g.w + w0;
@@ -69,7 +69,7 @@ __global__ void max_pool2d_check_kernel(const int64_t* __restrict__ indices, int
 // One thread per input element (n, c, ih, iw), grid-stride.
 template <typename T>
 __global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t* __restrict__ indices,
-                                         T* __restrict__ dx, PoolGeometry g) {
+                                         T* __restrict__ dx, PoolShape g) {
   using A = acc_t<T>;
   const int64_t total = g.n * g.c * g.h * g.w;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -99,36 +99,31 @@ __global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t
   }
 }
 
-dim3 grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks));
-}
-
 }  // namespace
 
-int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolGeometry& g,
+int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolShape& g,
                        Stream stream) {
   const int64_t outputs = g.n * g.c * g.oh * g.ow;
   if (outputs == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    err = launch(max_pool2d_forward_kernel<T>, grid_for(outputs), dim3(kThreads), 0, stream,
+    err = launch(max_pool2d_forward_kernel<T>, grid_1d(outputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
                  static_cast<const T*>(x), static_cast<T*>(y), indices, g);
   });
   return err;
 }
 
-int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolGeometry& g,
+int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolShape& g,
                         int64_t* bad, Stream stream) {
   const int64_t outputs = g.n * g.c * g.oh * g.ow, inputs = g.n * g.c * g.h * g.w;
   if (inputs == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     if (outputs != 0)
-      err = launch(max_pool2d_check_kernel, grid_for(outputs), dim3(kThreads), 0, stream, indices, outputs,
-                   g.h * g.w, bad);
+      err = launch(max_pool2d_check_kernel, grid_1d(outputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                   indices, outputs, g.h * g.w, bad);
     if (err == 0)
-      err = launch(max_pool2d_gather_kernel<T>, grid_for(inputs), dim3(kThreads), 0, stream,
+      err = launch(max_pool2d_gather_kernel<T>, grid_1d(inputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
                    static_cast<const T*>(dy), indices, static_cast<T*>(dx), g);
   });
   return err;

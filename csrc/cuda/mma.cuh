@@ -2,12 +2,13 @@
 // one device function per operand kind, so the fragment index math of every kernel that uses them
 // is checked where it matters:
 //   - under nvcc it is one PTX instruction, mma.sync.aligned.m16n8k16 (float16, bfloat16) or
-//     m16n8k8 (tf32), row-major A, column-major B, float32 accumulators (sm_80 or newer);
-//   - in the simulator it is a warp collective (every lane must reach it with the whole warp, as
-//     .aligned demands) that scatters each lane's registers into the 16 x K matrix A, the K x 8
-//     matrix B and the 16 x 8 accumulator by the PTX ISA's fragment layouts, multiplies, and
-//     gathers each lane's results back by the same layouts. A kernel that packs a fragment wrongly
-//     gets a wrong product in the simulator, as it would on a GPU.
+//     m16n8k8 (tf32), row-major A, column-major B, float32 accumulators (sm_80 or newer): the
+//     inline PTX at the end of this file;
+//   - in the simulator it is a warp collective that scatters each lane's registers into A, B and the
+//     accumulator by the fragment layouts below, multiplies, and gathers each lane's results back by
+//     the same layouts (csrc/sim/mma_sim.h, which common.cuh supplies in place of the inline PTX).
+//     A kernel that packs a fragment wrongly gets a wrong product in the simulator, as on a GPU.
+// Every lane must reach mma_sync with its whole warp, as .aligned demands.
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 / mma.m16n8k8"), with
 // g = lane / 4 and t = lane % 4:
 //   m16n8k16 .f16/.bf16: A: 4 registers of 2 elements (low half = element 2j, high = 2j + 1):
@@ -51,8 +52,8 @@ __device__ __forceinline__ uint32_t pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
   return uint32_t(__bfloat16_as_ushort(lo)) | uint32_t(__bfloat16_as_ushort(hi)) << 16;
 }
 
-#if defined(__CUDACC__)
-
+// The inline PTX, which the simulator replaces (FC_INLINE_PTX, common.cuh).
+FC_INLINE_PTX(
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
@@ -86,79 +87,6 @@ __device__ __forceinline__ void mma_sync<TF32>(float (&d)[4], const uint32_t (&a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-
-#else  // the simulator
-
-inline uint32_t to_tf32(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u)  // inf stays inf; NaN stays NaN (quieted, so no payload bit is lost)
-    return (u & 0x7fffffffu) == 0x7f800000u ? u : (u | 0x00400000u) & 0xffffe000u;
-  return (u + 0x1000u) & 0xffffe000u;  // nearest, ties away from zero (a carry into the exponent is right)
-}
-
-namespace detail {
-
-struct Lane {
-  float* d;
-  const uint32_t* a;
-  const uint32_t* b;
-};
-
-inline float operand(F16, uint32_t bits) { return fcsim::half_bits_to_float(uint16_t(bits)); }
-inline float operand(BF16, uint32_t bits) {
-  const uint32_t u = (bits & 0xffffu) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline float operand(TF32, uint32_t bits) {
-  const uint32_t u = bits & 0xffffe000u;  // the bits the hardware reads
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// Runs once per warp-wide mma, on the lane that arrives last, with every lane's registers. It reads
-// the other lanes' registers (on their own stacks), so it is kept out of the access hooks.
-template <typename Kind>
-__attribute__((no_sanitize("thread"))) void warp_mma(void* const* lanes) {
-  constexpr int K = Kind::kK;
-  float A[16][K], B[K][8], C[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    const Lane& L = *static_cast<const Lane*>(lanes[lane]);
-    const int g = lane / 4, t = lane % 4;
-    if constexpr (Kind::kPerWord == 2) {
-      for (int i = 0; i < 8; ++i)
-        A[g + 8 * ((i / 2) % 2)][2 * t + i % 2 + 8 * (i / 4)] = operand(Kind{}, L.a[i / 2] >> (16 * (i % 2)));
-      for (int i = 0; i < 4; ++i) B[2 * t + i % 2 + 8 * (i / 2)][g] = operand(Kind{}, L.b[i / 2] >> (16 * (i % 2)));
-    } else {
-      for (int i = 0; i < 4; ++i) A[g + 8 * (i % 2)][t + 4 * (i / 2)] = operand(Kind{}, L.a[i]);
-      for (int i = 0; i < 2; ++i) B[t + 4 * i][g] = operand(Kind{}, L.b[i]);
-    }
-    for (int i = 0; i < 4; ++i) C[g + 8 * (i / 2)][2 * t + i % 2] = L.d[i];
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    const Lane& L = *static_cast<const Lane*>(lanes[lane]);
-    const int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 4; ++i) {
-      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-      float acc = C[row][col];
-      for (int k = 0; k < K; ++k) acc = std::fma(A[row][k], B[k][col], acc);  // products are exact in float32
-      L.d[i] = acc;
-    }
-  }
-}
-
-}  // namespace detail
-
-template <typename Kind>
-inline void mma_sync(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  detail::Lane lane{d, a, b};
-  fcsim::warp_collective(FCSIM_SITE, 0xffffffffu, &lane, &detail::warp_mma<Kind>);
-  fcsim::clobber();
-}
-
-#endif
+)
 
 }  // namespace fastconv::mma

@@ -81,24 +81,16 @@ __global__ void relu_backward_kernel(const T* __restrict__ y, const T* __restric
   elementwise<T>(ReluBackward{}, n, packed, dx, y, dy);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// Blocks for `work` items, one per thread, capped (the kernels loop over the rest).
-dim3 grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks));
-}
-
 }  // namespace
 
 int relu_forward(DType dtype, const void* x, void* y, int64_t n, Stream stream) {
   if (n == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    const bool packed = aligned16(x) && aligned16(y);
-    const int64_t work = packed ? (n + Pack<T>::kSize - 1) / Pack<T>::kSize : n;
-    err = launch(relu_forward_kernel<T>, grid_for(work), dim3(kThreads), 0, stream, static_cast<const T*>(x),
-                 static_cast<T*>(y), n, packed);
+    const bool packed = is_aligned(x, 16) && is_aligned(y, 16);
+    const int64_t work = packed ? ceil_div(n, Pack<T>::kSize) : n;
+    err = launch(relu_forward_kernel<T>, grid_1d(work, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(x), static_cast<T*>(y), n, packed);
   });
   return err;
 }
@@ -107,10 +99,10 @@ int relu_backward(DType dtype, const void* dy, const void* y, void* dx, int64_t 
   if (n == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    const bool packed = aligned16(dy) && aligned16(y) && aligned16(dx);
-    const int64_t work = packed ? (n + Pack<T>::kSize - 1) / Pack<T>::kSize : n;
-    err = launch(relu_backward_kernel<T>, grid_for(work), dim3(kThreads), 0, stream, static_cast<const T*>(y),
-                 static_cast<const T*>(dy), static_cast<T*>(dx), n, packed);
+    const bool packed = is_aligned(dy, 16) && is_aligned(y, 16) && is_aligned(dx, 16);
+    const int64_t work = packed ? ceil_div(n, Pack<T>::kSize) : n;
+    err = launch(relu_backward_kernel<T>, grid_1d(work, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(y), static_cast<const T*>(dy), static_cast<T*>(dx), n, packed);
   });
   return err;
 }

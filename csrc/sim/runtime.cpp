@@ -10,30 +10,16 @@
 // registers, MXCSR and the x87 control word: ~10 ns); other machines use ucontext (FCSIM_UCONTEXT
 // forces it on x86-64 too, to test that path).
 //
-// Checks, each reported with the kernel, block, thread and (through addr2line) the source line:
-//   - barrier divergence: a thread reaches a __syncthreads after another thread of the block exited,
-//     exits while others wait at one, or waits at a different __syncthreads than the others;
-//   - warp collectives: a mask that excludes the caller, names lanes that do not exist or have
-//     exited, or disagrees with the other lanes' masks; lanes meeting at different kinds of
-//     collective; a deadlock (every live thread waits and no meeting point can complete). A shuffle
-//     that reads an inactive lane returns poison (a NaN payload) instead of stale data;
-//   - shared-memory races: every shared 2-byte granule remembers its last writer and reader with
-//     the barrier interval (and __syncwarp interval) of the access; two accesses of different threads
-//     in one interval, one of them a write, are a race; a read of shared memory that no thread of the
-//     block has written is reported too (CUDA leaves it undefined; here it would hold a previous
-//     block's data);
-//   - global memory: an access outside the buffers the launch declared (BufferScope), its threads'
-//     own stacks and the library's image is an out-of-bounds access (and is not performed).
-// The last two see memory through the instrumentation of the kernel files: setup.py compiles each
-// csrc/cuda/*.cu (and csrc/sim/selftest.cu) as C++ with gcc's -fsanitize=thread but does not link
-// ThreadSanitizer; the instrumentation turns every load and store the compiler cannot prove
-// thread-private into a call of __tsan_readN / __tsan_writeN, and this file defines those hooks.
-// The simulator stops a block at its first report (the offending access is not made) and the launch
-// throws std::runtime_error with the report.
+// What the simulator checks and what it does not model: README.md, section "Running CUDA without a GPU".
 //
-// Not modelled: weak memory ordering (a simulated block is sequentially consistent), spin-waits on
-// other blocks (blocks run to completion, in no particular order), timing, bank conflicts, and
-// overruns from one static __shared__ array into another.
+// How the checks see what they check: a report carries the kernel, block, thread and (through
+// addr2line) the source line. The shared-memory race check and the global-memory bounds check (the
+// buffers a launch declares: BufferScope) see memory through the instrumentation of the kernel
+// files: setup.py compiles each csrc/cuda/*.cu (and csrc/sim/selftest.cu) as C++ with gcc's
+// -fsanitize=thread but does not link ThreadSanitizer; the instrumentation turns every load and
+// store the compiler cannot prove thread-private into a call of __tsan_readN / __tsan_writeN, and
+// this file defines those hooks. The simulator stops a block at its first report (the offending
+// access is not made) and the launch throws std::runtime_error with the report.
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>

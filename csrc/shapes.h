@@ -1,0 +1,59 @@
+// shapes.h: the problem descriptions of fastconv's ops, written once for every side. The checks
+// (csrc/fastconv.h) fill them from validated arguments; the CPU kernels (csrc/cpu/*.cpp), the
+// launchers (csrc/cuda/kernels.h) and the CUDA kernels (csrc/cuda/*.cu) take them as they are.
+// Plain C++ of fixed-size integers: no torch, no CUDA, no compiler-specific code, so g++, nvcc and
+// the simulator build all include it. Sizes are int64 (a tensor may exceed 2^31 elements).
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv {
+
+// Storage type of a tensor's elements, as the launchers see it.
+enum class DType : int32_t { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+
+// The reduction of cross_entropy, with torch's at::Reduction values (the op schema passes the int).
+enum class Reduction : int32_t { none = 0, mean = 1, sum = 2 };
+
+// A 2-D convolution: input [n, c_in, h, w], weight [c_out, c_in / groups, kh, kw], output
+// [n, c_out, oh, ow]. Padding is (top, bottom, left, right), so that "same" with an even effective
+// kernel (the extra row / column at the bottom / right, as torch does) needs no copy of the input.
+struct ConvShape {
+  int64_t n, c_in, h, w;   // input
+  int64_t c_out, kh, kw;   // weight
+  int64_t oh, ow;          // output
+  int64_t sh, sw, dh, dw;  // stride, dilation
+  int64_t pt, pb, pl, pr;  // padding
+  int64_t groups;
+  int64_t cin_g() const { return c_in / groups; }
+  int64_t cout_g() const { return c_out / groups; }
+  int64_t k_gemm() const { return cin_g() * kh * kw; }  // reduction length of one output value
+};
+
+// A 2-D max-pool: input [n, c, h, w] -> output (and indices) [n, c, oh, ow]; window kh x kw,
+// stride, symmetric padding ph / pw, dilation.
+struct PoolShape {
+  int64_t n, c, h, w, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+// linear: input [rows, in] (leading dimensions flattened), weight [out, in], output [rows, out].
+struct LinearShape {
+  int64_t rows, in, out;
+};
+
+// bias_grad: grad_output viewed as [outer, channels, inner], summed to [channels]; `dim` is the
+// channel dimension of the original tensor.
+struct BiasGradShape {
+  int64_t dim, outer, channels, inner;
+};
+
+// Softmax + cross-entropy: logits [n, c], int64 targets [n], optional class weights [c].
+struct CrossEntropyArgs {
+  int64_t n, c;
+  Reduction reduction;
+  int64_t ignore_index;
+  double label_smoothing;
+};
+
+}  // namespace fastconv
