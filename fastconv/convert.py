@@ -26,6 +26,7 @@ shared; parameters tied between layers stay tied. Layers are found through regis
 only in a plain Python list or dict is not a submodule and is not seen.
 """
 import copy
+import inspect
 import warnings
 
 import torch
@@ -39,32 +40,32 @@ class ConversionWarning(UserWarning):
     """A supported torch.nn layer was left unconverted because fastconv cannot run its configuration."""
 
 
-def _conv_args(m):
-    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=m.kernel_size,
-                stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups,
-                bias=m.bias is not None, padding_mode=m.padding_mode, device="meta")
+# torch class -> (fastconv.nn class, the op whose kernels it runs): each fastconv.nn layer that names
+# its op (fastconv_op) replaces the torch.nn class it subclasses.
+_CONVERSIONS = {cls.__bases__[0]: (cls, cls.fastconv_op)
+                for cls in (getattr(fnn, name) for name in fnn.__all__) if hasattr(cls, "fastconv_op")}
 
 
-# torch class -> (fastconv.nn class, constructor arguments of a layer, the op whose kernels it runs)
-_CONVERSIONS = {
-    torch.nn.Conv2d: (fnn.Conv2d, _conv_args, "conv2d"),
-    torch.nn.Conv1d: (fnn.Conv1d, _conv_args, "conv2d"),
-    torch.nn.ReLU: (fnn.ReLU, lambda m: dict(inplace=m.inplace), "relu"),
-    torch.nn.MaxPool2d: (fnn.MaxPool2d, lambda m: dict(
-        kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-        return_indices=m.return_indices, ceil_mode=m.ceil_mode), "max_pool2d"),
-    torch.nn.Linear: (fnn.Linear, lambda m: dict(
-        in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None, device="meta"),
-        "linear"),
-    torch.nn.Dropout: (fnn.Dropout, lambda m: dict(p=m.p, inplace=m.inplace), "dropout"),
-    # the class weights are a buffer, carried over with the rest of the state
-    torch.nn.CrossEntropyLoss: (fnn.CrossEntropyLoss, lambda m: dict(
-        ignore_index=m.ignore_index, reduction=m.reduction, label_smoothing=m.label_smoothing),
-        "cross_entropy"),
-}
+def _ctor_args(layer):
+    """The constructor arguments of a layer like `layer`: each parameter of its class's __init__ read
+    back from the attribute of that name; ``bias`` as whether it has one, on the meta device (no
+    memory, no draw from the random generator). Parameters and buffers (a loss's class weights) are
+    not passed: they come over with the rest of the layer's state, as do arguments the class does not
+    keep (deprecated ones such as size_average)."""
+    args = {}
+    for name in list(inspect.signature(type(layer).__init__).parameters)[1:]:
+        if name == "bias":
+            args[name] = layer.bias is not None
+        elif name == "device":
+            args[name] = "meta"
+        elif name != "dtype" and name not in layer._parameters and name not in layer._buffers \
+                and hasattr(layer, name):
+            args[name] = getattr(layer, name)
+    return args
+
 
 #: the torch.nn classes that convert() replaces, mapped to their fastconv.nn twins
-CONVERTED = {torch_cls: fast_cls for torch_cls, (fast_cls, _, _) in _CONVERSIONS.items()}
+CONVERTED = {torch_cls: fast_cls for torch_cls, (fast_cls, _) in _CONVERSIONS.items()}
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta", "mps": "MPS", "xpu": "XPU"}
@@ -107,13 +108,13 @@ def _state_of(layer):
 
 def _convert_layer(layer):
     """(the fastconv twin of `layer`, None), or (`layer`, why fastconv cannot run it)."""
-    fast_cls, ctor_args, op = _CONVERSIONS[type(layer)]
+    fast_cls, op = _CONVERSIONS[type(layer)]
     reason = _unsupported(layer, op)
     if reason is None:
         try:
             # on the meta device: no memory and no draw from the random generator for the
             # initialisation that the torch layer's own parameters are about to replace
-            new = fast_cls(**ctor_args(layer))
+            new = fast_cls(**_ctor_args(layer))
         except (NotImplementedError, ValueError) as exc:
             reason = str(exc)
     if reason is not None:

@@ -3,7 +3,8 @@
 Each class subclasses its torch.nn namesake, so constructor arguments, parameter names,
 initialisation, ``state_dict`` keys and ``repr`` are torch's by construction: a torch model's
 ``state_dict`` loads into its fastconv twin, and ``isinstance(layer, torch.nn.Conv2d)`` still holds.
-Only ``forward`` changes.
+Only ``forward`` changes. ``fastconv_op`` names the op whose kernels a layer runs; fastconv.convert
+replaces each torch.nn class by the fastconv.nn class that subclasses it and names one.
 
 ``fuse_conv_relu(model)`` fuses every Conv2d directly followed by a ReLU inside an nn.Sequential:
 the convolution applies the ReLU in its kernel's epilogue (``fastconv.functional.conv2d_relu``), so
@@ -27,6 +28,8 @@ class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d on fastconv's kernels. ``fused_relu = True`` (set by fuse_conv_relu) makes it
     compute relu(conv2d(x)) in one kernel."""
 
+    fastconv_op = "conv2d"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _zeros_padding_only(self)
@@ -41,6 +44,8 @@ class Conv2d(torch.nn.Conv2d):
 
 
 class Conv1d(torch.nn.Conv1d):
+    fastconv_op = "conv2d"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _zeros_padding_only(self)
@@ -50,27 +55,37 @@ class Conv1d(torch.nn.Conv1d):
 
 
 class ReLU(torch.nn.ReLU):
+    fastconv_op = "relu"
+
     def forward(self, input):
         return F.relu(input, inplace=self.inplace)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
+    fastconv_op = "max_pool2d"
+
     def forward(self, input):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
 class Linear(torch.nn.Linear):
+    fastconv_op = "linear"
+
     def forward(self, input):
         return F.linear(input, self.weight, self.bias)
 
 
 class Dropout(torch.nn.Dropout):
+    fastconv_op = "dropout"
+
     def forward(self, input):
         return F.dropout(input, self.p, self.training, self.inplace)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    fastconv_op = "cross_entropy"
+
     def forward(self, input, target):
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing)

@@ -18,17 +18,18 @@ fi
 PY="$VENV/bin/python"
 start=$(date +%s)
 
-# Every op's CPU kernels, forward and backward (autograd, gradcheck, opcheck, layouts, thread
-# counts), the argument checks that stand between bad input and the kernels (test_errors), whole
-# networks (test_nn), and the planted op's presence (test_sanitize), on the cpu backend. About 2
-# minutes under ASan.
-TESTS=(test_conv2d.py test_linear.py test_max_pool2d.py test_cross_entropy.py test_relu.py test_dropout.py
-       test_errors.py test_nn.py test_sanitize.py)
+# The tests run are chosen by pytest markers (registered in tests/conftest.py). First, on the cpu
+# backend, the op tests (marker `op`: every op's CPU kernels, forward and backward: autograd,
+# gradcheck, opcheck, layouts, thread counts) and the modules marked `sanitize`: the argument checks
+# that stand between bad input and the kernels (test_errors), whole networks (test_nn), and the
+# planted op's presence (test_sanitize). About 2 minutes under ASan.
+MARKS="op or sanitize"
 # Then the simulator under ASan + UBSan: its runtime (fiber switches annotated for ASan), the glue of
-# the CUDA kernels, and the kernels' launches, through its own tests and two op files on the sim
-# backend. (The kernels themselves keep the simulator's own race and memory checks: gcc cannot
-# combine ASan with the instrumentation those use.)
-SIM_TESTS=(test_simulator.py test_relu.py test_cross_entropy.py)
+# the CUDA kernels, and the kernels' launches, through the modules marked `sanitize_sim` on the sim
+# backend: its own tests (test_simulator) and two op files (test_relu, test_cross_entropy). (The
+# kernels themselves keep the simulator's own race and memory checks: gcc cannot combine ASan with
+# the instrumentation those use.)
+SIM_MARKS="sanitize_sim"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastconv-sanitize.XXXXXX")"
 status=failed
@@ -91,17 +92,17 @@ imported="$(run_sanitized "$PY" -c 'import fastconv, fastconv._build_info as b; 
   || fail "the sanitized build does not import"
 [ "$imported" = "$WORK/src/fastconv/__init__.py" ] || fail "imported $imported instead of the sanitized copy"
 
-echo "== sanitize: pytest ${TESTS[*]} (cpu), then ${SIM_TESTS[*]} (sim) against the sanitized build"
+echo "== sanitize: pytest -m '$MARKS' (cpu), then -m '$SIM_MARKS' (sim) against the sanitized build"
 # --capture=sys: a sanitizer writes its report to file descriptor 2 and then ends the process;
 # pytest's default fd capture would swallow that report with the process.
 tests_start=$(date +%s)
 set +e
 FASTCONV_TEST_BACKENDS=cpu run_sanitized "$VENV/bin/pytest" -q -p no:cacheprovider --capture=sys \
-  "${TESTS[@]/#/$WORK/src/tests/}" "$@" 2>&1 | tee "$WORK/pytest.log"
+  -m "$MARKS" "$WORK/src/tests" "$@" 2>&1 | tee "$WORK/pytest.log"
 pytest_rc=${PIPESTATUS[0]}
 if [ "$pytest_rc" -eq 0 ]; then
   FASTCONV_TEST_BACKENDS=sim run_sanitized "$VENV/bin/pytest" -q -p no:cacheprovider --capture=sys \
-    "${SIM_TESTS[@]/#/$WORK/src/tests/}" "$@" 2>&1 | tee -a "$WORK/pytest.log"
+    -m "$SIM_MARKS" "$WORK/src/tests" "$@" 2>&1 | tee -a "$WORK/pytest.log"
   pytest_rc=${PIPESTATUS[0]}
 fi
 set -e

@@ -13,6 +13,19 @@ only. ``FASTCONV_SIM_ORDER`` chooses the simulator's thread order. Tests marked 
 (whole networks, second derivatives) run on the simulator without its race checker and memory
 check, which the op tests apply to every kernel, at a fifth of the cost.
 
+Markers that select the subsets the CI scripts run again (``pytest -m op tests``):
+
+    op            the tests of one op against torch (pytestmark of each op test module): run again by
+                  .ci/run in the simulator's reverse and random thread orders, and by
+                  scripts/sanitize.sh under AddressSanitizer + UndefinedBehaviorSanitizer
+    sanitize      further modules that scripts/sanitize.sh runs on the cpu backend (-m "op or sanitize")
+    sanitize_sim  the modules that scripts/sanitize.sh runs on the sim backend (-m sanitize_sim)
+
+Each module sets its markers itself, in ``pytestmark``.
+
+Memory layouts: ``make_layout(t, name)`` gives t's values in one of ``LAYOUTS`` (``layouts(ndim)``:
+those a tensor of ndim dimensions can take).
+
 Test modules import the helpers below with ``from conftest import ...`` (tests/ is not a
 package, so pytest puts it on sys.path).
 """
@@ -90,11 +103,23 @@ def backend_context(name):
     return _BACKEND_SPECS[name].context()
 
 
+def backend_device(name):
+    """The device the tests of backend `name` create tensors on (also used outside pytest, by
+    test_fuzz's reproductions)."""
+    return torch.device(_BACKEND_SPECS[name].device)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run this test on these backends only")
     config.addinivalue_line("markers", "sim_unchecked: on the sim backend, run without the race checker and "
                             "memory check (whole networks and second derivatives: thousands of kernel launches "
                             "whose kernels the op tests check one by one)")
+    config.addinivalue_line("markers", "op: tests of one op against torch; run again by CI in other simulator "
+                            "thread orders (.ci/run) and by the sanitizer (scripts/sanitize.sh, cpu backend)")
+    config.addinivalue_line("markers", "sanitize: run by the sanitizer too (scripts/sanitize.sh, cpu backend, "
+                            "with the op tests)")
+    config.addinivalue_line("markers", "sanitize_sim: run by the sanitizer on the sim backend too "
+                            "(scripts/sanitize.sh)")
 
 
 def pytest_generate_tests(metafunc):
@@ -117,7 +142,7 @@ def backend(request):
     if request.param == "sim" and request.node.get_closest_marker("sim_unchecked"):
         context = fastconv.simulate(race_check=False, memcheck=False)
     with context:
-        yield Backend(request.param, torch.device(spec.device))
+        yield Backend(request.param, backend_device(request.param))
 
 
 @pytest.fixture(autouse=True)
@@ -178,6 +203,60 @@ def num_threads(n):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ memory layouts
+
+LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced", "strided"]
+
+
+def layouts(ndim):
+    """The names of LAYOUTS a tensor of `ndim` dimensions can be made in (for 1 dimension "strided"
+    is "sliced", so only "sliced" is listed)."""
+    out = ["contiguous"]
+    if ndim >= 1:
+        out.append("sliced")
+    if ndim >= 2:
+        out += ["transposed", "strided"]
+    if ndim == 4:
+        out.append("channels_last")
+    return out
+
+
+def make_layout(t, layout):
+    """A new tensor (a leaf, not requiring grad) with the shape, dtype, device and values of `t` in
+    memory layout `layout`, one of LAYOUTS:
+
+        contiguous     standard strides
+        channels_last  NHWC strides (4-D only)
+        transposed     the last two dimensions of a contiguous tensor swapped (a transposed view)
+        sliced         a view at an offset into a bigger buffer: every other index of every dimension
+                       but the last, which is shifted by one (stride 1); 1-D: every other element,
+                       from the second
+        strided        every other index of every dimension, from the second: no dimension has
+                       stride 1, the last one included
+
+    The buffer's elements outside a view are NaN (0 for an integral dtype): a kernel that reads them
+    instead of following the strides gives NaN."""
+    t = t.detach()
+    if layout == "contiguous":
+        return t.clone(memory_format=torch.contiguous_format)
+    if layout == "channels_last":
+        return t.clone(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return t.transpose(-1, -2).clone(memory_format=torch.contiguous_format).transpose(-1, -2)
+    if layout not in ("sliced", "strided") or t.dim() == 0:
+        raise ValueError(f"no layout {layout!r} for a {t.dim()}-D tensor; known: {LAYOUTS}")
+    if layout == "sliced" and t.dim() > 1:
+        size = [2 * s for s in t.shape[:-1]] + [t.shape[-1] + 1]
+        index = (slice(None, None, 2),) * (t.dim() - 1) + (slice(1, None),)
+    else:
+        size = [2 * s for s in t.shape]
+        index = (slice(1, None, 2),) * t.dim()
+    fill = math.nan if t.dtype.is_floating_point else 0
+    view = torch.full(size, fill, dtype=t.dtype, device=t.device)[index]
+    assert view.shape == t.shape, (layout, view.shape, t.shape)
+    return view.copy_(t)
 
 
 def conv_terms(weight_shape):

@@ -8,6 +8,8 @@ from conftest import DTYPES, assert_bitwise_equal, num_threads, tol
 
 ops = torch.ops.fastconv
 
+pytestmark = [pytest.mark.op, pytest.mark.sanitize_sim]
+
 N, C = 7, 5
 
 # ignore modes: (ignore_index passed, target value planted in some rows; None = plant nothing)

@@ -10,6 +10,8 @@ from conftest import DTYPES, assert_bitwise_equal
 
 ops = torch.ops.fastconv
 
+pytestmark = pytest.mark.op
+
 
 def _positive(backend, *shape, dtype=torch.float32):
     """Data with no zeros, so a zero in the output can only mean "dropped"."""

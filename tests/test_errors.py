@@ -20,6 +20,9 @@ import torch
 import fastconv.functional as FF
 from conftest import FASTCONV_PATH, SEED, assert_bitwise_equal
 
+# the argument checks that stand between bad input and the kernels: run by the sanitizer too
+pytestmark = pytest.mark.sanitize
+
 ops = torch.ops.fastconv
 TESTS_DIR = Path(__file__).resolve().parent
 

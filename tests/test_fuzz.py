@@ -4,7 +4,8 @@ Each property draws a configuration (shapes, hyper-parameters, dtype, memory lay
 seed) with hypothesis and hands it to a ``check_<op>(backend, **case)`` function, which builds the
 tensors from the seed, runs fastconv and torch on the same leaves and compares the forward result
 and the gradient of every input for one random (seeded) grad_output. Configurations that torch
-rejects are skipped with ``hypothesis.assume``.
+rejects are skipped with ``hypothesis.assume``. The conv2d and max_pool2d properties also run the
+fixed geometries of test_conv2d.py and test_max_pool2d.py as explicit examples, every time.
 
 Settings (environment variables):
     FASTCONV_FUZZ_EXAMPLES=N   examples per property (default 100, what CI runs)
@@ -31,7 +32,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisException, UnsatisfiedAssumption
 
 import fastconv.functional as FF
-from conftest import _BACKEND_SPECS, FUZZ_STATS, Backend, backend_context, tol
+from fastconv.ops import pool_out  # the output length torch computes, to filter the cases
+import test_conv2d
+import test_max_pool2d
+from conftest import FUZZ_STATS, Backend, backend_context, backend_device, layouts, make_layout, tol
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
@@ -110,43 +114,17 @@ def _on(backend):
         yield backend.device
     else:
         with backend_context(backend):
-            yield torch.device(_BACKEND_SPECS[backend].device)
+            yield backend_device(backend)
 
 
 def _dtype(name):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def _layouts(ndim):
-    """The memory layouts a tensor of `ndim` dimensions can be drawn in."""
-    out = ["contiguous"]
-    if ndim >= 1:
-        out.append("sliced")  # a strided view of a bigger tensor, at an offset
-    if ndim >= 2:
-        out.append("transposed")  # the last two dims of a contiguous tensor swapped (a view)
-    if ndim == 4:
-        out.append("channels_last")
-    return out
-
-
 def _tensor(sample, shape, layout, device, requires_grad=True):
-    """A leaf tensor of `shape` in `layout`, its values drawn by `sample(shape) -> CPU tensor`."""
-    shape = tuple(shape)
-    if layout == "contiguous":
-        t = sample(shape).to(device)
-    elif layout == "channels_last":
-        t = sample(shape).to(device).contiguous(memory_format=torch.channels_last)
-    elif layout == "transposed":
-        t = sample(shape[:-2] + (shape[-1], shape[-2])).to(device).transpose(-1, -2)
-    elif layout == "sliced" and len(shape) == 1:  # every other element, from the second
-        t = sample((2 * shape[0] + 1,)).to(device)[1::2]
-    elif layout == "sliced":  # every other row (of every dim but the last), shifted by one column
-        big = sample(tuple(2 * s for s in shape[:-1]) + (shape[-1] + 1,)).to(device)
-        t = big[(slice(None, None, 2),) * (len(shape) - 1) + (slice(1, None),)]
-    else:
-        raise AssertionError(layout)
-    assert t.shape == shape, (t.shape, shape)
-    return t.requires_grad_(requires_grad)
+    """A leaf tensor of `shape` in memory `layout` (conftest's make_layout), its values drawn by
+    `sample(shape) -> CPU tensor`."""
+    return make_layout(sample(tuple(shape)).to(device), layout).requires_grad_(requires_grad)
 
 
 def _standard(t):
@@ -189,6 +167,15 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _examples(cases):
+    """@example(case=c) for every c of `cases`: the test runs them on top of the examples it draws."""
+    def decorate(test):
+        for case in reversed(cases):
+            test = example(case=case)(test)
+        return test
+    return decorate
+
+
 # ------------------------------------------------------------------ conv2d
 
 
@@ -196,38 +183,65 @@ def _pair(v):
 def conv2d_cases(draw):
     groups = draw(st.integers(1, 4))
     depthwise = draw(st.booleans())
-    c_in = groups * (1 if depthwise else draw(st.integers(1, 3)))
-    c_out = groups * draw(st.integers(1, 3))
+    c_in = groups * (1 if depthwise else draw(st.integers(1, 4)))
+    c_out = groups * draw(st.integers(1, 4))
     batch = draw(st.sampled_from([1, 2, 3, 0, None]))  # None: an unbatched (C, H, W) input
     kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     stride = draw(_int_or_pair(1, 3))
     dilation = draw(_int_or_pair(1, 3))
-    kinds = ["int", "pair", "valid"] + (["same"] if _pair(stride) == (1, 1) else [])
+    # "asym": (top, bottom, left, right), which only the op itself takes (batched input only)
+    kinds = ["int", "pair", "valid"] + (["asym"] if batch is not None else []) \
+        + (["same"] if _pair(stride) == (1, 1) else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "int":
         padding = draw(st.integers(0, 3))
+        pads = [(padding, padding)] * 2  # (before, after) of each dim
     elif kind == "pair":
         padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+        pads = [(p, p) for p in padding]
+    elif kind == "asym":
+        padding = tuple(draw(st.integers(0, 3)) for _ in range(4))
+        pads = [padding[:2], padding[2:]]
     else:
-        padding = kind
-    # input sizes from 1 to 12, most of them large enough for the (dilated) kernel
+        padding, pads = kind, [(0, 0)] * 2
+    # input sizes large enough for the (dilated) kernel: from 1 to 12, or to 8 more than the smallest
+    # size that fits the kernel where that is larger
     size = []
-    for k, d, p in zip(kernel, _pair(dilation), _pair(0 if kind in ("valid", "same") else padding)):
-        need = 1 if kind == "same" else d * (k - 1) + 1 - 2 * p
-        size.append(draw(st.integers(min(12, max(1, need)), 12)))
+    for k, d, (p0, p1) in zip(kernel, _pair(dilation), pads):
+        need = max(1, 1 if kind == "same" else d * (k - 1) + 1 - p0 - p1)
+        size.append(draw(st.integers(need, max(12, need + 8))))
     x_shape = (c_in, *size) if batch is None else (batch, c_in, *size)
     w_shape = (c_out, c_in // groups, *kernel)
     return dict(x_shape=x_shape, w_shape=w_shape, bias=draw(st.booleans()), stride=stride, padding=padding,
                 dilation=dilation, groups=groups, dtype=draw(_dtypes),
-                x_layout=draw(st.sampled_from(_layouts(len(x_shape)))),
-                w_layout=draw(st.sampled_from(_layouts(4))), b_layout=draw(st.sampled_from(_layouts(1))),
-                g_layout=draw(st.sampled_from(_layouts(len(x_shape)))), seed=draw(_seeds))
+                x_layout=draw(st.sampled_from(layouts(len(x_shape)))),
+                w_layout=draw(st.sampled_from(layouts(4))), b_layout=draw(st.sampled_from(layouts(1))),
+                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
+
+
+def _asym(padding):
+    return isinstance(padding, tuple) and len(padding) == 4
+
+
+def _torch_conv2d(x, w, b, stride, padding, dilation, groups):
+    """F.conv2d; with padding (top, bottom, left, right), F.conv2d of the zero-padded input."""
+    if _asym(padding):
+        top, bottom, left, right = padding
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)
+    return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+def _fastconv_conv2d(x, w, b, stride, padding, dilation, groups):
+    """FF.conv2d; with padding (top, bottom, left, right), which FF.conv2d does not take, the op itself."""
+    if _asym(padding):
+        return torch.ops.fastconv.conv2d(x, w, b, _pair(stride), padding, _pair(dilation), groups)
+    return FF.conv2d(x, w, b, stride, padding, dilation, groups)
 
 
 def check_conv2d(backend, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype, x_layout, w_layout,
                  b_layout, g_layout, seed):
-    _check_conv(F.conv2d, FF.conv2d, backend, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype,
-                x_layout, w_layout, b_layout, g_layout, seed)
+    _check_conv(_torch_conv2d, _fastconv_conv2d, backend, x_shape, w_shape, bias, stride, padding, dilation, groups,
+                dtype, x_layout, w_layout, b_layout, g_layout, seed)
 
 
 def _check_conv(torch_fn, fc_fn, backend, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype,
@@ -253,7 +267,15 @@ def _check_conv(torch_fn, fc_fn, backend, x_shape, w_shape, bias, stride, paddin
         _compare_grads(out, ref, leaves, names, g, tols, ref_grad_out=_standard(g))
 
 
+# The mixed geometries of test_conv2d (with asymmetric padding), always run.
+_CONV2D_GEOMETRIES = [dict(x_shape=x, w_shape=w, bias=True, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, dtype="float64", x_layout="contiguous", w_layout="contiguous",
+                           b_layout="contiguous", g_layout="contiguous", seed=0)
+                      for x, w, stride, padding, dilation, groups in test_conv2d.GEOMETRIES]
+
+
 @fuzz
+@_examples(_CONV2D_GEOMETRIES)
 @given(case=conv2d_cases())
 def test_fuzz_conv2d(backend, fuzz_stats, case):
     _run(check_conv2d, backend, case, fuzz_stats)
@@ -277,9 +299,9 @@ def conv1d_cases(draw):
     x_shape = (c_in, length) if batch is None else (batch, c_in, length)
     return dict(x_shape=x_shape, w_shape=(c_out, c_in // groups, k), bias=draw(st.booleans()), stride=stride,
                 padding=padding, dilation=dilation, groups=groups, dtype=draw(_dtypes),
-                x_layout=draw(st.sampled_from(_layouts(len(x_shape)))), w_layout=draw(st.sampled_from(_layouts(3))),
-                b_layout=draw(st.sampled_from(_layouts(1))),
-                g_layout=draw(st.sampled_from(_layouts(len(x_shape)))), seed=draw(_seeds))
+                x_layout=draw(st.sampled_from(layouts(len(x_shape)))), w_layout=draw(st.sampled_from(layouts(3))),
+                b_layout=draw(st.sampled_from(layouts(1))),
+                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
 
 
 def check_conv1d(backend, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype, x_layout, w_layout,
@@ -297,14 +319,6 @@ def test_fuzz_conv1d(backend, fuzz_stats, case):
 # ------------------------------------------------------------------ max_pool2d
 
 
-def _pool_out(size, k, s, p, d, ceil_mode):
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
 def _empty_window(size, out, k, s, p, d):
     """Whether some output's window, clipped to the input, holds no element (it lies in the padding)."""
     return any(not any(0 <= o * s - p + j * d < size for j in range(k)) for o in range(out))
@@ -314,7 +328,7 @@ def _empty_window(size, out, k, s, p, d):
 def max_pool2d_cases(draw):
     kernel = draw(_int_or_pair(1, 4))
     kh, kw = _pair(kernel)
-    stride = draw(st.one_of(st.none(), _int_or_pair(1, 3)))
+    stride = draw(st.one_of(st.none(), _int_or_pair(1, 4)))
     if draw(st.booleans()):
         padding = draw(st.integers(0, min(kh, kw) // 2))
     else:
@@ -329,8 +343,8 @@ def max_pool2d_cases(draw):
     return dict(x_shape=x_shape, kernel_size=kernel, stride=stride, padding=padding,
                 dilation=dilation, ceil_mode=draw(st.booleans()),
                 return_indices=draw(st.booleans()), dtype=draw(_dtypes),
-                x_layout=draw(st.sampled_from(_layouts(len(x_shape)))),
-                g_layout=draw(st.sampled_from(_layouts(len(x_shape)))), seed=draw(_seeds))
+                x_layout=draw(st.sampled_from(layouts(len(x_shape)))),
+                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
 
 
 def check_max_pool2d(backend, x_shape, kernel_size, stride, padding, dilation, ceil_mode, return_indices, dtype,
@@ -343,7 +357,7 @@ def check_max_pool2d(backend, x_shape, kernel_size, stride, padding, dilation, c
     p, d = _pair(padding), _pair(dilation)
     for i in range(2):
         size = x_shape[-2 + i]
-        out = _pool_out(size, k[i], s[i], p[i], d[i], ceil_mode)
+        out = pool_out(size, k[i], s[i], p[i], d[i], ceil_mode)
         assume(out < 1 or not _empty_window(size, out, k[i], s[i], p[i], d[i]))
 
     def distinct(shape):  # no ties: the argmax of every window is unique
@@ -368,7 +382,15 @@ def check_max_pool2d(backend, x_shape, kernel_size, stride, padding, dilation, c
         _compare_grads(out, ref, [x], ["input"], g, [tol(dtype, overlap)])
 
 
+# The mixed geometries of test_max_pool2d, always run.
+_MAX_POOL2D_GEOMETRIES = [dict(x_shape=x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                               ceil_mode=ceil_mode, return_indices=True, dtype="float32", x_layout="contiguous",
+                               g_layout="contiguous", seed=0)
+                          for x, kernel_size, stride, padding, dilation, ceil_mode in test_max_pool2d.GEOMETRIES]
+
+
 @fuzz
+@_examples(_MAX_POOL2D_GEOMETRIES)
 @given(case=max_pool2d_cases())
 def test_fuzz_max_pool2d(backend, fuzz_stats, case):
     _run(check_max_pool2d, backend, case, fuzz_stats)
@@ -396,7 +418,7 @@ def cross_entropy_cases(draw):
                 ignore_index=ignore_index, planted=draw(st.sampled_from(["none", "some", "all"])),
                 label_smoothing=draw(st.floats(0.0, 1.0)), weights=draw(st.sampled_from([None, "positive", "zeros"])),
                 scale=draw(st.sampled_from([1.0, 10.0])), dtype=draw(_dtypes),
-                x_layout=draw(st.sampled_from(_layouts(len(x_shape)))), seed=draw(_seeds))
+                x_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
 
 
 def check_cross_entropy(backend, x_shape, reduction, ignore_index, planted, label_smoothing, weights, scale, dtype,
@@ -456,9 +478,9 @@ def linear_cases(draw):
     x_shape = (*lead, draw(st.integers(1, 70)))
     w_shape = (draw(st.integers(1, 70)), x_shape[-1])
     return dict(x_shape=x_shape, w_shape=w_shape, bias=draw(st.booleans()), dtype=draw(_dtypes),
-                x_layout=draw(st.sampled_from(_layouts(len(x_shape)))), w_layout=draw(st.sampled_from(_layouts(2))),
-                b_layout=draw(st.sampled_from(_layouts(1))),
-                g_layout=draw(st.sampled_from(_layouts(len(x_shape)))), seed=draw(_seeds))
+                x_layout=draw(st.sampled_from(layouts(len(x_shape)))), w_layout=draw(st.sampled_from(layouts(2))),
+                b_layout=draw(st.sampled_from(layouts(1))),
+                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
 
 
 def check_linear(backend, x_shape, w_shape, bias, dtype, x_layout, w_layout, b_layout, g_layout, seed):
@@ -495,8 +517,8 @@ def relu_cases(draw):
     else:
         shape = tuple(draw(st.lists(st.integers(0, 7), min_size=0, max_size=4)))
     return dict(shape=shape, specials=draw(st.booleans()), dtype=draw(_dtypes),
-                x_layout=draw(st.sampled_from(_layouts(len(shape)))),
-                g_layout=draw(st.sampled_from(_layouts(len(shape)))), seed=draw(_seeds))
+                x_layout=draw(st.sampled_from(layouts(len(shape)))),
+                g_layout=draw(st.sampled_from(layouts(len(shape)))), seed=draw(_seeds))
 
 
 def check_relu(backend, shape, specials, dtype, x_layout, g_layout, seed):

@@ -10,6 +10,8 @@ from conftest import DTYPES, REDUCED_DTYPES, assert_bitwise_equal, num_threads, 
 
 ops = torch.ops.fastconv
 
+pytestmark = pytest.mark.op
+
 # (input shape, out_features); the GEMM blocks are 8 * MR rows x 4 * NR columns x 256 deep, so
 # 300 -> 130 with 70 rows uses several blocks along every dimension (and a partial one in each)
 SHAPES = [

@@ -6,7 +6,9 @@ import fastconv
 import fastconv.nn as fnn
 from fastconv.models import MODELS, build
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+# whole networks: run by the sanitizer too
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
+              pytest.mark.sanitize]
 
 # (layer name, constructor args, constructor kwargs, input shape or None for the loss)
 LAYERS = [

@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FF
-from conftest import DTYPES, assert_bitwise_equal
+from conftest import DTYPES, assert_bitwise_equal, make_layout
 
 ops = torch.ops.fastconv
+
+pytestmark = [pytest.mark.op, pytest.mark.sanitize_sim]
 
 SHAPES = [
     pytest.param((7,), id="1d"),
@@ -101,14 +103,12 @@ def test_relu_inplace_on_leaf_raises_like_torch(backend):
         FF.relu(x, inplace=True)
 
 
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last"])
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "strided", "channels_last"])
 def test_relu_non_contiguous(backend, layout):
-    base = backend.randn(2, 3, 6, 8)
-    x = {"transposed": base.transpose(1, 3), "sliced": base[:, ::2, 1:, ::3],
-         "channels_last": base.to(memory_format=torch.channels_last)}[layout]
-    x = x.requires_grad_()
+    x = make_layout(backend.randn(2, 3, 6, 8), layout).requires_grad_()
+    assert not x.is_contiguous()
     y = FF.relu(x)
     assert_bitwise_equal(y.detach(), torch.relu(x.detach()))
-    g = torch.randn_like(y).transpose(-1, -2).contiguous().transpose(-1, -2)  # non-contiguous grad too
+    g = make_layout(torch.randn_like(y), "transposed")  # non-contiguous grad too
     (gx,) = torch.autograd.grad(y, x, g)
     assert_bitwise_equal(gx, torch.where(x.detach() > 0, g, torch.zeros_like(g)))

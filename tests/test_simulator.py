@@ -19,6 +19,9 @@ import fastconv
 import fastconv.functional as FF
 from conftest import FASTCONV_PATH, assert_bitwise_equal
 
+# the simulator's runtime: run by the sanitizer on the sim backend too
+pytestmark = pytest.mark.sanitize_sim
+
 ops = torch.ops.fastconv
 SELFTEST_CU = Path(__file__).resolve().parents[1] / "csrc" / "sim" / "selftest.cu"
 ORDERS = [dict(order="forward"), dict(order="reverse"), dict(order="random", seed=1), dict(order="random", seed=2)]

@@ -232,39 +232,48 @@ inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64
   return off;
 }
 
+// A unit-stride convolution of a batch by direct_conv_image: for every image, group and split of the
+// output's pixel panels, pad the group's C planes of `src` (channels_src planes of H x W an image) into
+// an Hp x Wp scratch whose interior starts at (top, left), then multiply by the group's packed A
+// (M rows, K = C * kh * kw) into its M planes of `dst` (channels_dst planes of OH x OW an image).
 template <typename T>
-void forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, int64_t C, int64_t H, int64_t W,
+                       int64_t top, int64_t left, int64_t Hp, int64_t Wp, const T* a, int64_t M, int64_t K, T* dst,
+                       int64_t channels_dst, int64_t OH, int64_t OW, const T* bias, bool relu) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
-  const int64_t K = g.k_gemm(), M = g.cout_g(), m_panels = ceil_div(M, MR);
-  const int64_t Hp = g.h + g.pt + g.pb, Wp = g.w + g.pl + g.pr;
-  const int64_t slack = NR + (g.kw - 1) * g.dw + 1;
-  std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * std::max<int64_t>(K, 1) * MR);
-  for (int64_t gi = 0; gi < g.groups; ++gi)
-    pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), a.data() + gi * m_panels * K * MR);
-  const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
-  const int64_t panels = ceil_div(g.oh * Wp, NR), splits = direct_splits(g.n * g.groups, panels);
-  const double flops = 2.0 * M * K * g.oh * g.ow / splits;
+  const int64_t m_panels = ceil_div(M, MR), slack = NR + (g.kw - 1) * g.dw + 1;
+  const std::vector<int64_t> off = shift_table(C, g.kh, g.kw, g.dh, g.dw, Hp, Wp);
+  const int64_t panels = ceil_div(OH * Wp, NR), splits = direct_splits(g.n * g.groups, panels);
+  const double flops = 2.0 * M * K * OH * OW / splits;
   at::parallel_for(0, g.n * g.groups * splits, grain_for(flops), [&](int64_t begin, int64_t end) {
-    T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + slack);
+    T* pad = scratch<T>(3, C * Hp * Wp + slack);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t sp = item % splits, gi = (item / splits) % g.groups, n = item / (splits * g.groups);
-      pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad, slack);
-      direct_conv_image(xpad, off.data(), a.data() + gi * m_panels * K * MR, M, K, g.oh, g.ow, Wp,
-                        out + (n * g.c_out + gi * M) * g.oh * g.ow, bias ? bias + gi * M : nullptr, relu,
+      pad_planes(src + (n * channels_src + gi * C) * H * W, C, H, W, top, left, Hp, Wp, pad, slack);
+      direct_conv_image(pad, off.data(), a + gi * m_panels * K * MR, M, K, OH, OW, Wp,
+                        dst + (n * channels_dst + gi * M) * OH * OW, bias ? bias + gi * M : nullptr, relu,
                         sp * panels / splits, (sp + 1) * panels / splits);
     }
   });
+}
+
+template <typename T>
+void forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+  constexpr int MR = Tile<T>::MR;
+  const int64_t K = g.k_gemm(), M = g.cout_g(), m_panels = ceil_div(M, MR);
+  std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * std::max<int64_t>(K, 1) * MR);
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), a.data() + gi * m_panels * K * MR);
+  direct_conv_batch(g, x, g.c_in, g.cin_g(), g.h, g.w, g.pt, g.pl, g.h + g.pt + g.pb, g.w + g.pl + g.pr, a.data(),
+                    M, K, out, g.c_out, g.oh, g.ow, bias, relu);
 }
 
 // Unit-stride grad input is the convolution of grad_output, padded by the dilated kernel extent
 // minus the forward padding, with the kernel flipped and its channel axes swapped.
 template <typename T>
 void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
-  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  constexpr int MR = Tile<T>::MR;
   const int64_t khw = g.kh * g.kw, K = g.cout_g() * khw, M = g.cin_g(), m_panels = ceil_div(M, MR);
-  const int64_t top = (g.kh - 1) * g.dh - g.pt, left = (g.kw - 1) * g.dw - g.pl;
-  const int64_t Hp = g.h + (g.kh - 1) * g.dh, Wp = g.w + (g.kw - 1) * g.dw;
-  const int64_t slack = NR + (g.kw - 1) * g.dw + 1;
   std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * K * MR, T(0));
   for (int64_t gi = 0; gi < g.groups; ++gi)
     for (int64_t ci = 0; ci < M; ++ci)
@@ -274,20 +283,9 @@ void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
           a[((gi * m_panels + ci / MR) * K + k) * MR + ci % MR] =
               w[((gi * g.cout_g() + co) * M + ci) * khw + (khw - 1 - r)];
         }
-  const std::vector<int64_t> off = shift_table(g.cout_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
-  const int64_t panels = ceil_div(g.h * Wp, NR), splits = direct_splits(g.n * g.groups, panels);
-  const double flops = 2.0 * M * K * g.h * g.w / splits;
-  at::parallel_for(0, g.n * g.groups * splits, grain_for(flops), [&](int64_t begin, int64_t end) {
-    T* dypad = scratch<T>(3, g.cout_g() * Hp * Wp + slack);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t sp = item % splits, gi = (item / splits) % g.groups, n = item / (splits * g.groups);
-      pad_planes(dy + (n * g.c_out + gi * g.cout_g()) * g.oh * g.ow, g.cout_g(), g.oh, g.ow, top, left, Hp, Wp,
-                 dypad, slack);
-      direct_conv_image(dypad, off.data(), a.data() + gi * m_panels * K * MR, M, K, g.h, g.w, Wp,
-                        dx + (n * g.c_in + gi * M) * g.h * g.w, (const T*)nullptr, false,
-                        sp * panels / splits, (sp + 1) * panels / splits);
-    }
-  });
+  direct_conv_batch(g, dy, g.c_out, g.cout_g(), g.oh, g.ow, (g.kh - 1) * g.dh - g.pt, (g.kw - 1) * g.dw - g.pl,
+                    g.h + (g.kh - 1) * g.dh, g.w + (g.kw - 1) * g.dw, a.data(), M, K, dx, g.c_in, g.h, g.w,
+                    static_cast<const T*>(nullptr), false);
 }
 
 // Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch

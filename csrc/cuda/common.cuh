@@ -14,7 +14,7 @@
 // error code (launch_error_string), and the tensor-core operations of cuda/mma.cuh, whose inline PTX
 // (FC_INLINE_PTX) the simulator replaces by its own versions (sim/mma_sim.h).
 // Below the compiler branch: the integer helpers of launch geometry (ceil_div, kWarpSize, is_aligned,
-// grid_1d) and the storage / arithmetic type conversions, written once for every kernel file.
+// grid_1d, grid_stride) and the storage / arithmetic type conversions, written once for every kernel file.
 // Nothing here includes torch: nvcc compiles these files on machines whose torch has no CUDA.
 #pragma once
 
@@ -104,6 +104,30 @@ __host__ __device__ inline bool is_aligned(const void* p, size_t bytes) {
 inline dim3 grid_1d(int64_t work, int64_t per_block, int64_t max_blocks) {
   const int64_t blocks = ceil_div(work, per_block);
   return dim3(static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks));
+}
+
+// The items of a grid-stride loop over [from, n) that the calling thread takes, in order:
+//   for (int64_t i : grid_stride(n)) ...
+// thread t of the (one-dimensional) grid takes from + t, from + t + the grid's thread count, ...; in
+// int64, so n may pass 2^31.
+struct GridStride {
+  struct Iterator {
+    int64_t i, step;
+    __device__ int64_t operator*() const { return i; }
+    __device__ Iterator& operator++() {
+      i += step;
+      return *this;
+    }
+    __device__ bool operator!=(const Iterator& end) const { return i < end.i; }
+  };
+  int64_t first, n, step;
+  __device__ Iterator begin() const { return Iterator{first, step}; }
+  __device__ Iterator end() const { return Iterator{n, step}; }
+};
+
+__device__ inline GridStride grid_stride(int64_t n, int64_t from = 0) {
+  return GridStride{from + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, n,
+                    static_cast<int64_t>(gridDim.x) * blockDim.x};
 }
 
 // Arithmetic type of a storage type: float16 and bfloat16 are loaded, computed in float32 and rounded

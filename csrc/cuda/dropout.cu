@@ -39,8 +39,7 @@ __global__ void dropout_forward_kernel(const T* __restrict__ x, T* __restrict__ 
                                        acc_t<T> scale, const int64_t* __restrict__ seed, bool packed) {
   const uint64_t key = static_cast<uint64_t>(*seed);
   const int64_t groups = ceil_div(n, 4);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < groups; q += stride) {
+  for (const int64_t q : grid_stride(groups)) {
     const Philox4 r = philox4x32_10(static_cast<uint64_t>(q), key);
     const int64_t i0 = q * 4;
     if (packed && i0 + 4 <= n) {

@@ -143,8 +143,7 @@ constexpr int64_t kSumMaxBlocks = 4096;
 // grid-stride.
 template <typename T, typename A>
 __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__ out, int64_t count, int splits) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
+  for (const int64_t i : grid_stride(count)) {
     A s = partial[i];
     for (int z = 1; z < splits; ++z) s += partial[z * count + i];
     out[i] = from_acc<T>(s);

@@ -30,8 +30,7 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict
                                           PoolShape g) {
   using A = acc_t<T>;
   const int64_t total = g.n * g.c * g.oh * g.ow;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += stride) {
+  for (const int64_t o : grid_stride(total)) {
     const int64_t ow = o % g.ow, rest = o / g.ow;
     const int64_t oh = rest % g.oh, plane = rest / g.oh;
     int64_t h0 = oh * g.sh - g.ph;
@@ -58,8 +57,7 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict
 // One thread per output element, grid-stride.
 __global__ void max_pool2d_check_kernel(const int64_t* __restrict__ indices, int64_t total, int64_t plane_size,
                                         int64_t* __restrict__ bad) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += stride) {
+  for (const int64_t o : grid_stride(total)) {
     const int64_t i = indices[o];
     if (i < 0 || i >= plane_size)
       atomicMin(reinterpret_cast<long long*>(bad), static_cast<long long>(o));
@@ -72,8 +70,7 @@ __global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t
                                          T* __restrict__ dx, PoolShape g) {
   using A = acc_t<T>;
   const int64_t total = g.n * g.c * g.h * g.w;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+  for (const int64_t e : grid_stride(total)) {
     const int64_t iw = e % g.w, rest = e / g.w;
     const int64_t ih = rest % g.h, plane = rest / g.h;
     const int64_t self = ih * g.w + iw;

@@ -55,17 +55,15 @@ template <typename T, typename F, typename... Src>
 __device__ __forceinline__ void elementwise(F f, int64_t n, bool packed, T* __restrict__ dst,
                                             const Src* __restrict__... src) {
   using P = Pack<T>;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   int64_t done = 0;
   if (packed) {
     const int64_t packs = n / P::kSize;
-    for (int64_t p = tid; p < packs; p += stride) {
+    for (const int64_t p : grid_stride(packs)) {
       reinterpret_cast<P*>(dst)[p] = map_pack(f, reinterpret_cast<const P*>(src)[p]...);
     }
     done = packs * P::kSize;
   }
-  for (int64_t i = done + tid; i < n; i += stride) dst[i] = f(src[i]...);
+  for (const int64_t i : grid_stride(n, done)) dst[i] = f(src[i]...);
 }
 
 // One thread per 16-byte pack (or per element when unaligned), grid-stride.
