@@ -178,6 +178,12 @@ void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int 
       const T* __restrict__ a = acc + i * NR + segs[s].t;
       T* __restrict__ d = crow + segs[s].dst;
       const int len = segs[s].len;
+      if (len == NR && !load_c) {  // a whole panel in one output row: fixed-length loops, whole vectors
+        for (int l = 0; l < NR; ++l) d[l] = a[l] + bias;
+        if (last && relu)
+          for (int l = 0; l < NR; ++l) d[l] = d[l] < T(0) ? T(0) : d[l];
+        continue;
+      }
       if (load_c)
         for (int l = 0; l < len; ++l) d[l] += a[l] + bias;
       else
@@ -190,18 +196,32 @@ void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int 
 
 // out[m][oh][ow] (M planes of OH x OW) = sum_k A[m][k] * xpad[off[k] + oh*Wp + ow], A packed as
 // ceil(M/MR) panels of [K][MR], for the NR-pixel panels [p_begin, p_end) of the padded-pitch grid.
-// One image of one group, on the calling thread.
+// One image of one group, on the calling thread. With `row_panels` the panels are NR pixels of one
+// output row each (ceil(OW / NR) a row, the last one partial): every tile is then stored as one run,
+// which is what matters when K is small and the stores cost as much as the FMAs (a first layer);
+// otherwise they tile the padded-pitch grid without gaps, wasting only the Wp - OW pad columns.
 template <typename T>
 void direct_conv_image(const T* xpad, const int64_t* off, const T* a_packed, int64_t M, int64_t K, int64_t OH,
                        int64_t OW, int64_t Wp, T* out, const T* row_bias, bool relu, int64_t p_begin,
-                       int64_t p_end) {
+                       int64_t p_end, bool row_panels) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
-  const int64_t J = OH * Wp, m_panels = ceil_div(M, MR);
+  const int64_t J = OH * Wp, m_panels = ceil_div(M, MR), per_row = ceil_div(OW, NR);
   const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kDirectKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
   alignas(64) T acc[MR * NR];
   Segment segs[NR];
-  for (int64_t j0 = p_begin * NR; j0 < std::min(J, p_end * NR); j0 += NR) {
-    const int nseg = panel_segments<T>(j0, J, Wp, OW, segs);
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    int64_t j0;
+    int nseg;
+    if (row_panels) {
+      const int64_t oh = p / per_row, ow0 = (p % per_row) * NR;
+      j0 = oh * Wp + ow0;
+      segs[0] = Segment{0, (int)std::min<int64_t>(NR, OW - ow0), oh * OW + ow0};
+      nseg = 1;
+    } else {
+      j0 = p * NR;
+      if (j0 >= J) break;
+      nseg = panel_segments<T>(j0, J, Wp, OW, segs);
+    }
     if (nseg == 0) continue;
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const int64_t k0 = kb * kcb, kc = std::clamp<int64_t>(K - k0, 0, kcb);
@@ -232,6 +252,10 @@ inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64
   return off;
 }
 
+// Below this GEMM depth direct_conv_image tiles output rows (row_panels): measured on the first
+// layers (K = 9, 27), where the stores of split panels cost as much as the FMAs.
+constexpr int64_t kRowPanelMaxK = 64;
+
 // A unit-stride convolution of a batch by direct_conv_image: for every image, group and split of the
 // output's pixel panels, pad the group's C planes of `src` (channels_src planes of H x W an image) into
 // an Hp x Wp scratch whose interior starts at (top, left), then multiply by the group's packed A
@@ -243,7 +267,9 @@ void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, i
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t m_panels = ceil_div(M, MR), slack = NR + (g.kw - 1) * g.dw + 1;
   const std::vector<int64_t> off = shift_table(C, g.kh, g.kw, g.dh, g.dw, Hp, Wp);
-  const int64_t panels = ceil_div(OH * Wp, NR), splits = direct_splits(g.n * g.groups, panels);
+  const bool row_panels = K <= kRowPanelMaxK;
+  const int64_t panels = row_panels ? OH * ceil_div(OW, NR) : ceil_div(OH * Wp, NR);
+  const int64_t splits = direct_splits(g.n * g.groups, panels);
   const double flops = 2.0 * M * K * OH * OW / splits;
   at::parallel_for(0, g.n * g.groups * splits, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* pad = scratch<T>(3, C * Hp * Wp + slack);
@@ -252,7 +278,7 @@ void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, i
       pad_planes(src + (n * channels_src + gi * C) * H * W, C, H, W, top, left, Hp, Wp, pad, slack);
       direct_conv_image(pad, off.data(), a + gi * m_panels * K * MR, M, K, OH, OW, Wp,
                         dst + (n * channels_dst + gi * M) * OH * OW, bias ? bias + gi * M : nullptr, relu,
-                        sp * panels / splits, (sp + 1) * panels / splits);
+                        sp * panels / splits, (sp + 1) * panels / splits, row_panels);
     }
   });
 }

@@ -22,6 +22,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/gemm.h"
 #include "fastconv.h"
 #include "sim/sim.h"
 
@@ -30,6 +31,57 @@ namespace {
 
 template <typename T>
 T class_weight(const T* w, int64_t c) { return w ? w[c] : T(1); }
+
+// e^x for the lanes of a float vector: x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2
+// (ln2 split in two parts, so r is exact), e^r by Cephes' degree-5 minimax polynomial (relative
+// error about 1e-7), times 2^n built in the exponent bits. Below ln(2^-126) the result is 0 (no
+// subnormals), above ln(2^127.5) it is inf (a softmax only asks for e^x with x <= 0), and NaN stays NaN.
+inline Tile<float>::V exp_lanes(Tile<float>::V x) {
+  using V = Tile<float>::V;
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
+  typedef uint32_t U __attribute__((vector_size(sizeof(V))));
+  constexpr float kLo = -87.33654f, kHi = 88.37626f;  // ln(2^-126), ln(2^127.5): n stays in [-126, 127]
+  const I lo = x < kLo, hi = x > kHi;  // lane masks; a NaN lane is in neither
+  const V xc = lo ? kLo + V{} : (hi ? kHi + V{} : x);
+  const V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const V r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  V p = 1.9875691500e-4f + V{};
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const V y = p * (r * r) + r + 1.0f;
+  const U bits = (U)(__builtin_convertvector(n, I) + 127) << 23;  // 2^n
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
+  const V e = y * scale;
+  return lo ? V{} : (hi ? std::numeric_limits<float>::infinity() + V{} : e);
+}
+
+// dst[c] = exp(src[c] - shift) for c < n: float through exp_lanes, W lanes at a time, the last
+// partial vector padded (so every element takes the same arithmetic wherever it lies); double
+// through std::exp.
+template <typename T>
+void exp_shifted(const T* __restrict__ src, T shift, T* __restrict__ dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    using V = Tile<float>::V;
+    constexpr int W = Tile<float>::W;
+    for (int64_t c = 0; c < n; c += W) {
+      const int64_t len = std::min<int64_t>(W, n - c);
+      V v{};
+      std::memcpy(&v, src + c, len * sizeof(float));
+      const V e = exp_lanes(v - shift);
+      std::memcpy(dst + c, &e, len * sizeof(float));
+    }
+  } else {
+    for (int64_t c = 0; c < n; ++c) dst[c] = std::exp(src[c] - shift);
+  }
+}
+
+// Rows of scratch for exp_shifted: one row of C per thread.
+template <typename T>
+T* exp_row(int64_t C) { return scratch<T>(0, C); }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_impl(const CrossEntropyArgs& a, const at::Tensor& input,
                                                       const at::Tensor& target, const std::optional<at::Tensor>& weight) {
@@ -54,8 +106,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_impl(const CrossEntropyArgs& a,
         T m = -std::numeric_limits<T>::infinity();
         for (int64_t c = 0; c < C; ++c) m = std::fmax(m, zi[c]);
         if (std::isinf(m)) m = T(0);  // all -inf (or +inf) rows: keep the arithmetic NaN-free where torch is
+        T* ex = exp_row<T>(C);
+        exp_shifted(zi, m, ex, C);
         T s = 0;
-        for (int64_t c = 0; c < C; ++c) s += std::exp(zi[c] - m);
+        for (int64_t c = 0; c < C; ++c) s += ex[c];
         const T l = m + std::log(s);
         lse_p[i] = l;
         const int64_t ti = t[i];
@@ -127,9 +181,8 @@ at::Tensor cross_entropy_backward_impl(const CrossEntropyArgs& a, const at::Tens
         const T hard = T((1.0 - eps) * double(class_weight(w, ti)));
         const T soft = T(eps / C);
         const T coef_sum = hard + T(eps / C * wsum);
-        const T* zi = z + i * C;
-        for (int64_t c = 0; c < C; ++c)
-          oi[c] = scale * (std::exp(zi[c] - l[i]) * coef_sum - soft * class_weight(w, c));
+        exp_shifted(z + i * C, l[i], oi, C);  // the softmax, in place in the gradient's row
+        for (int64_t c = 0; c < C; ++c) oi[c] = scale * (oi[c] * coef_sum - soft * class_weight(w, c));
         oi[ti] -= scale * hard;
       }
     });
