@@ -71,7 +71,7 @@ if CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
 
 
 def sources():
-    files = ["csrc/registration.cpp", "csrc/sim/runtime.cpp", "csrc/sim/glue.cpp"]
+    files = ["csrc/registration.cpp", "csrc/autograd.cpp", "csrc/sim/runtime.cpp", "csrc/sim/glue.cpp"]
     files += sorted(os.path.join("csrc/cpu", f) for f in os.listdir(os.path.join(ROOT, "csrc/cpu"))
                     if f.endswith(".cpp"))
     if CUDA:

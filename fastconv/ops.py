@@ -1,8 +1,9 @@
 """Fake (shape) kernels and autograd for every op in ``torch.ops.fastconv``.
 
 The schemas and kernels are C++ (csrc/registration.cpp, csrc/cpu/*.cpp); this module makes the ops
-differentiable (``torch.library.register_autograd``) and traceable by ``torch.compile`` and
-``torch.library.opcheck`` (``torch.library.register_fake``). Every backward is itself a fastconv op,
+differentiable (``torch.library.register_autograd``; cross_entropy's autograd is C++, in
+csrc/autograd.cpp) and traceable by ``torch.compile`` and ``torch.library.opcheck``
+(``torch.library.register_fake``). Every backward is itself a fastconv op,
 and the backward ops of convolution, linear, ReLU and dropout are differentiable in turn (they are
 bilinear in their inputs), so double backward through them works; through max-pooling and
 cross-entropy it raises a clear error rather than silently returning wrong numbers.
@@ -203,23 +204,10 @@ def _cross_entropy_backward_fake(grad_loss, input, target, weight, lse, reductio
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-def _cross_entropy_setup(ctx, inputs, output):
-    input, target, weight, reduction, ignore_index, label_smoothing = inputs
-    ctx.args = (reduction, ignore_index, label_smoothing)
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(input, target, weight, output[1])
+# cross_entropy's autograd is C++ (csrc/autograd.cpp: the gradient of input through
+# cross_entropy_backward, none for lse or the class weights): the call is a few microseconds of kernel,
+# which a Python autograd wrapper would multiply.
 
-
-def _cross_entropy_backward(ctx, grad_loss, _grad_lse):
-    input, target, weight, lse = ctx.saved_tensors
-    grad_input = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.cross_entropy_backward(grad_loss, input, target, weight, lse, *ctx.args)
-    return grad_input, None, None, None, None, None
-
-
-torch.library.register_autograd("fastconv::cross_entropy", _cross_entropy_backward,
-                                setup_context=_cross_entropy_setup)
 
 # ---------------------------------------------------------------- dropout
 

@@ -63,16 +63,22 @@ inline Tile<float>::V exp_lanes(Tile<float>::V x) {
 // partial vector padded (so every element takes the same arithmetic wherever it lies); double
 // through std::exp.
 template <typename T>
-void exp_shifted(const T* __restrict__ src, T shift, T* __restrict__ dst, int64_t n) {
+inline void exp_shifted(const T* __restrict__ src, T shift, T* __restrict__ dst, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     using V = Tile<float>::V;
     constexpr int W = Tile<float>::W;
-    for (int64_t c = 0; c < n; c += W) {
-      const int64_t len = std::min<int64_t>(W, n - c);
-      V v{};
-      std::memcpy(&v, src + c, len * sizeof(float));
+    int64_t c = 0;
+    for (; c + W <= n; c += W) {
+      V v;
+      std::memcpy(&v, src + c, sizeof(V));
       const V e = exp_lanes(v - shift);
-      std::memcpy(dst + c, &e, len * sizeof(float));
+      std::memcpy(dst + c, &e, sizeof(V));
+    }
+    if (c < n) {
+      V v{};
+      for (int l = 0; l < n - c; ++l) v[l] = src[c + l];
+      const V e = exp_lanes(v - shift);
+      for (int l = 0; l < n - c; ++l) dst[c + l] = e[l];
     }
   } else {
     for (int64_t c = 0; c < n; ++c) dst[c] = std::exp(src[c] - shift);
@@ -104,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_impl(const CrossEntropyArgs& a,
       for (int64_t i = b; i < e; ++i) {
         const T* zi = z + i * C;
         T m = -std::numeric_limits<T>::infinity();
-        for (int64_t c = 0; c < C; ++c) m = std::fmax(m, zi[c]);
+        for (int64_t c = 0; c < C; ++c) m = zi[c] > m ? zi[c] : m;  // fmax: a NaN logit is passed over
         if (std::isinf(m)) m = T(0);  // all -inf (or +inf) rows: keep the arithmetic NaN-free where torch is
         T* ex = exp_row<T>(C);
         exp_shifted(zi, m, ex, C);
