@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cpu/gemm.h"
+#include "cpu/winograd.h"
 #include "fastconv.h"
 #include "sim/sim.h"
 
@@ -119,28 +120,6 @@ void pack_b_rows(int64_t kc, int64_t p0, int64_t plen, T* __restrict__ dst, Row&
 
 constexpr int64_t kDirectKC = 1024;  // depth of one k-block of the direct path (A panel: 32 KiB fp32)
 constexpr int64_t kDirectJB = 2048;  // pixels per block of the direct weight gradient (B chunk: 256 KiB fp32)
-
-// dst = C planes of Hp x Wp holding src (C planes of H x W) placed at (top, left) -- either may
-// be negative, which crops -- with zeros elsewhere, then `slack` zeros.
-template <typename T>
-void pad_planes(const T* __restrict__ src, int64_t C, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Hp,
-                int64_t Wp, T* __restrict__ dst, int64_t slack) {
-  const int64_t x_lo = std::clamp<int64_t>(left, 0, Wp), x_hi = std::clamp<int64_t>(W + left, x_lo, Wp);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t y = 0; y < Hp; ++y) {
-      T* __restrict__ d = dst + (c * Hp + y) * Wp;
-      const int64_t sy = y - top;
-      if (sy < 0 || sy >= H) {
-        std::memset(d, 0, sizeof(T) * Wp);
-        continue;
-      }
-      const T* __restrict__ s = src + (c * H + sy) * W - left;
-      for (int64_t x = 0; x < x_lo; ++x) d[x] = T(0);
-      for (int64_t x = x_lo; x < x_hi; ++x) d[x] = s[x];
-      for (int64_t x = x_hi; x < Wp; ++x) d[x] = T(0);
-    }
-  std::memset(dst + C * Hp * Wp, 0, sizeof(T) * slack);
-}
 
 // The valid output columns of the NR-wide panel starting at j0 of the padded-pitch grid: runs
 // (t, len) of panel lanes and where they go in the OH x OW plane.
@@ -370,6 +349,59 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
   });
 }
 
+// ---------------------------------------------------------------- Winograd (3x3, stride 1)
+
+// Which algorithm a float32 3x3 stride-1 dilation-1 layer uses. FASTCONV_CPU_CONV=winograd or =gemm
+// forces one (for tests and measurements); otherwise Winograd where the GEMM depth of its 36 products
+// -- the input channels of the forward pass, the output channels of grad input -- is at least
+// kWinogradMinDepth (bench/ops.py: below that the transforms cost more than the products save).
+constexpr int64_t kWinogradMinDepth = 8;
+
+enum class Algo { kAuto, kWinograd, kGemm };
+
+inline Algo forced_algo() {
+  const char* e = std::getenv("FASTCONV_CPU_CONV");
+  if (!e || !*e || !std::strcmp(e, "auto")) return Algo::kAuto;
+  if (!std::strcmp(e, "winograd")) return Algo::kWinograd;
+  if (!std::strcmp(e, "gemm")) return Algo::kGemm;
+  TORCH_CHECK(false, "FASTCONV_CPU_CONV must be auto, winograd or gemm, not '", e, "'");
+}
+
+template <typename T>
+bool use_winograd(const ConvShape& g, int64_t depth) {
+  if (!std::is_same_v<T, float> || g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
+    return false;
+  switch (forced_algo()) {
+    case Algo::kWinograd: return true;
+    case Algo::kGemm: return false;
+    default: return depth >= kWinogradMinDepth;
+  }
+}
+
+template <typename T>
+void forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+  const int64_t M = g.cout_g(), C = g.cin_g();
+  const auto u = winograd::transform_weights<float>(
+      g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * 9 + r]; });
+  winograd::conv_batch(g.n, g.groups, x, C, u.data(), M, out,
+                       winograd::Planes{g.c_in, 0, g.h, g.w, g.pt, g.pl, g.c_out, 0, g.oh, g.ow}, bias, relu);
+  }
+}
+
+// Grad input: grad_output padded by 2 - padding, convolved with the flipped kernel, channels swapped.
+template <typename T>
+void grad_input_winograd(const ConvShape& g, const T* dy, const T* w, T* dx) {
+  if constexpr (std::is_same_v<T, float>) {
+  const int64_t M = g.cin_g(), C = g.cout_g();
+  const auto u = winograd::transform_weights<float>(
+      g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * C + c) * M + m) * 9 + 8 - r]; });
+  winograd::conv_batch(g.n, g.groups, dy, C, u.data(), M, dx,
+                       winograd::Planes{g.c_out, 0, g.oh, g.ow, 2 - g.pt, 2 - g.pl, g.c_in, 0, g.h, g.w}, nullptr,
+                       false);
+  }
+}
+
 // ---------------------------------------------------------------- packed paths (any stride)
 
 template <typename T>
@@ -508,7 +540,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         if (out.numel() == 0) return out;
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
-          auto impl = g.sh == 1 && g.sw == 1 ? forward_direct<scalar_t> : forward_impl<scalar_t>;
+          auto impl = use_winograd<scalar_t>(g, g.cin_g()) ? forward_winograd<scalar_t>
+                      : g.sh == 1 && g.sw == 1         ? forward_direct<scalar_t>
+                                                       : forward_impl<scalar_t>;
           impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu, out.mutable_data_ptr<scalar_t>());
         });
@@ -529,7 +563,9 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
         if (grad_output.numel() == 0) return dx.zero_();
         const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
         AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_input", [&] {
-          auto impl = g.sh == 1 && g.sw == 1 ? grad_input_direct<scalar_t> : grad_input_impl<scalar_t>;
+          auto impl = use_winograd<scalar_t>(g, g.cout_g()) ? grad_input_winograd<scalar_t>
+                      : g.sh == 1 && g.sw == 1          ? grad_input_direct<scalar_t>
+                                                        : grad_input_impl<scalar_t>;
           impl(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
         });
         return dx;
@@ -540,6 +576,13 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 // dW from per-chunk partial sums added in chunk order (bitwise the same for any thread count).
 template <typename T>
 void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw, T* partial, int64_t nchunks) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_winograd<T>(g, std::min(g.cin_g(), g.cout_g()))) {
+      winograd::grad_weight_batch(g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
+                                  winograd::Planes{g.c_in, 0, g.h, g.w, g.pt, g.pl, g.c_out, 0, g.oh, g.ow});
+      return;
+    }
+  }
   if (g.sh == 1 && g.sw == 1) {
     grad_weight_direct<T>(g, dy, x, dw, nchunks);
     return;

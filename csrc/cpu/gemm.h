@@ -29,6 +29,7 @@
 #include <cstring>
 #include <new>
 #include <type_traits>
+#include <utility>
 
 namespace fastconv::cpu {
 
@@ -61,8 +62,9 @@ inline int64_t grain_for(double flops_per_item) {
   return std::max<int64_t>(1, (int64_t)(kMinTaskFlops / std::max(flops_per_item, 1.0)));
 }
 
-// One growable, 64-byte aligned scratch buffer per thread and slot; packing buffers live here so
-// that a kernel call allocates nothing in its inner loops.
+// One growable scratch buffer per thread and slot; packing buffers live here so that a kernel call
+// allocates nothing in its inner loops. Aligned to 128 bytes: a vector of NR lanes (winograd.h) is
+// that wide with AVX-512.
 template <typename T>
 T* scratch(int slot, int64_t elems) {
   struct Buf {
@@ -70,12 +72,12 @@ T* scratch(int slot, int64_t elems) {
     size_t bytes = 0;
     ~Buf() { std::free(p); }
   };
-  static thread_local Buf bufs[4];
+  static thread_local Buf bufs[6];
   Buf& b = bufs[slot];
-  const size_t need = round_up<T>(elems * (int64_t)sizeof(T) + 64, 64);
+  const size_t need = round_up<T>(elems * (int64_t)sizeof(T) + 128, 128);
   if (b.bytes < need) {
     std::free(b.p);
-    b.p = std::aligned_alloc(64, need);
+    b.p = std::aligned_alloc(128, need);
     if (!b.p) throw std::bad_alloc();
     b.bytes = need;
   }
@@ -251,27 +253,41 @@ void gemm_block(int64_t mlen, int64_t nlen, int64_t n_kblocks, PackA&& pack_a, P
   }
 }
 
-// Transposes a W x W block held as W vectors, in log2(W) stages: stage h swaps, in every pair of
-// rows (r, r + h) with r & h == 0, the h-wide blocks off the diagonal (two-input lane shuffles).
+// Transposes a W x W block held as W vectors of type V (W lanes of T), in log2(W) stages: stage h
+// swaps, in every pair of rows (r, r + h) with r & h == 0, the h-wide blocks off the diagonal
+// (two-input lane shuffles). The shuffle masks are compile-time constants (built from index packs),
+// so each stage compiles to fixed shuffles (unpck / shufps / vperm2f128 for 8 floats) instead of
+// variable permutes.
+template <typename IV, int W, int h, int... k>
+constexpr IV transpose_mask(std::integer_sequence<int, k...>, bool hi) {
+  return hi ? IV{((k & h) ? W + k : k + h)...} : IV{((k & h) ? W + k - h : k)...};
+}
+
+template <typename T, int W, int h, typename V>
+inline void transpose_stage(V* rows) {
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef I IV __attribute__((vector_size(sizeof(V))));
+  constexpr IV lo = transpose_mask<IV, W, h>(std::make_integer_sequence<int, W>{}, false);
+  constexpr IV hi = transpose_mask<IV, W, h>(std::make_integer_sequence<int, W>{}, true);
+  for (int r = 0; r < W; ++r)
+    if (!(r & h)) {
+      const V a = rows[r], b = rows[r + h];
+      rows[r] = __builtin_shuffle(a, b, lo);
+      rows[r + h] = __builtin_shuffle(a, b, hi);
+    }
+  if constexpr (h > 1) transpose_stage<T, W, h / 2>(rows);
+}
+
+template <typename T, int W, typename V>
+inline void transpose_square(V* rows) {
+  static_assert(sizeof(V) == W * sizeof(T), "W lanes of T per vector");
+  transpose_stage<T, W, W / 2>(rows);
+}
+
+// The same for one full vector register (Tile<T>::W lanes).
 template <typename T>
 inline void transpose_block(typename Tile<T>::V* rows) {
-  using V = typename Tile<T>::V;
-  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef I IV __attribute__((vector_size(kVecBytes)));
-  constexpr int W = Tile<T>::W;
-  for (int h = W / 2; h >= 1; h /= 2) {
-    IV keep_lo, keep_hi;
-    for (int k = 0; k < W; ++k) {
-      keep_lo[k] = (k & h) ? W + k - h : k;
-      keep_hi[k] = (k & h) ? W + k : k + h;
-    }
-    for (int r = 0; r < W; ++r)
-      if (!(r & h)) {
-        const V a = rows[r], b = rows[r + h];
-        rows[r] = __builtin_shuffle(a, b, keep_lo);
-        rows[r + h] = __builtin_shuffle(a, b, keep_hi);
-      }
-  }
+  transpose_square<T, Tile<T>::W>(rows);
 }
 
 // Panels of a transpose: dst[p][c][t] = src[(p * NR + t) * ld + c] for c < cols, t < NR, zero
@@ -322,6 +338,28 @@ void pack_a_strided(const T* __restrict__ src, int64_t rows, int64_t kc, int64_t
         for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = s[i * rs + k * cs];
     }
   }
+}
+
+// dst = C planes of Hp x Wp holding src (C planes of H x W) placed at (top, left) -- either may
+// be negative, which crops -- with zeros elsewhere, then `slack` zeros.
+template <typename T>
+void pad_planes(const T* __restrict__ src, int64_t C, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Hp,
+                int64_t Wp, T* __restrict__ dst, int64_t slack) {
+  const int64_t x_lo = std::clamp<int64_t>(left, 0, Wp), x_hi = std::clamp<int64_t>(W + left, x_lo, Wp);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t y = 0; y < Hp; ++y) {
+      T* __restrict__ d = dst + (c * Hp + y) * Wp;
+      const int64_t sy = y - top;
+      if (sy < 0 || sy >= H) {
+        std::memset(d, 0, sizeof(T) * Wp);
+        continue;
+      }
+      const T* __restrict__ s = src + (c * H + sy) * W - left;
+      for (int64_t x = 0; x < x_lo; ++x) d[x] = T(0);
+      for (int64_t x = x_lo; x < x_hi; ++x) d[x] = s[x];
+      for (int64_t x = x_hi; x < Wp; ++x) d[x] = T(0);
+    }
+  std::memset(dst + C * Hp * Wp, 0, sizeof(T) * slack);
 }
 
 }  // namespace fastconv::cpu

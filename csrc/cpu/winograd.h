@@ -1,0 +1,420 @@
+// winograd.h: 3x3, stride-1, dilation-1 convolution as Winograd F(4x4, 3x3) on the CPU.
+//
+// A 4x4 block of outputs ("tile") of one channel needs a 6x6 patch d of the input. With the
+// transforms below (interpolation points 0, 1, -1, 2, -2 and infinity),
+//   y = A^T [ sum_c (G g_c G^T) .* (B^T d_c B) ] A
+// gives the 16 outputs from 36 products per input channel instead of 144. Summed over the input
+// channels, each of the 36 points xi is a GEMM of its own:
+//   M[xi][co][t] = sum_c U[xi][co][c] * V[xi][c][t],   U = G g G^T (weights), V = B^T d B (input)
+// FLOPs per tile and channel pair: 72 instead of the direct convolution's 288 (4x fewer); the
+// transforms cost O(C + M) per tile, not O(C * M).
+//
+// Layout. The tiles of the whole batch are numbered in one sequence (image, tile row, tile column)
+// and cut into panels of NR tiles, one tile per vector lane, so every transform is whole-vector
+// arithmetic over NR tiles. A work item is (group, panel): it gathers the panel's 6x6 patches
+// channel by channel (zeros outside the image: padding and the ragged last tiles), transforms them
+// into V[xi][c][NR] -- for each xi the packed B operand of gemm.h's micro-kernel -- multiplies by
+// U[xi] (packed A panels of MR output channels, prepared once per call) into M[co][xi][NR], and
+// transforms M back into 4x4 tiles, adding the bias and applying ReLU before each tile is stored.
+// Loop order per item: xi outer, output-channel panels inner, so the B panel (C x NR) and U[xi]
+// (C x M) stay in L1 while the MR x NR tiles are computed.
+//
+// Grad input of such a layer is the same computation on grad_output, padded by 2 - padding, with
+// the kernel flipped and its channel axes swapped (conv2d.cpp). Grad weight is the transposed map:
+//   dW[co][c] = G^T [ sum_t (A dY_t A^T)[co] .* (B^T d_t B)[c] ] G
+// a GEMM over tiles per xi (winograd_grad_weight below).
+//
+// Each output is computed by one work item in a fixed order: results do not depend on the thread
+// count. Rounding: the transforms add a few ulps per stage; bench/winograd_accuracy.py measures the
+// error against float64 next to torch's float32 error.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "cpu/gemm.h"
+
+namespace fastconv::cpu::winograd {
+
+constexpr int kOut = 4;    // output tile edge
+constexpr int kIn = 6;     // input tile edge: kOut + 3 - 1
+constexpr int kXi = 36;    // transformed points: kIn * kIn
+
+// ---------------------------------------------------------------- the 1-D transforms
+// Each 2-D transform applies its 1-D map to the columns of a tile, then to the rows. X is a scalar
+// or a vector type; s is the distance between the six (or four) elements.
+
+// v = B^T d
+template <typename X>
+inline void input_1d(const X* d, int s, X* v, int vs) {
+  const X d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+  v[0] = 4 * d0 - 5 * d2 + d4;
+  v[vs] = d3 + d4 - 4 * (d1 + d2);
+  v[2 * vs] = d4 - d3 + 4 * (d1 - d2);
+  v[3 * vs] = d4 - d2 + 2 * (d3 - d1);
+  v[4 * vs] = d4 - d2 + 2 * (d1 - d3);
+  v[5 * vs] = 4 * d1 - 5 * d3 + d5;
+}
+
+// y = A^T m
+template <typename X>
+inline void output_1d(const X* m, int s, X* y, int ys) {
+  const X m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s], m5 = m[5 * s];
+  const X p12 = m1 + m2, n12 = m1 - m2, p34 = m3 + m4, n34 = m3 - m4;
+  y[0] = m0 + p12 + p34;
+  y[ys] = n12 + 2 * n34;
+  y[2 * ys] = p12 + 4 * p34;
+  y[3 * ys] = n12 + 8 * n34 + m5;
+}
+
+// u = G g
+template <typename X>
+inline void weight_1d(const X* g, int s, X* u, int us) {
+  const X g0 = g[0], g1 = g[s], g2 = g[2 * s];
+  u[0] = g0 / 4;
+  u[us] = -(g0 + g1 + g2) / 6;
+  u[2 * us] = -(g0 - g1 + g2) / 6;
+  u[3 * us] = g0 / 24 + g1 / 12 + g2 / 6;
+  u[4 * us] = g0 / 24 - g1 / 12 + g2 / 6;
+  u[5 * us] = g2;
+}
+
+// z = A y (the transpose of output_1d: 4 -> 6)
+template <typename X>
+inline void grad_output_1d(const X* y, int s, X* z, int zs) {
+  const X y0 = y[0], y1 = y[s], y2 = y[2 * s], y3 = y[3 * s];
+  const X e = y0 + y2, o = y1 + y3, e4 = y0 + 4 * y2, o8 = 2 * y1 + 8 * y3;
+  z[0] = y0;
+  z[zs] = e + o;
+  z[2 * zs] = e - o;
+  z[3 * zs] = e4 + o8;
+  z[4 * zs] = e4 - o8;
+  z[5 * zs] = y3;
+}
+
+// g = G^T s (the transpose of weight_1d: 6 -> 3)
+template <typename X>
+inline void grad_weight_1d(const X* s6, int s, X* g, int gs) {
+  const X s0 = s6[0], s1 = s6[s], s2 = s6[2 * s], s3 = s6[3 * s], s4 = s6[4 * s], s5 = s6[5 * s];
+  g[0] = s0 / 4 - (s1 + s2) / 6 + (s3 + s4) / 24;
+  g[gs] = (s2 - s1) / 6 + (s3 - s4) / 12;
+  g[2 * gs] = (s3 + s4 - s1 - s2) / 6 + s5;
+}
+
+// 2-D: out[i][j] (out_n x out_n) from in[k][l] (in_n x in_n), both row-major with `lanes`-wide
+// elements, by f on the columns into tmp and then on the rows.
+template <int in_n, int out_n, typename X, typename F>
+inline void transform_2d(const X* in, X* out, F f) {
+  X tmp[out_n * in_n];
+  for (int l = 0; l < in_n; ++l) f(in + l, in_n, tmp + l, in_n);            // columns: tmp[i][l]
+  for (int i = 0; i < out_n; ++i) f(tmp + i * in_n, 1, out + i * out_n, 1);  // rows
+}
+
+// ---------------------------------------------------------------- weights
+
+// U for a set of 3x3 filters: u[gi][xi][ip][c][MR] = (G w(gi, m, c) G^T)[xi], m = ip * MR + i,
+// zero for the padding rows m >= M. w(gi, m, c, r) returns tap r = kh * 3 + kw of filter (m, c).
+template <typename T, typename Weight>
+std::vector<T, AlignedAllocator<T>> transform_weights(int64_t groups, int64_t M, int64_t C, Weight w) {
+  constexpr int MR = Tile<T>::MR;
+  const int64_t m_panels = ceil_div(M, MR);
+  std::vector<T, AlignedAllocator<T>> u(groups * kXi * m_panels * C * MR, T(0));
+  at::parallel_for(0, groups * M, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t gi = row / M, m = row % M;
+      for (int64_t c = 0; c < C; ++c) {
+        T g[9], t[kXi];
+        for (int r = 0; r < 9; ++r) g[r] = w(gi, m, c, r);
+        transform_2d<3, kIn>(g, t, [](const T* a, int s, T* o, int os) { weight_1d(a, s, o, os); });
+        for (int xi = 0; xi < kXi; ++xi)
+          u[(((gi * kXi + xi) * m_panels + m / MR) * C + c) * MR + m % MR] = t[xi];
+      }
+    }
+  });
+  return u;
+}
+
+// ---------------------------------------------------------------- the batch of tiles
+
+typedef float V8 __attribute__((vector_size(32)));  // 8 lanes: the transposes below work on 8 x 8 blocks
+
+// Where a convolution reads and writes: the group's C planes starting at channel c_in of each image
+// (channels_in per image, H x W), read as if zero-padded by (top, left); its M planes starting at
+// c_out (channels_out per image, OH x OW).
+struct Planes {
+  int64_t channels_in, c_in, H, W, top, left;
+  int64_t channels_out, c_out, OH, OW;
+};
+
+// The tile grid of one image and how a work item covers the batch. The input of `images` images is
+// copied zero-padded into an Hp x Wp scratch per plane that holds every patch (Hp = 4 th + 2), so the
+// gather needs no bounds checks; the outputs go to a 4 th x 4 tw staging plane per channel in scratch
+// and are copied out, cropped, in whole rows. Both stay in L2 while the item runs, and the tensors in
+// memory are read and written in long runs.
+struct Grid {
+  int64_t th, tw, per_image;  // tiles per column and row, and per image
+  int64_t Hp, Wp;             // padded input plane
+  int64_t images;             // images per work item
+  int64_t splits;             // work items per chunk of images (a batch too small for the threads)
+};
+
+inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr) {
+  Grid g;
+  g.th = ceil_div(pl.OH, kOut);
+  g.tw = ceil_div(pl.OW, kOut);
+  g.per_image = g.th * g.tw;
+  g.Hp = kOut * g.th + 2;
+  g.Wp = kOut * g.tw + 2;
+  // Images per item: the fewest (up to 4) whose tiles fill at least 90% of the panels' lanes, as long
+  // as there are still two items per thread.
+  const int64_t threads = at::get_num_threads();
+  g.images = 1;
+  for (int64_t k = 1; k <= 4; ++k) {
+    if (k > 1 && ceil_div(n, k) * groups < 2 * threads) break;
+    g.images = k;
+    if (10 * k * g.per_image >= 9 * round_up<float>(k * g.per_image, nr)) break;
+  }
+  const int64_t panels = ceil_div(g.images * g.per_image, nr);
+  g.splits = std::clamp<int64_t>(ceil_div(2 * threads, ceil_div(n, g.images) * groups), 1, panels);
+  return g;
+}
+
+// Where the tiles of a pass lie in a stack of padded planes: tile t is tile t % per_image (row-major,
+// tw to a row) of image t / per_image, whose planes start image_stride apart; a P x P patch's corner
+// is at (4 ty, 4 tx) of a plane with row pitch `pitch`.
+struct PatchGrid {
+  int64_t per_image, tw, pitch, image_stride;
+};
+
+// Gathers the P x P patches of tiles t0 .. t0 + NR from the padded plane `plane` (its channel's plane
+// in the first image) and transforms them by the 1-D map f (P -> 6) on the rows and then on the
+// columns: point xi of lane l goes to out[xi * out_stride + l]. Lanes from t_end on are zero.
+// Eight lanes at a time: each lane's patch row is one 8-float load (the floats beyond the patch are
+// unused; the scratch has slack for the last ones), an 8 x 8 transpose turns eight such rows into
+// P vectors of one patch element each, and the row transform is applied to them right away.
+template <int NR, int P, typename F>
+inline void gather_transform(const float* plane, const PatchGrid& g, int64_t t0, int64_t t_end, float* out,
+                             int64_t out_stride, F f) {
+  static_assert(P <= 8, "a patch row is one 8-float load");
+  for (int h = 0; h < NR / 8; ++h) {
+    const float* corner[8];
+    for (int i = 0; i < 8; ++i) {
+      const int64_t t = t0 + 8 * h + i;
+      if (t >= t_end) {
+        corner[i] = nullptr;
+        continue;
+      }
+      const int64_t r = t % g.per_image;
+      corner[i] = plane + (t / g.per_image) * g.image_stride + kOut * (r / g.tw) * g.pitch + kOut * (r % g.tw);
+    }
+    V8 tmp[P * kIn];  // tmp[r][j']: patch row r transformed
+    for (int r = 0; r < P; ++r) {
+      V8 rows[8];
+      for (int i = 0; i < 8; ++i) {
+        if (corner[i]) std::memcpy(&rows[i], corner[i] + r * g.pitch, sizeof(V8));
+        else rows[i] = V8{};
+      }
+      transpose_square<float, 8>(rows);
+      f(rows, 1, tmp + r * kIn, 1);
+    }
+    for (int j = 0; j < kIn; ++j) {
+      V8 col[kIn];
+      f(tmp + j, kIn, col, 1);
+      for (int k = 0; k < kIn; ++k) std::memcpy(out + (k * kIn + j) * out_stride + 8 * h, &col[k], sizeof(V8));
+    }
+  }
+}
+
+inline void input_v8(const V8* a, int s, V8* o, int os) { input_1d(a, s, o, os); }
+inline void grad_output_v8(const V8* a, int s, V8* o, int os) { grad_output_1d(a, s, o, os); }
+
+// The output transform of one output channel of a panel, fused with the store: m holds the 36
+// transformed points of tiles t0 .. t0 + NR as m[xi][l]; y = A^T m A (+ bias, then ReLU) is stored
+// into the staging planes `stage` (this channel's plane in the first image; 4 th x 4 tw each,
+// `plane_stride` apart per image). Eight lanes at a time: the 16 outputs are 16 vectors of eight
+// tiles, and two 8 x 8 transposes give each tile its four rows of four, stored as 16-byte runs.
+template <int NR>
+inline void transform_scatter(const float* __restrict__ m, float bias, bool relu, const Grid& g,
+                              int64_t plane_stride, int64_t t0, int64_t t_end, float* __restrict__ stage) {
+  const int64_t ow = kOut * g.tw;
+  for (int h = 0; h < NR / 8 && t0 + 8 * h < t_end; ++h) {
+    V8 in[kXi], tmp[kOut * kIn], y[kOut * kOut];
+    for (int k = 0; k < kXi; ++k) std::memcpy(&in[k], m + k * NR + 8 * h, sizeof(V8));
+    for (int l = 0; l < kIn; ++l) output_1d(in + l, kIn, tmp + l, kIn);
+    for (int i = 0; i < kOut; ++i) output_1d(tmp + i * kIn, 1, y + i * kOut, 1);
+    const V8 zero{};
+    for (int k = 0; k < kOut * kOut; ++k) {
+      y[k] += bias;
+      if (relu) y[k] = y[k] < zero ? zero : y[k];
+    }
+    for (int kb = 0; kb < 2; ++kb) {
+      V8* rows = y + 8 * kb;  // tile rows 2 kb, 2 kb + 1
+      transpose_square<float, 8>(rows);
+      for (int j = 0; j < 8 && t0 + 8 * h + j < t_end; ++j) {
+        const int64_t t = t0 + 8 * h + j, r = t % g.per_image;
+        float* o = stage + (t / g.per_image) * plane_stride + (kOut * (r / g.tw) + 2 * kb) * ow + kOut * (r % g.tw);
+        std::memcpy(o, &rows[j], sizeof(V8) / 2);
+        std::memcpy(o + ow, reinterpret_cast<const float*>(&rows[j]) + kOut, sizeof(V8) / 2);
+      }
+    }
+  }
+}
+
+// A stride-1 3x3 convolution of a batch by Winograd F(4x4, 3x3): for every image and group, the
+// group's C planes of `src` zero-padded and cropped as `pl` says, convolved with the group's
+// transformed filters u (transform_weights, M rows) into its M planes of `dst`, with bias and ReLU.
+inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, const float* u, int64_t M,
+                       float* dst, const Planes& pl, const float* bias, bool relu) {
+  using T = float;
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  static_assert(NR % 8 == 0, "a panel is whole 8-lane blocks");
+  typedef T VN __attribute__((vector_size(NR * sizeof(T))));  // one lane per tile of a panel
+  const Grid grid = make_grid(n, groups, pl, NR);
+  const int64_t m_panels = ceil_div(M, MR), chunks = ceil_div(n, grid.images);
+  const int64_t in_plane = grid.Hp * grid.Wp, out_plane = kOut * grid.th * kOut * grid.tw;
+  const int64_t panels = ceil_div(grid.images * grid.per_image, NR);
+  const PatchGrid patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
+  const double flops = 2.0 * kXi * m_panels * MR * C * NR * panels / grid.splits;
+  at::parallel_for(0, chunks * groups * grid.splits, grain_for(flops), [&](int64_t begin, int64_t end) {
+    VN* v = reinterpret_cast<VN*>(scratch<T>(0, kXi * C * NR));              // [xi][c] vectors
+    VN* m = reinterpret_cast<VN*>(scratch<T>(1, m_panels * MR * kXi * NR));  // [co][xi] vectors
+    T* pad = scratch<T>(3, grid.images * C * in_plane + 8);                   // [image][c] padded planes
+    T* stage = scratch<T>(4, grid.images * M * out_plane);                    // [image][co] output tiles
+    alignas(64) T acc[MR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t sp = item % grid.splits, gi = (item / grid.splits) % groups, chunk = item / (grid.splits * groups);
+      const int64_t n0 = chunk * grid.images, imgs = std::min(grid.images, n - n0), tiles = imgs * grid.per_image;
+      const int64_t p_begin = sp * panels / grid.splits, p_end = (sp + 1) * panels / grid.splits;
+      for (int64_t k = 0; k < imgs; ++k)
+        pad_planes(src + ((n0 + k) * pl.channels_in + pl.c_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
+                   pl.left, grid.Hp, grid.Wp, pad + k * C * in_plane, k + 1 == imgs ? int64_t(8) : int64_t(0));
+      for (int64_t p = p_begin; p < p_end; ++p) {
+        const int64_t t0 = p * NR;
+        for (int64_t c = 0; c < C; ++c)
+          gather_transform<NR, kIn>(pad + c * in_plane, patches, t0, tiles, reinterpret_cast<T*>(v + c), C * NR,
+                                    input_v8);
+        const T* ug = u + gi * kXi * m_panels * C * MR;
+        for (int xi = 0; xi < kXi; ++xi)
+          for (int64_t ip = 0; ip < m_panels; ++ip) {
+            micro_kernel<T>(C, PackedA<T>{ug + (xi * m_panels + ip) * C * MR},
+                            PackedB<T>{reinterpret_cast<const T*>(v + xi * C)}, acc);
+            for (int i = 0; i < MR; ++i) std::memcpy(&m[(ip * MR + i) * kXi + xi], acc + i * NR, sizeof(VN));
+          }
+        for (int64_t co = 0; co < M; ++co)
+          transform_scatter<NR>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), relu, grid,
+                                M * out_plane, t0, tiles, stage + co * out_plane);
+      }
+      // Copy out the item's tiles [p_begin * NR, p_end * NR), tile row by tile row, cropped.
+      const int64_t ow4 = kOut * grid.tw, t_first = p_begin * NR, t_last = std::min(p_end * NR, tiles);
+      for (int64_t t = t_first; t < t_last;) {
+        const int64_t k = t / grid.per_image, ty = (t % grid.per_image) / grid.tw, tx = t % grid.tw;
+        const int64_t tx_end = std::min(grid.tw, tx + (t_last - t));
+        const int64_t x0 = kOut * tx, x1 = std::min(pl.OW, kOut * tx_end);
+        for (int64_t co = 0; co < M; ++co) {
+          const T* s = stage + (k * M + co) * out_plane;
+          T* o = dst + ((n0 + k) * pl.channels_out + pl.c_out + gi * M + co) * pl.OH * pl.OW;
+          for (int64_t y = kOut * ty; y < std::min(pl.OH, kOut * ty + kOut); ++y)
+            std::memcpy(o + y * pl.OW + x0, s + y * ow4 + x0, sizeof(T) * (x1 - x0));
+        }
+        t += tx_end - tx;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- grad weight
+
+// Number of image chunks of the weight-gradient reduction: a function of the batch size only.
+inline int64_t grad_weight_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
+
+// dW of a stride-1 3x3 convolution (groups of M filters over C channels; pl describes x as the input
+// and dy as the output, as for the forward pass):
+//   S[xi][co][c] = sum over tiles t of Z[xi][co][t] * V[xi][c][t],  Z = A dY_t A^T, V = B^T x_t B
+//   dW[co][c] = G^T S[.][co][c] G
+// Per (chunk of images, group) work item, passes of a few images are padded into scratch (x as for
+// the forward pass, dY to whole 4 x 4 tiles), and blocks of kBlock tiles are transformed with one
+// tile per lane into V[xi][c][t] and Z[xi][co][t]. For each xi, V is transposed into panels of NR
+// channels and multiplied: A = Z's rows (MR output channels, read where they lie), B = the V panel,
+// the GEMM depth being the block's tiles; the MR x NR tile is added into the item's S. Chunks are
+// fixed by the batch size and their S are added in chunk order: bitwise the same for any thread count.
+inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t C, const float* dy, int64_t M,
+                              float* dw, const Planes& pl) {
+  using T = float;
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  constexpr int64_t kBlock = 2 * NR;  // tiles per block: the depth of one GEMM
+  const Grid grid = make_grid(n, groups, pl, NR);
+  const int64_t nchunks = grad_weight_chunks(n), m_panels = ceil_div(M, MR), Mp = m_panels * MR;
+  const int64_t c_panels = ceil_div(C, NR), Cp = c_panels * NR;
+  const int64_t in_plane = grid.Hp * grid.Wp, Hq = kOut * grid.th, Wq = kOut * grid.tw, dy_plane = Hq * Wq;
+  const PatchGrid x_patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
+  const PatchGrid dy_patches{grid.per_image, grid.tw, Wq, M * dy_plane};
+  std::vector<T, AlignedAllocator<T>> sums(nchunks * groups * kXi * Mp * Cp);
+  const double flops = 2.0 * kXi * Mp * Cp * grid.per_image * n / nchunks;
+  at::parallel_for(0, nchunks * groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* v = scratch<T>(0, kXi * C * kBlock);    // [xi][c][t]
+    T* z = scratch<T>(1, kXi * M * kBlock);    // [xi][co][t]
+    T* xpad = scratch<T>(3, grid.images * C * in_plane + 8);
+    T* dypad = scratch<T>(4, grid.images * M * dy_plane + 8);
+    T* vp = scratch<T>(5, Cp * kBlock);        // one xi of V as [channel panel][t][NR]
+    alignas(64) T acc[MR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item % groups, chunk = item / groups;
+      T* S = sums.data() + item * kXi * Mp * Cp;  // item == chunk * groups + gi
+      std::memset(S, 0, sizeof(T) * kXi * Mp * Cp);
+      const int64_t n_begin = chunk * n / nchunks, n_end = (chunk + 1) * n / nchunks;
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += grid.images) {
+        const int64_t imgs = std::min(grid.images, n_end - n0), tiles = imgs * grid.per_image;
+        for (int64_t k = 0; k < imgs; ++k) {
+          const bool last = k + 1 == imgs;
+          pad_planes(x + ((n0 + k) * pl.channels_in + pl.c_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
+                     pl.left, grid.Hp, grid.Wp, xpad + k * C * in_plane, last ? int64_t(8) : int64_t(0));
+          pad_planes(dy + ((n0 + k) * pl.channels_out + pl.c_out + gi * M) * pl.OH * pl.OW, M, pl.OH, pl.OW,
+                     int64_t(0), int64_t(0), Hq, Wq, dypad + k * M * dy_plane, last ? int64_t(8) : int64_t(0));
+        }
+        for (int64_t tb = 0; tb < tiles; tb += kBlock) {
+          const int64_t depth = round_up<T>(std::min(kBlock, tiles - tb), NR);
+          for (int64_t t0 = tb; t0 < tb + depth; t0 += NR) {
+            const int64_t lane0 = t0 - tb;
+            for (int64_t c = 0; c < C; ++c)
+              gather_transform<NR, kIn>(xpad + c * in_plane, x_patches, t0, tiles, v + c * kBlock + lane0,
+                                        C * kBlock, input_v8);
+            for (int64_t co = 0; co < M; ++co)
+              gather_transform<NR, kOut>(dypad + co * dy_plane, dy_patches, t0, tiles, z + co * kBlock + lane0,
+                                         M * kBlock, grad_output_v8);
+          }
+          for (int xi = 0; xi < kXi; ++xi) {
+            pack_transposed_panels(v + xi * C * kBlock, C, depth, kBlock, vp);
+            T* Sx = S + xi * Mp * Cp;
+            for (int64_t ip = 0; ip < m_panels; ++ip) {
+              RowsA<T> rows;  // the padding rows past M repeat row M - 1; their sums are never read
+              for (int i = 0; i < MR; ++i) rows.row[i] = z + (xi * M + std::min<int64_t>(ip * MR + i, M - 1)) * kBlock;
+              for (int64_t cp = 0; cp < c_panels; ++cp) {
+                micro_kernel<T>(depth, rows, PackedB<T>{vp + cp * depth * NR}, acc);
+                store_tile<T>(acc, MR, NR, Sx + ip * MR * Cp + cp * NR, Cp, true, false, Epilogue<T>{}, 0, 0);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  // dW[gi * M + co][c] = G^T (sum over chunks, in order, of S) G
+  at::parallel_for(0, groups * M, std::max<int64_t>(1, 256 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t gi = row / M, co = row % M;
+      for (int64_t c = 0; c < C; ++c) {
+        T s[kXi], g[9];
+        for (int xi = 0; xi < kXi; ++xi) {
+          T sum = 0;
+          for (int64_t ch = 0; ch < nchunks; ++ch) sum += sums[(((ch * groups + gi) * kXi + xi) * Mp + co) * Cp + c];
+          s[xi] = sum;
+        }
+        transform_2d<kIn, 3>(s, g, [](const T* a, int st, T* o, int os) { grad_weight_1d(a, st, o, os); });
+        std::memcpy(dw + (row * C + c) * 9, g, sizeof(g));
+      }
+    }
+  });
+}
+
+}  // namespace fastconv::cpu::winograd

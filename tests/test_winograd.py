@@ -1,0 +1,189 @@
+"""The CPU's Winograd F(4x4, 3x3) convolution (csrc/cpu/winograd.h): forward, grad input and grad weight
+against torch, forced on (FASTCONV_CPU_CONV=winograd) for shapes the automatic choice would also send
+elsewhere; the automatic choice itself; accuracy against float64; determinism and thread-count
+invariance. Winograd runs only for float32 3x3 stride-1 dilation-1 layers on the CPU."""
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv.functional as FF
+from conftest import LAYOUTS, assert_bitwise_equal, make_layout, num_threads, tol
+
+ops = torch.ops.fastconv
+
+pytestmark = pytest.mark.op
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    x: tuple        # (N, C, H, W)
+    w: tuple        # (C_out, C_in / groups, 3, 3)
+    padding: tuple  # (top, bottom, left, right)
+    groups: int = 1
+    bias: bool = True
+
+
+def case(id, x, w, padding=(0, 0, 0, 0), **kw):
+    return pytest.param(Case(x, w, padding, **kw), id=id)
+
+
+CASES = [
+    # output 24 x 24 = 6 x 6 whole tiles; 2 images fill the 16-tile panels better than one
+    case("mnist_like", (3, 16, 26, 26), (20, 16, 3, 3)),
+    # ragged last tile row and column (output 13 x 9), channel counts that are no multiple of MR or NR
+    case("ragged_13x9", (2, 9, 15, 11), (7, 9, 3, 3)),
+    case("pad1", (2, 12, 15, 15), (10, 12, 3, 3), (1, 1, 1, 1)),
+    case("pad_asym", (2, 8, 9, 12), (8, 8, 3, 3), (2, 0, 1, 3)),
+    # padding 3 > kernel - 1: grad input has a negative padding (it crops grad_output)
+    case("pad3", (1, 8, 5, 6), (5, 8, 3, 3), (3, 3, 3, 3)),
+    # output 1 x 1: one tile, 15 of its 16 outputs cropped
+    case("output_1x1", (2, 8, 3, 3), (9, 8, 3, 3)),
+    case("tall_narrow", (2, 8, 21, 3), (8, 8, 3, 3), (0, 0, 1, 1)),
+    case("groups2", (2, 16, 10, 10), (12, 8, 3, 3), (1, 1, 1, 1), groups=2),
+    case("no_bias", (2, 8, 11, 7), (8, 8, 3, 3), (1, 1, 1, 1), bias=False),
+    # 9 images: the weight gradient's 8 image chunks are uneven
+    case("batch9", (9, 8, 8, 8), (8, 8, 3, 3), (1, 1, 1, 1)),
+    # more tiles than one panel per image and many panels across the batch
+    case("many_tiles", (2, 8, 34, 37), (6, 8, 3, 3)),
+    case("channels_64", (1, 64, 9, 9), (64, 64, 3, 3)),
+]
+
+
+def _inputs(c, dtype=torch.float32):
+    g = torch.Generator().manual_seed(hash(c) % 2**31)
+    x = torch.randn(c.x, generator=g, dtype=dtype)
+    w = torch.randn(c.w, generator=g, dtype=dtype)
+    b = torch.randn(c.w[0], generator=g, dtype=dtype) if c.bias else None
+    return x, w, b
+
+
+def _torch_conv(x, w, b, padding, groups):
+    pt, pb, pl, pr = padding
+    return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, 1, 0, 1, groups)
+
+
+def _ops(x, w, b, dy, padding, groups, relu=False):
+    args = ([1, 1], list(padding), [1, 1], groups)
+    return (ops.conv2d(x, w, b, *args, relu),
+            ops.conv2d_grad_input(dy, w, list(x.shape), *args),
+            ops.conv2d_grad_weight(dy, x, list(w.shape), *args))
+
+
+@pytest.fixture
+def winograd(monkeypatch):
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "winograd")
+
+
+@pytest.mark.parametrize("c", CASES)
+def test_winograd_matches_torch(winograd, c):
+    x, w, b = _inputs(c)
+    ref = _torch_conv(x, w, b, c.padding, c.groups)
+    dy = torch.randn_like(ref)
+    y, dx, dw = _ops(x, w, b, dy, c.padding, c.groups)
+    k = c.w[1] * 9
+    torch.testing.assert_close(y, ref, **tol(torch.float32, k))
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    rx, rw = torch.autograd.grad(_torch_conv(xr, wr, b, c.padding, c.groups), [xr, wr], dy)
+    torch.testing.assert_close(dx, rx, **tol(torch.float32, c.w[0] // c.groups * 9))
+    torch.testing.assert_close(dw, rw, **tol(torch.float32, math.prod(ref.shape) // ref.shape[1]))
+
+
+@pytest.mark.parametrize("c", CASES[:3])
+def test_winograd_fused_relu(winograd, c):
+    x, w, b = _inputs(c)
+    y = ops.conv2d(x, w, b, [1, 1], list(c.padding), [1, 1], c.groups, True)
+    torch.testing.assert_close(y, _torch_conv(x, w, b, c.padding, c.groups).relu(), **tol(torch.float32, c.w[1] * 9))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_winograd_layouts(winograd, layout):
+    """Non-contiguous inputs, weights and gradients give the contiguous results."""
+    c = Case((2, 8, 10, 9), (8, 8, 3, 3), (1, 1, 1, 1))
+    x, w, b = _inputs(c)
+    dy = torch.randn(2, 8, 10, 9)
+    expected = _ops(x, w, b, dy, c.padding, 1)
+    got = _ops(make_layout(x, layout), make_layout(w, layout), b, make_layout(dy, layout), c.padding, 1)
+    for e, g in zip(expected, got):
+        assert_bitwise_equal(g, e)
+
+
+def test_winograd_through_autograd(winograd):
+    """fastconv.functional.conv2d's gradients come from the Winograd ops when they are forced."""
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    w = torch.randn(16, 8, 3, 3, requires_grad=True)
+    b = torch.randn(16, requires_grad=True)
+    out = FF.conv2d(x, w, b, padding=1)
+    ref = F.conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(out, ref, **tol(torch.float32, 72))
+    dy = torch.randn_like(ref)
+    for g, r in zip(torch.autograd.grad(out, [x, w, b], dy), torch.autograd.grad(ref, [x, w, b], dy)):
+        torch.testing.assert_close(g, r, **tol(torch.float32, 2 * 144))
+
+
+def test_automatic_choice(monkeypatch):
+    """Without the variable a layer with >= 8 channels on the GEMM depth side takes Winograd (bitwise the
+    forced result, and not the GEMM's), one with fewer takes the GEMM; float64 never takes Winograd."""
+    def forward(mode, x, w):
+        if mode is None:
+            monkeypatch.delenv("FASTCONV_CPU_CONV", raising=False)
+        else:
+            monkeypatch.setenv("FASTCONV_CPU_CONV", mode)
+        return ops.conv2d(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, False)
+
+    x, w = torch.randn(2, 8, 12, 12), torch.randn(4, 8, 3, 3)
+    auto, wino, gemm = forward(None, x, w), forward("winograd", x, w), forward("gemm", x, w)
+    assert_bitwise_equal(auto, wino)
+    assert not torch.equal(wino, gemm)
+    x, w = torch.randn(2, 3, 12, 12), torch.randn(8, 3, 3, 3)
+    assert_bitwise_equal(forward(None, x, w), forward("gemm", x, w))
+    x, w = torch.randn(2, 8, 12, 12, dtype=torch.float64), torch.randn(4, 8, 3, 3, dtype=torch.float64)
+    assert_bitwise_equal(forward("winograd", x, w), forward("gemm", x, w))
+    # stride 2 and 5x5 kernels are not Winograd's either
+    x, w = torch.randn(2, 8, 12, 12), torch.randn(4, 8, 5, 5)
+    assert_bitwise_equal(forward("winograd", x, w), forward("gemm", x, w))
+
+
+def test_bad_algorithm_variable(monkeypatch):
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "fft")
+    with pytest.raises(RuntimeError, match="FASTCONV_CPU_CONV must be auto, winograd or gemm, not 'fft'"):
+        ops.conv2d(torch.randn(1, 8, 6, 6), torch.randn(4, 8, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False)
+
+
+def test_winograd_deterministic_and_thread_count_invariant(winograd):
+    """Forward, grad input and grad weight (9 images: 8 uneven chunks, two groups) are bitwise the same
+    run after run and with 1, 2 and 3 threads."""
+    c = Case((9, 16, 13, 11), (20, 8, 3, 3), (1, 0, 2, 1), groups=2)
+    x, w, b = _inputs(c)
+    dy = torch.randn_like(_torch_conv(x, w, b, c.padding, c.groups))
+    results = []
+    for n in (1, 2, 3, 2):
+        with num_threads(n):
+            results.append(_ops(x, w, b, dy, c.padding, c.groups))
+    for other in results[1:]:
+        for a, r in zip(results[0], other):
+            assert_bitwise_equal(a, r)
+
+
+# The layers of the two reference nets at batch 4: (C_in, C_out, H = W, padding)
+NET_LAYERS = [(32, 64, 26, 0), (32, 32, 32, 0), (32, 64, 15, 1), (64, 64, 15, 0)]
+
+
+@pytest.mark.parametrize("cin,cout,hw,pad", NET_LAYERS)
+def test_winograd_accuracy_against_float64(winograd, cin, cout, hw, pad):
+    """The largest error relative to the largest float64 value stays below 2e-5 in all three passes
+    (bench/winograd_accuracy.py prints it next to torch's float32 error; both are ~1e-6 to 1e-5)."""
+    g = torch.Generator().manual_seed(cin * cout + hw)
+    x = torch.randn(4, cin, hw, hw, generator=g)
+    w = torch.randn(cout, cin, 3, 3, generator=g) / (cin * 9) ** 0.5
+    padding = (pad,) * 4
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = F.conv2d(x64, w64, None, padding=pad)
+    dy = torch.randn(ref.shape, generator=g)
+    rx, rw = torch.autograd.grad(ref, [x64, w64], dy.double())
+    got = _ops(x, w, None, dy, padding, 1)
+    for name, a, r in zip(("forward", "grad input", "grad weight"), got, (ref, rx, rw)):
+        err = ((a.double() - r).abs().max() / r.abs().max()).item()
+        assert err < 2e-5, f"{name}: relative error {err:.2e}"
