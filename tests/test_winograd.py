@@ -124,26 +124,42 @@ def test_winograd_through_autograd(winograd):
 
 
 def test_automatic_choice(monkeypatch):
-    """Without the variable a layer with >= 8 channels on the GEMM depth side takes Winograd (bitwise the
-    forced result, and not the GEMM's), one with fewer takes the GEMM; float64 never takes Winograd."""
-    def forward(mode, x, w):
+    """Without the variable each pass takes Winograd where csrc/cpu/conv2d.cpp's thresholds say it is
+    faster (bitwise the forced result, and not the GEMM's) and the GEMM elsewhere; float64, 5x5 kernels
+    and strides > 1 never take Winograd."""
+    args = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+
+    def passes(mode, x, w):
         if mode is None:
             monkeypatch.delenv("FASTCONV_CPU_CONV", raising=False)
         else:
             monkeypatch.setenv("FASTCONV_CPU_CONV", mode)
-        return ops.conv2d(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, False)
+        y = ops.conv2d(x, w, None, *args, False)
+        dy = torch.randn(y.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+        return y, ops.conv2d_grad_input(dy, w, list(x.shape), *args), ops.conv2d_grad_weight(dy, x, list(w.shape), *args)
 
-    x, w = torch.randn(2, 8, 12, 12), torch.randn(4, 8, 3, 3)
-    auto, wino, gemm = forward(None, x, w), forward("winograd", x, w), forward("gemm", x, w)
-    assert_bitwise_equal(auto, wino)
-    assert not torch.equal(wino, gemm)
-    x, w = torch.randn(2, 3, 12, 12), torch.randn(8, 3, 3, 3)
-    assert_bitwise_equal(forward(None, x, w), forward("gemm", x, w))
-    x, w = torch.randn(2, 8, 12, 12, dtype=torch.float64), torch.randn(4, 8, 3, 3, dtype=torch.float64)
-    assert_bitwise_equal(forward("winograd", x, w), forward("gemm", x, w))
-    # stride 2 and 5x5 kernels are not Winograd's either
-    x, w = torch.randn(2, 8, 12, 12), torch.randn(4, 8, 5, 5)
-    assert_bitwise_equal(forward("winograd", x, w), forward("gemm", x, w))
+    def algorithms(x, w):
+        auto, wino, gemm = passes(None, x, w), passes("winograd", x, w), passes("gemm", x, w)
+        chosen = []
+        for a, wi, ge in zip(auto, wino, gemm):
+            assert not torch.equal(wi, ge)
+            chosen.append("winograd" if torch.equal(a, wi) else "gemm" if torch.equal(a, ge) else "neither")
+        return chosen
+
+    # (forward: C_in >= 16, grad input: C_out >= 8, grad weight: both >= 16 and C_in * C_out >= 512)
+    assert algorithms(torch.randn(2, 16, 12, 12), torch.randn(32, 16, 3, 3)) == ["winograd"] * 3
+    assert algorithms(torch.randn(2, 8, 12, 12), torch.randn(16, 8, 3, 3)) == ["gemm", "winograd", "gemm"]
+    assert algorithms(torch.randn(2, 16, 12, 12), torch.randn(4, 16, 3, 3)) == ["winograd", "gemm", "gemm"]
+    assert algorithms(torch.randn(2, 16, 12, 12), torch.randn(16, 16, 3, 3)) == ["winograd", "winograd", "gemm"]
+    for x, w in [(torch.randn(2, 16, 12, 12, dtype=torch.float64), torch.randn(32, 16, 3, 3, dtype=torch.float64)),
+                 (torch.randn(2, 16, 12, 12), torch.randn(32, 16, 5, 5))]:
+        for a, b in zip(passes("winograd", x, w), passes("gemm", x, w)):
+            assert_bitwise_equal(a, b)
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "winograd")
+    x, w = torch.randn(2, 16, 12, 12), torch.randn(32, 16, 3, 3)
+    strided = ops.conv2d(x, w, None, [2, 2], [1, 1, 1, 1], [1, 1], 1, False)
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "gemm")
+    assert_bitwise_equal(strided, ops.conv2d(x, w, None, [2, 2], [1, 1, 1, 1], [1, 1], 1, False))
 
 
 def test_bad_algorithm_variable(monkeypatch):

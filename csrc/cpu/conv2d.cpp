@@ -1,4 +1,5 @@
-// conv2d.cpp: 2-D convolution on the CPU as implicit GEMM over packed im2col tiles (gemm.h).
+// conv2d.cpp: 2-D convolution on the CPU: Winograd F(4x4, 3x3) for float32 3x3 stride-1 layers
+// (winograd.h), otherwise implicit GEMM over packed im2col tiles (gemm.h).
 //
 // Forward, per (image n, group g, block of up to NB output pixels):
 //   C[co][p] = sum_k W[co][k] * col[k][p],  k = (ci, kh, kw) of the group, p = (oh, ow)
@@ -7,10 +8,8 @@
 //   FLOPs per block: 2 * C_out_g * K * NB; bytes: the K x NB gathered tile (read once per block,
 //   reused by every output channel) plus the C_out_g x K weights. Blocks are independent, so the
 //   work is split over (n, g, pixel block) with at::parallel_for.
-// Grad input, per (n, g, block of input pixels): the transposed implicit GEMM
-//   dX[ci][q] = sum_{co,kh,kw} W[co][ci][kh][kw] * dY[co][oh][ow],  oh * sh = ih + pt - kh * dh
-//   i.e. the same machinery with A = W viewed as [ci][(co, kh, kw)] and B gathered from dY
-//   (positions that do not land on the stride grid gather zeros). No scatter, no atomics.
+// Grad input: with unit stride, a forward convolution of grad_output with the flipped kernel (the
+//   direct path below); with a larger stride, dcol = W^T dY as a GEMM, scattered back (col2im).
 // Grad weight, per (chunk of images, g, block of weight columns):
 //   dW[co][k] = sum_{n in chunk, p} dY[n][co][p] * col_n[k][p]
 //   the reduction over pixels is the GEMM depth (k-blocks of kKC pixels, image after image).
@@ -61,32 +60,6 @@ void gather_row(const T* __restrict__ plane, int64_t H, int64_t W, int64_t gw, i
           const int64_t x = x0 + i * sx;
           d[i] = (x >= 0 && x < W) ? row[x] : T(0);
         }
-      }
-    }
-    t += run;
-    gx = 0;
-    ++gy;
-  }
-}
-
-// The transposed gather of grad input for stride > 1:
-// dst[t] = plane[(gy + oy) / sy][(gx + ox) / sx] where both divide exactly, else zero.
-template <typename T>
-void gather_row_strided_transposed(const T* __restrict__ plane, int64_t H, int64_t W, int64_t gw, int64_t p,
-                                   int64_t count, int64_t sy, int64_t sx, int64_t oy, int64_t ox,
-                                   T* __restrict__ dst) {
-  int64_t gy = p / gw, gx = p % gw;
-  for (int64_t t = 0; t < count;) {
-    const int64_t run = std::min(count - t, gw - gx);
-    const int64_t y = gy + oy;
-    T* __restrict__ d = dst + t;
-    if (y < 0 || y % sy != 0 || y / sy >= H) {
-      for (int64_t i = 0; i < run; ++i) d[i] = T(0);
-    } else {
-      const T* __restrict__ row = plane + (y / sy) * W;
-      for (int64_t i = 0; i < run; ++i) {
-        const int64_t x = gx + i + ox;
-        d[i] = (x >= 0 && x % sx == 0 && x / sx < W) ? row[x / sx] : T(0);
       }
     }
     t += run;
@@ -352,10 +325,17 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
 // ---------------------------------------------------------------- Winograd (3x3, stride 1)
 
 // Which algorithm a float32 3x3 stride-1 dilation-1 layer uses. FASTCONV_CPU_CONV=winograd or =gemm
-// forces one (for tests and measurements); otherwise Winograd where the GEMM depth of its 36 products
-// -- the input channels of the forward pass, the output channels of grad input -- is at least
-// kWinogradMinDepth (bench/ops.py: below that the transforms cost more than the products save).
-constexpr int64_t kWinogradMinDepth = 8;
+// forces one (for tests and measurements); otherwise Winograd where it measured faster than the direct
+// GEMM (batch 128, AMD EPYC AVX2 + FMA, 2 threads; the transforms cost O(C + M) per tile, the products
+// O(C * M), so small channel counts favour the GEMM):
+//   forward      C_in >= 16          (8 -> 16 at 32x32: equal; 8 -> 64 at 16x16: GEMM 10% faster;
+//                                     16 -> 16: Winograd 18% faster)
+//   grad input   C_out >= 8          (faster in every case measured, 64 -> 8 included)
+//   grad weight  min(C_in, C_out) >= 16 and C_in * C_out >= 512
+//                                    (16 -> 16: GEMM 13% faster; 16 -> 32: Winograd 7%; 32 -> 64 at
+//                                     15x15: 26%; 8 -> 64: GEMM 17% faster)
+constexpr int64_t kWinogradMinForward = 16, kWinogradMinGradInput = 8, kWinogradMinGradWeight = 16;
+constexpr int64_t kWinogradMinGradWeightProduct = 512;
 
 enum class Algo { kAuto, kWinograd, kGemm };
 
@@ -368,13 +348,13 @@ inline Algo forced_algo() {
 }
 
 template <typename T>
-bool use_winograd(const ConvShape& g, int64_t depth) {
+bool use_winograd(const ConvShape& g, bool faster) {
   if (!std::is_same_v<T, float> || g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
     return false;
   switch (forced_algo()) {
     case Algo::kWinograd: return true;
     case Algo::kGemm: return false;
-    default: return depth >= kWinogradMinDepth;
+    default: return faster;
   }
 }
 
@@ -439,50 +419,60 @@ void forward_impl(const ConvShape& g, const T* x, const T* w, const T* bias, boo
   });
 }
 
+// Strided grad input as a GEMM into columns and a scatter back (col2im), per (image, group) and
+// block of output pixels:
+//   dcol[r][p] = sum_co W[co][r] * dY[co][p],  r = (ci, kh, kw), p = (oh, ow)
+//   dX[ci][oh * sh - pt + kh * dh][ow * sw - pl + kw * dw] += dcol[r][p]
+// (A transposed implicit GEMM, gathering dY on the input grid, would gather mostly zeros -- 3 of 4 for
+// stride 2 -- and pay a division per element to find them; this GEMM does only the useful products.) Each image is scattered by one thread, rows r in order: deterministic for any thread count.
 template <typename T>
-void grad_input_impl(const ConvShape& g, const T* dy, const T* w, T* dx) {
+void grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx) {
   constexpr int NR = Tile<T>::NR;
-  const int64_t Q = g.h * g.w, P = g.oh * g.ow, khw = g.kh * g.kw;
-  const int64_t K = g.cout_g() * khw;  // depth: (co, kh, kw)
-  const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(Q, NB);
+  const int64_t P = g.oh * g.ow, khw = g.kh * g.kw, R = g.cin_g() * khw, K = g.cout_g(), Q = g.h * g.w;
   const int64_t n_kblocks = ceil_div(K, kKC);
-  const bool unit_stride = g.sh == 1 && g.sw == 1;
-  const double flops = 2.0 * g.cin_g() * K * std::min(NB, Q);
-  at::parallel_for(0, g.n * g.groups * nblk, grain_for(flops), [&](int64_t begin, int64_t end) {
+  // pixels per block: the column buffer (R x NB) stays near 1 MiB
+  const int64_t NB = std::clamp<int64_t>(round_up<T>(262144 / std::max<int64_t>(R, 1), NR), NR, 4096);
+  const double flops = 2.0 * R * K * P;
+  at::parallel_for(0, g.n * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* dcol = scratch<T>(5, R * std::min(NB, P));
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t qb = item % nblk, gi = (item / nblk) % g.groups, n = item / (nblk * g.groups);
-      const int64_t q0 = qb * NB, qlen = std::min(NB, Q - q0);
-      const T* dyg = dy + (n * g.c_out + gi * g.cout_g()) * P;
-      const T* wg = w + gi * g.cout_g() * g.cin_g() * khw;
-      auto pack_a = [&](int64_t kb, T* dst) {
-        constexpr int MR = Tile<T>::MR;
-        const int64_t k0 = kb * kKC, kc = std::min(kKC, K - k0), rows = g.cin_g();
-        for (int64_t ip = 0; ip * MR < rows; ++ip) {
-          T* d = dst + ip * kc * MR;
-          const int mr = (int)std::min<int64_t>(MR, rows - ip * MR);
-          for (int64_t k = 0; k < kc; ++k) {
-            const int64_t co = (k0 + k) / khw, r = (k0 + k) % khw;
-            const T* src = wg + (co * g.cin_g() + ip * MR) * khw + r;  // W[co][ci][r], ci = ip*MR + i
-            for (int i = 0; i < mr; ++i) d[k * MR + i] = src[i * khw];
-            for (int i = mr; i < MR; ++i) d[k * MR + i] = T(0);
+      const int64_t gi = item % g.groups, n = item / g.groups;
+      const T* wg = w + gi * K * R;
+      const T* dyg = dy + (n * g.c_out + gi * K) * P;
+      T* dxg = dx + (n * g.c_in + gi * g.cin_g()) * Q;
+      std::memset(dxg, 0, sizeof(T) * g.cin_g() * Q);
+      for (int64_t p0 = 0; p0 < P; p0 += NB) {
+        const int64_t plen = std::min(NB, P - p0);
+        auto pack_a = [&](int64_t kb, T* dst) {
+          const int64_t k0 = kb * kKC, kc = std::min(kKC, K - k0);
+          pack_a_strided(wg + k0 * R, R, kc, int64_t(1), R, dst);
+          return kc;
+        };
+        auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
+          pack_b_rows<T>(kc, p0, plen, dst, [&](int64_t k, int64_t p, int64_t cnt, T* d) {
+            std::memcpy(d, dyg + (kb * kKC + k) * P + p, sizeof(T) * cnt);
+          });
+        };
+        gemm_block<T>(R, plen, n_kblocks, pack_a, pack_b, dcol, plen, false, Epilogue<T>{});
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t ci = r / khw, kh = (r % khw) / g.kw, kw = r % g.kw;
+          const T* col = dcol + r * plen;
+          T* plane = dxg + ci * Q;
+          for (int64_t p = p0; p < p0 + plen;) {  // one output row (or the part of it in the block) at a time
+            const int64_t oh = p / g.ow, ow0 = p % g.ow, run = std::min(g.ow - ow0, p0 + plen - p);
+            const int64_t ih = oh * g.sh - g.pt + kh * g.dh;
+            if (ih >= 0 && ih < g.h) {
+              T* row = plane + ih * g.w;
+              const T* c = col + (p - p0);
+              for (int64_t j = 0; j < run; ++j) {
+                const int64_t iw = (ow0 + j) * g.sw - g.pl + kw * g.dw;
+                if (iw >= 0 && iw < g.w) row[iw] += c[j];
+              }
+            }
+            p += run;
           }
         }
-        return kc;
-      };
-      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
-        const int64_t k0 = kb * kKC;
-        pack_b_rows<T>(kc, q0, qlen, dst, [&](int64_t k, int64_t q, int64_t cnt, T* d) {
-          const int64_t kk = k0 + k, co = kk / khw, kh = (kk % khw) / g.kw, kw = kk % g.kw;
-          const T* plane = dyg + co * P;
-          const int64_t oy = g.pt - kh * g.dh, ox = g.pl - kw * g.dw;
-          if (unit_stride)
-            gather_row(plane, g.oh, g.ow, g.w, q, cnt, int64_t(1), int64_t(1), oy, ox, d);
-          else
-            gather_row_strided_transposed(plane, g.oh, g.ow, g.w, q, cnt, g.sh, g.sw, oy, ox, d);
-        });
-      };
-      gemm_block<T>(g.cin_g(), qlen, n_kblocks, pack_a, pack_b,
-                    dx + (n * g.c_in + gi * g.cin_g()) * Q + q0, Q, false, Epilogue<T>{});
+      }
     }
   });
 }
@@ -540,7 +530,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         if (out.numel() == 0) return out;
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
-          auto impl = use_winograd<scalar_t>(g, g.cin_g()) ? forward_winograd<scalar_t>
+          auto impl = use_winograd<scalar_t>(g, g.cin_g() >= kWinogradMinForward) ? forward_winograd<scalar_t>
                       : g.sh == 1 && g.sw == 1         ? forward_direct<scalar_t>
                                                        : forward_impl<scalar_t>;
           impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -563,9 +553,9 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
         if (grad_output.numel() == 0) return dx.zero_();
         const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
         AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_input", [&] {
-          auto impl = use_winograd<scalar_t>(g, g.cout_g()) ? grad_input_winograd<scalar_t>
+          auto impl = use_winograd<scalar_t>(g, g.cout_g() >= kWinogradMinGradInput) ? grad_input_winograd<scalar_t>
                       : g.sh == 1 && g.sw == 1          ? grad_input_direct<scalar_t>
-                                                        : grad_input_impl<scalar_t>;
+                                                        : grad_input_col2im<scalar_t>;
           impl(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
         });
         return dx;
@@ -577,7 +567,9 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 template <typename T>
 void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw, T* partial, int64_t nchunks) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_winograd<T>(g, std::min(g.cin_g(), g.cout_g()))) {
+    const bool faster = std::min(g.cin_g(), g.cout_g()) >= kWinogradMinGradWeight &&
+                        g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct;
+    if (use_winograd<T>(g, faster)) {
       winograd::grad_weight_batch(g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
                                   winograd::Planes{g.c_in, 0, g.h, g.w, g.pt, g.pl, g.c_out, 0, g.oh, g.ow});
       return;

@@ -275,9 +275,12 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
   const int64_t in_plane = grid.Hp * grid.Wp, out_plane = kOut * grid.th * kOut * grid.tw;
   const int64_t panels = ceil_div(grid.images * grid.per_image, NR);
   const PatchGrid patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
+  // One vector more than C per point: the 36 stores of a transformed patch are then not all 4 KiB apart
+  // (which would put them in one L1 set for C = 64).
+  const int64_t xi_stride = (C + 1) * NR;
   const double flops = 2.0 * kXi * m_panels * MR * C * NR * panels / grid.splits;
   at::parallel_for(0, chunks * groups * grid.splits, grain_for(flops), [&](int64_t begin, int64_t end) {
-    VN* v = reinterpret_cast<VN*>(scratch<T>(0, kXi * C * NR));              // [xi][c] vectors
+    T* v = scratch<T>(0, kXi * xi_stride);                                    // [xi][c][NR]
     VN* m = reinterpret_cast<VN*>(scratch<T>(1, m_panels * MR * kXi * NR));  // [co][xi] vectors
     T* pad = scratch<T>(3, grid.images * C * in_plane + 8);                   // [image][c] padded planes
     T* stage = scratch<T>(4, grid.images * M * out_plane);                    // [image][co] output tiles
@@ -292,13 +295,12 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t t0 = p * NR;
         for (int64_t c = 0; c < C; ++c)
-          gather_transform<NR, kIn>(pad + c * in_plane, patches, t0, tiles, reinterpret_cast<T*>(v + c), C * NR,
-                                    input_v8);
+          gather_transform<NR, kIn>(pad + c * in_plane, patches, t0, tiles, v + c * NR, xi_stride, input_v8);
         const T* ug = u + gi * kXi * m_panels * C * MR;
         for (int xi = 0; xi < kXi; ++xi)
           for (int64_t ip = 0; ip < m_panels; ++ip) {
             micro_kernel<T>(C, PackedA<T>{ug + (xi * m_panels + ip) * C * MR},
-                            PackedB<T>{reinterpret_cast<const T*>(v + xi * C)}, acc);
+                            PackedB<T>{v + xi * xi_stride}, acc);
             for (int i = 0; i < MR; ++i) std::memcpy(&m[(ip * MR + i) * kXi + xi], acc + i * NR, sizeof(VN));
           }
         for (int64_t co = 0; co < M; ++co)
@@ -349,11 +351,14 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
   const int64_t in_plane = grid.Hp * grid.Wp, Hq = kOut * grid.th, Wq = kOut * grid.tw, dy_plane = Hq * Wq;
   const PatchGrid x_patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
   const PatchGrid dy_patches{grid.per_image, grid.tw, Wq, M * dy_plane};
+  // A vector more than the channels per point, so that the 36 stores of a transformed patch do not fall
+  // into one L1 set (C * kBlock floats is a multiple of 4 KiB).
+  const int64_t v_stride = C * kBlock + NR, z_stride = M * kBlock + NR;
   std::vector<T, AlignedAllocator<T>> sums(nchunks * groups * kXi * Mp * Cp);
   const double flops = 2.0 * kXi * Mp * Cp * grid.per_image * n / nchunks;
   at::parallel_for(0, nchunks * groups, grain_for(flops), [&](int64_t begin, int64_t end) {
-    T* v = scratch<T>(0, kXi * C * kBlock);    // [xi][c][t]
-    T* z = scratch<T>(1, kXi * M * kBlock);    // [xi][co][t]
+    T* v = scratch<T>(0, kXi * v_stride);  // [xi][c][t]
+    T* z = scratch<T>(1, kXi * z_stride);  // [xi][co][t]
     T* xpad = scratch<T>(3, grid.images * C * in_plane + 8);
     T* dypad = scratch<T>(4, grid.images * M * dy_plane + 8);
     T* vp = scratch<T>(5, Cp * kBlock);        // one xi of V as [channel panel][t][NR]
@@ -378,17 +383,17 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
             const int64_t lane0 = t0 - tb;
             for (int64_t c = 0; c < C; ++c)
               gather_transform<NR, kIn>(xpad + c * in_plane, x_patches, t0, tiles, v + c * kBlock + lane0,
-                                        C * kBlock, input_v8);
+                                        v_stride, input_v8);
             for (int64_t co = 0; co < M; ++co)
               gather_transform<NR, kOut>(dypad + co * dy_plane, dy_patches, t0, tiles, z + co * kBlock + lane0,
-                                         M * kBlock, grad_output_v8);
+                                         z_stride, grad_output_v8);
           }
           for (int xi = 0; xi < kXi; ++xi) {
-            pack_transposed_panels(v + xi * C * kBlock, C, depth, kBlock, vp);
+            pack_transposed_panels(v + xi * v_stride, C, depth, kBlock, vp);
             T* Sx = S + xi * Mp * Cp;
             for (int64_t ip = 0; ip < m_panels; ++ip) {
               RowsA<T> rows;  // the padding rows past M repeat row M - 1; their sums are never read
-              for (int i = 0; i < MR; ++i) rows.row[i] = z + (xi * M + std::min<int64_t>(ip * MR + i, M - 1)) * kBlock;
+              for (int i = 0; i < MR; ++i) rows.row[i] = z + xi * z_stride + std::min<int64_t>(ip * MR + i, M - 1) * kBlock;
               for (int64_t cp = 0; cp < c_panels; ++cp) {
                 micro_kernel<T>(depth, rows, PackedB<T>{vp + cp * depth * NR}, acc);
                 store_tile<T>(acc, MR, NR, Sx + ip * MR * Cp + cp * NR, Cp, true, false, Epilogue<T>{}, 0, 0);
