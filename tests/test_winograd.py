@@ -168,10 +168,14 @@ def test_bad_algorithm_variable(monkeypatch):
         ops.conv2d(torch.randn(1, 8, 6, 6), torch.randn(4, 8, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False)
 
 
-def test_winograd_deterministic_and_thread_count_invariant(winograd):
-    """Forward, grad input and grad weight (9 images: 8 uneven chunks, two groups) are bitwise the same
-    run after run and with 1, 2 and 3 threads."""
-    c = Case((9, 16, 13, 11), (20, 8, 3, 3), (1, 0, 2, 1), groups=2)
+@pytest.mark.parametrize("c", [
+    # 9 images: 8 uneven chunks of the weight gradient, two groups
+    Case((9, 16, 13, 11), (20, 8, 3, 3), (1, 0, 2, 1), groups=2),
+    # 4 tiles an image: the forward's work items hold 4 images with one thread, 1 with two or three
+    Case((5, 16, 6, 6), (16, 16, 3, 3), (1, 1, 1, 1)),
+])
+def test_winograd_deterministic_and_thread_count_invariant(winograd, c):
+    """Forward, grad input and grad weight are bitwise the same run after run and with 1, 2 and 3 threads."""
     x, w, b = _inputs(c)
     dy = torch.randn_like(_torch_conv(x, w, b, c.padding, c.groups))
     results = []

@@ -159,7 +159,9 @@ struct Grid {
   int64_t splits;             // work items per chunk of images (a batch too small for the threads)
 };
 
-inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr) {
+// `threads`: the threads to keep busy (0: none -- the grouping must then not depend on the thread count,
+// as the weight gradient's summation order follows it).
+inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64_t threads) {
   Grid g;
   g.th = ceil_div(pl.OH, kOut);
   g.tw = ceil_div(pl.OW, kOut);
@@ -168,7 +170,6 @@ inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr) {
   g.Wp = kOut * g.tw + 2;
   // Images per item: the fewest (up to 4) whose tiles fill at least 90% of the panels' lanes, as long
   // as there are still two items per thread.
-  const int64_t threads = at::get_num_threads();
   g.images = 1;
   for (int64_t k = 1; k <= 4; ++k) {
     if (k > 1 && ceil_div(n, k) * groups < 2 * threads) break;
@@ -270,7 +271,7 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   static_assert(NR % 8 == 0, "a panel is whole 8-lane blocks");
   typedef T VN __attribute__((vector_size(NR * sizeof(T))));  // one lane per tile of a panel
-  const Grid grid = make_grid(n, groups, pl, NR);
+  const Grid grid = make_grid(n, groups, pl, NR, at::get_num_threads());
   const int64_t m_panels = ceil_div(M, MR), chunks = ceil_div(n, grid.images);
   const int64_t in_plane = grid.Hp * grid.Wp, out_plane = kOut * grid.th * kOut * grid.tw;
   const int64_t panels = ceil_div(grid.images * grid.per_image, NR);
@@ -345,7 +346,7 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
   using T = float;
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   constexpr int64_t kBlock = 2 * NR;  // tiles per block: the depth of one GEMM
-  const Grid grid = make_grid(n, groups, pl, NR);
+  const Grid grid = make_grid(n, groups, pl, NR, 0);  // passes of images: the same for any thread count
   const int64_t nchunks = grad_weight_chunks(n), m_panels = ceil_div(M, MR), Mp = m_panels * MR;
   const int64_t c_panels = ceil_div(C, NR), Cp = c_panels * NR;
   const int64_t in_plane = grid.Hp * grid.Wp, Hq = kOut * grid.th, Wq = kOut * grid.tw, dy_plane = Hq * Wq;
