@@ -33,7 +33,9 @@
 
 namespace fastconv::cpu {
 
-#if defined(__AVX512F__)
+// FASTCONV_WIDE_TILES=1 selects the AVX-512 tiling on any machine (the compiler splits the 64-byte
+// vectors in two): a way to test the AVX-512 tile sizes where there is no AVX-512.
+#if defined(__AVX512F__) || FASTCONV_WIDE_TILES
 constexpr int kVecBytes = 64;
 constexpr int kMR = 8;
 #else
