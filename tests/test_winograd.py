@@ -49,6 +49,8 @@ CASES = [
     # more tiles than one panel per image and many panels across the batch
     case("many_tiles", (2, 8, 34, 37), (6, 8, 3, 3)),
     case("channels_64", (1, 64, 9, 9), (64, 64, 3, 3)),
+    # 256 x 256 channels: the weight gradient's partial sums limit it to 6 chunks of the 9 images
+    case("channels_256_chunks", (9, 256, 4, 4), (256, 256, 3, 3)),
 ]
 
 

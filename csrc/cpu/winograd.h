@@ -328,8 +328,14 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
 
 // ---------------------------------------------------------------- grad weight
 
-// Number of image chunks of the weight-gradient reduction: a function of the batch size only.
-inline int64_t grad_weight_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
+// Number of image chunks of the weight-gradient reduction: up to 8, fewer where the chunks' sums
+// (36 points x the channel pairs each) would pass 64 MiB, but at least 2 -- a function of the shape
+// only, never of the thread count.
+inline int64_t grad_weight_chunks(int64_t n, int64_t bytes_per_chunk) {
+  constexpr int64_t kBudget = int64_t(64) << 20;
+  const int64_t fit = std::clamp<int64_t>(kBudget / std::max<int64_t>(bytes_per_chunk, 1), 2, 8);
+  return std::max<int64_t>(1, std::min(n, fit));
+}
 
 // dW of a stride-1 3x3 convolution (groups of M filters over C channels; pl describes x as the input
 // and dy as the output, as for the forward pass):
@@ -340,15 +346,16 @@ inline int64_t grad_weight_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
 // tile per lane into V[xi][c][t] and Z[xi][co][t]. For each xi, V is transposed into panels of NR
 // channels and multiplied: A = Z's rows (MR output channels, read where they lie), B = the V panel,
 // the GEMM depth being the block's tiles; the MR x NR tile is added into the item's S. Chunks are
-// fixed by the batch size and their S are added in chunk order: bitwise the same for any thread count.
+// fixed by the batch size and the layer shape and their S are added in chunk order: bitwise the same
+// for any thread count.
 inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t C, const float* dy, int64_t M,
                               float* dw, const Planes& pl) {
   using T = float;
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   constexpr int64_t kBlock = 2 * NR;  // tiles per block: the depth of one GEMM
   const Grid grid = make_grid(n, groups, pl, NR, 0);  // passes of images: the same for any thread count
-  const int64_t nchunks = grad_weight_chunks(n), m_panels = ceil_div(M, MR), Mp = m_panels * MR;
-  const int64_t c_panels = ceil_div(C, NR), Cp = c_panels * NR;
+  const int64_t m_panels = ceil_div(M, MR), Mp = m_panels * MR, c_panels = ceil_div(C, NR), Cp = c_panels * NR;
+  const int64_t nchunks = grad_weight_chunks(n, groups * kXi * Mp * Cp * int64_t(sizeof(T)));
   const int64_t in_plane = grid.Hp * grid.Wp, Hq = kOut * grid.th, Wq = kOut * grid.tw, dy_plane = Hq * Wq;
   const PatchGrid x_patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
   const PatchGrid dy_patches{grid.per_image, grid.tw, Wq, M * dy_plane};
