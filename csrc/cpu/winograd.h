@@ -9,20 +9,22 @@
 // FLOPs per tile and channel pair: 72 instead of the direct convolution's 288 (4x fewer); the
 // transforms cost O(C + M) per tile, not O(C * M).
 //
-// Layout. The tiles of the whole batch are numbered in one sequence (image, tile row, tile column)
-// and cut into panels of NR tiles, one tile per vector lane, so every transform is whole-vector
-// arithmetic over NR tiles. A work item is (group, panel): it gathers the panel's 6x6 patches
-// channel by channel (zeros outside the image: padding and the ragged last tiles), transforms them
-// into V[xi][c][NR] -- for each xi the packed B operand of gemm.h's micro-kernel -- multiplies by
-// U[xi] (packed A panels of MR output channels, prepared once per call) into M[co][xi][NR], and
-// transforms M back into 4x4 tiles, adding the bias and applying ReLU before each tile is stored.
-// Loop order per item: xi outer, output-channel panels inner, so the B panel (C x NR) and U[xi]
-// (C x M) stay in L1 while the MR x NR tiles are computed.
+// Layout. A work item is (a few images, group[, a range of panels when the batch is too small to
+// keep the threads busy]). Its images' C planes are copied, zero-padded, into scratch (4 th + 2 rows
+// of 4 tw + 2, so that every 6x6 patch lies inside); their tiles are numbered in one sequence
+// (image, tile row, tile column) and cut into panels of NR tiles, one tile per vector lane, so every
+// transform is whole-vector arithmetic over NR tiles. Per panel: the patches are gathered and
+// transformed channel by channel into V[xi][c][NR] -- for each xi the packed B operand of gemm.h's
+// micro-kernel --, multiplied by U[xi] (packed A panels of MR output channels, prepared once per
+// call) into M[co][xi][NR], and transformed back into 4x4 tiles with the bias and ReLU, written into
+// a staging copy of the item's output planes (4 th x 4 tw each). The staging copy is copied out,
+// cropped, in rows. Loop order per panel: xi outer, output-channel panels inner, so the B panel
+// (C x NR) and U[xi] (C x M) stay in L1 while the MR x NR tiles are computed.
 //
 // Grad input of such a layer is the same computation on grad_output, padded by 2 - padding, with
 // the kernel flipped and its channel axes swapped (conv2d.cpp). Grad weight is the transposed map:
 //   dW[co][c] = G^T [ sum_t (A dY_t A^T)[co] .* (B^T d_t B)[c] ] G
-// a GEMM over tiles per xi (winograd_grad_weight below).
+// a GEMM over tiles per xi (grad_weight_batch below).
 //
 // Each output is computed by one work item in a fixed order: results do not depend on the thread
 // count. Rounding: the transforms add a few ulps per stage; bench/winograd_accuracy.py measures the
@@ -42,8 +44,8 @@ constexpr int kIn = 6;     // input tile edge: kOut + 3 - 1
 constexpr int kXi = 36;    // transformed points: kIn * kIn
 
 // ---------------------------------------------------------------- the 1-D transforms
-// Each 2-D transform applies its 1-D map to the columns of a tile, then to the rows. X is a scalar
-// or a vector type; s is the distance between the six (or four) elements.
+// A 2-D transform applies its 1-D map along both axes of a tile. X is a scalar or a vector type;
+// s is the distance between the six (or four, or three) elements read, vs (us, ...) between those written.
 
 // v = B^T d
 template <typename X>
@@ -102,8 +104,9 @@ inline void grad_weight_1d(const X* s6, int s, X* g, int gs) {
   g[2 * gs] = (s3 + s4 - s1 - s2) / 6 + s5;
 }
 
-// 2-D: out[i][j] (out_n x out_n) from in[k][l] (in_n x in_n), both row-major with `lanes`-wide
-// elements, by f on the columns into tmp and then on the rows.
+// 2-D, on scalars: out[i][j] (out_n x out_n) from in[k][l] (in_n x in_n), both row-major, by f on the
+// columns into tmp and then on the rows (the weights and the weight gradient; the tiles' transforms
+// are fused with their gather and store below).
 template <int in_n, int out_n, typename X, typename F>
 inline void transform_2d(const X* in, X* out, F f) {
   X tmp[out_n * in_n];
