@@ -361,11 +361,11 @@ bool use_winograd(const ConvShape& g, bool faster) {
 template <typename T>
 void forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
   if constexpr (std::is_same_v<T, float>) {
-  const int64_t M = g.cout_g(), C = g.cin_g();
-  const auto u = winograd::transform_weights<float>(
-      g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * 9 + r]; });
-  winograd::conv_batch(g.n, g.groups, x, C, u.data(), M, out,
-                       winograd::Planes{g.c_in, 0, g.h, g.w, g.pt, g.pl, g.c_out, 0, g.oh, g.ow}, bias, relu);
+    const int64_t M = g.cout_g(), C = g.cin_g();
+    const auto u = winograd::transform_weights<float>(
+        g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * 9 + r]; });
+    winograd::conv_batch(g.n, g.groups, x, C, u.data(), M, out,
+                         winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, relu);
   }
 }
 
@@ -373,12 +373,11 @@ void forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias,
 template <typename T>
 void grad_input_winograd(const ConvShape& g, const T* dy, const T* w, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
-  const int64_t M = g.cin_g(), C = g.cout_g();
-  const auto u = winograd::transform_weights<float>(
-      g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * C + c) * M + m) * 9 + 8 - r]; });
-  winograd::conv_batch(g.n, g.groups, dy, C, u.data(), M, dx,
-                       winograd::Planes{g.c_out, 0, g.oh, g.ow, 2 - g.pt, 2 - g.pl, g.c_in, 0, g.h, g.w}, nullptr,
-                       false);
+    const int64_t M = g.cin_g(), C = g.cout_g();
+    const auto u = winograd::transform_weights<float>(
+        g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * C + c) * M + m) * 9 + 8 - r]; });
+    winograd::conv_batch(g.n, g.groups, dy, C, u.data(), M, dx,
+                         winograd::Planes{g.c_out, g.oh, g.ow, 2 - g.pt, 2 - g.pl, g.c_in, g.h, g.w}, nullptr, false);
   }
 }
 
@@ -571,7 +570,7 @@ void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw, T* partial,
                         g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct;
     if (use_winograd<T>(g, faster)) {
       winograd::grad_weight_batch(g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
-                                  winograd::Planes{g.c_in, 0, g.h, g.w, g.pt, g.pl, g.c_out, 0, g.oh, g.ow});
+                                  winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow});
       return;
     }
   }

@@ -142,12 +142,12 @@ std::vector<T, AlignedAllocator<T>> transform_weights(int64_t groups, int64_t M,
 
 typedef float V8 __attribute__((vector_size(32)));  // 8 lanes: the transposes below work on 8 x 8 blocks
 
-// Where a convolution reads and writes: the group's C planes starting at channel c_in of each image
-// (channels_in per image, H x W), read as if zero-padded by (top, left); its M planes starting at
-// c_out (channels_out per image, OH x OW).
+// Where a convolution reads and writes: group g's C planes, from channel g * C of each image
+// (channels_in per image, H x W), read as if zero-padded by (top, left); its M planes, from channel
+// g * M (channels_out per image, OH x OW).
 struct Planes {
-  int64_t channels_in, c_in, H, W, top, left;
-  int64_t channels_out, c_out, OH, OW;
+  int64_t channels_in, H, W, top, left;
+  int64_t channels_out, OH, OW;
 };
 
 // The tile grid of one image and how a work item covers the batch. The input of `images` images is
@@ -294,7 +294,7 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
       const int64_t n0 = chunk * grid.images, imgs = std::min(grid.images, n - n0), tiles = imgs * grid.per_image;
       const int64_t p_begin = sp * panels / grid.splits, p_end = (sp + 1) * panels / grid.splits;
       for (int64_t k = 0; k < imgs; ++k)
-        pad_planes(src + ((n0 + k) * pl.channels_in + pl.c_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
+        pad_planes(src + ((n0 + k) * pl.channels_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
                    pl.left, grid.Hp, grid.Wp, pad + k * C * in_plane, k + 1 == imgs ? int64_t(8) : int64_t(0));
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t t0 = p * NR;
@@ -319,7 +319,7 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
         const int64_t x0 = kOut * tx, x1 = std::min(pl.OW, kOut * tx_end);
         for (int64_t co = 0; co < M; ++co) {
           const T* s = stage + (k * M + co) * out_plane;
-          T* o = dst + ((n0 + k) * pl.channels_out + pl.c_out + gi * M + co) * pl.OH * pl.OW;
+          T* o = dst + ((n0 + k) * pl.channels_out + gi * M + co) * pl.OH * pl.OW;
           for (int64_t y = kOut * ty; y < std::min(pl.OH, kOut * ty + kOut); ++y)
             std::memcpy(o + y * pl.OW + x0, s + y * ow4 + x0, sizeof(T) * (x1 - x0));
         }
@@ -383,9 +383,9 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
         const int64_t imgs = std::min(grid.images, n_end - n0), tiles = imgs * grid.per_image;
         for (int64_t k = 0; k < imgs; ++k) {
           const bool last = k + 1 == imgs;
-          pad_planes(x + ((n0 + k) * pl.channels_in + pl.c_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
+          pad_planes(x + ((n0 + k) * pl.channels_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
                      pl.left, grid.Hp, grid.Wp, xpad + k * C * in_plane, last ? int64_t(8) : int64_t(0));
-          pad_planes(dy + ((n0 + k) * pl.channels_out + pl.c_out + gi * M) * pl.OH * pl.OW, M, pl.OH, pl.OW,
+          pad_planes(dy + ((n0 + k) * pl.channels_out + gi * M) * pl.OH * pl.OW, M, pl.OH, pl.OW,
                      int64_t(0), int64_t(0), Hq, Wq, dypad + k * M * dy_plane, last ? int64_t(8) : int64_t(0));
         }
         for (int64_t tb = 0; tb < tiles; tb += kBlock) {
