@@ -423,7 +423,8 @@ void forward_impl(const ConvShape& g, const T* x, const T* w, const T* bias, boo
 //   dcol[r][p] = sum_co W[co][r] * dY[co][p],  r = (ci, kh, kw), p = (oh, ow)
 //   dX[ci][oh * sh - pt + kh * dh][ow * sw - pl + kw * dw] += dcol[r][p]
 // (A transposed implicit GEMM, gathering dY on the input grid, would gather mostly zeros -- 3 of 4 for
-// stride 2 -- and pay a division per element to find them; this GEMM does only the useful products.) Each image is scattered by one thread, rows r in order: deterministic for any thread count.
+// stride 2 -- and pay a division per element to find them; this GEMM does only the useful products.)
+// Each image is scattered by one thread, rows r in order: deterministic for any thread count.
 template <typename T>
 void grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx) {
   constexpr int NR = Tile<T>::NR;
