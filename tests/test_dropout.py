@@ -155,3 +155,42 @@ def test_op_is_a_pure_function_of_seed(backend):
     assert_bitwise_equal(a, ops.dropout(x, 0.5, seed))
     assert torch.equal(a != 0, ops.dropout(x * 3, 0.5, seed) != 0)
     assert not torch.equal(a != 0, ops.dropout(x, 0.5, seed + 1) != 0)
+
+
+def _philox4x32_10(counters, key):
+    """Philox-4x32-10 of the given 64-bit counters (words c0, c1; c2 = c3 = 0) in numpy: the
+    specification the kernels implement, written independently of them."""
+    import numpy as np
+    m = np.uint64(0xFFFFFFFF)
+    c0, c1 = counters & m, counters >> np.uint64(32)
+    c2, c3 = np.zeros_like(c0), np.zeros_like(c0)
+    k0, k1 = np.uint64(key & 0xFFFFFFFF), np.uint64((key >> 32) & 0xFFFFFFFF)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c0, np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & m, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & m
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & m, (k1 + np.uint64(0xBB67AE85)) & m
+    return np.stack([c0, c1, c2, c3], axis=1)
+
+
+def test_philox_reference_matches_published_vector():
+    """The known-answer vector of Philox-4x32-10 (counter 0, key 0) from its authors' Random123 suite."""
+    import numpy as np
+    out = _philox4x32_10(np.array([0], dtype=np.uint64), 0)
+    assert [hex(int(v)) for v in out[0]] == ["0x6627e8d5", "0xe169c58d", "0xbc57ac4c", "0x9b00dbd8"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 63, 64, 65, 131, 4 * 4096 + 37, 2 * 4 * 4096 * 3 + 5])
+def test_mask_is_the_philox_definition(backend, dtype, n):
+    """keep(i) = uniform24(philox(i // 4, seed)[i % 4]) >= p, element by element: the same mask on every
+    backend and machine, whatever vector width the kernel uses, across partial blocks and thread chunks."""
+    import numpy as np
+    key = 0x1234_5678_9ABC_DEF1
+    p = 0.3
+    seed = torch.tensor([key - 2**64 if key >= 2**63 else key], dtype=torch.int64)
+    x = _positive(backend, n, dtype=dtype)
+    y = ops.dropout(x, p, seed)
+    bits = _philox4x32_10(np.arange((n + 3) // 4, dtype=np.uint64), key).reshape(-1)[:n]
+    keep = torch.from_numpy((bits >> np.uint64(8)).astype(np.float64) / 2.0**24 >= np.float32(p))
+    assert torch.equal(y.cpu() != 0, keep)
+    torch.testing.assert_close(y.cpu()[keep], (x.cpu() / (1 - p))[keep])
