@@ -126,6 +126,16 @@ auto in_float32(F&& body, const A&... args) {
   return round_to(body(to_float(args)...), *dtype);
 }
 
+// ------------------------------------------------------------------ CPU output memory
+
+namespace cpu {
+// A contiguous CPU tensor, uninitialised, whose memory comes from fastconv's cache of freed blocks
+// (csrc/cpu/alloc.cpp): what the CPU kernels allocate their outputs and large scratch with.
+at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options);
+std::vector<int64_t> cache_stats();  // fastconv.backends.cpu_cache() reads these
+void cache_empty();
+}  // namespace cpu
+
 // ---------------------------------------------------------------------- window arithmetic
 
 // Output length of a sliding window over `in` padded by `pad_lo + pad_hi` (floor mode).

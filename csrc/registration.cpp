@@ -46,6 +46,9 @@ TORCH_LIBRARY(fastconv, m) {
   // The tf32 switch of the CUDA GEMM kernels (fastconv.backends.allow_tf32).
   m.def("_set_allow_tf32(bool enabled) -> bool", &fastconv::set_allow_tf32);
   m.def("_allow_tf32() -> bool", &fastconv::allow_tf32);
+  // The cache of the CPU ops' output memory (csrc/cpu/alloc.cpp; fastconv.backends.cpu_cache).
+  m.def("_cpu_cache_stats() -> int[]", &fastconv::cpu::cache_stats);
+  m.def("_cpu_cache_empty() -> ()", &fastconv::cpu::cache_empty);
   // The SIMT simulator (fastconv.simulate): its switch and options, and its self-test kernels.
   m.def("_sim_configure(bool enabled, int order, int seed, bool race_check, bool memcheck) -> ()",
         &fastconv::sim::configure);

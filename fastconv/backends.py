@@ -9,6 +9,12 @@ run of them) round float32 operands to tf32 -- 10 mantissa bits, nearest with ti
 and multiply them on tensor cores with float32 accumulation: faster on a GPU, with relative errors
 near 2^-11 per product instead of 2^-24. float16 and bfloat16 always use tensor cores; float64
 never does. The CPU kernels always compute float32 in float32.
+
+``cpu_cache()`` reports the cache that the CPU ops take their output memory from, and
+``empty_cpu_cache()`` unmaps its free blocks. A freed output of 64 KiB or more is kept mapped, and
+the next request of about its size reuses it without page faults; at most ``FASTCONV_CPU_CACHE_MB``
+(environment, read at the first allocation; default an eighth of the RAM, at most 2048) of free
+blocks are kept, and 0 turns the cache off.
 """
 import contextlib
 import sys
@@ -16,7 +22,7 @@ import types
 
 import torch
 
-__all__ = ["allow_tf32", "flags"]
+__all__ = ["allow_tf32", "flags", "cpu_cache", "empty_cpu_cache"]
 
 
 def _get() -> bool:
@@ -37,6 +43,18 @@ def flags(allow_tf32: bool):
         yield
     finally:
         _set(previous)
+
+
+def cpu_cache() -> dict:
+    """The CPU output cache's state: bytes and blocks free (kept for reuse) and in use, requests served
+    from it (``hits``) and by mapping new memory (``misses``), and ``cap_bytes``."""
+    keys = ("free_bytes", "free_blocks", "used_bytes", "used_blocks", "hits", "misses", "cap_bytes")
+    return dict(zip(keys, torch.ops.fastconv._cpu_cache_stats()))
+
+
+def empty_cpu_cache() -> None:
+    """Unmaps the free blocks of the CPU output cache (blocks in use stay)."""
+    torch.ops.fastconv._cpu_cache_empty()
 
 
 class _BackendsModule(types.ModuleType):

@@ -23,6 +23,10 @@ Markers that select the subsets the CI scripts run again (``pytest -m op tests``
 
 Each module sets its markers itself, in ``pytestmark``.
 
+Output memory: the suite sets ``FASTCONV_CPU_CACHE_POISON=1`` (before fastconv allocates anything), so
+every block the CPU ops reuse from their output cache comes filled with NaN bytes: a kernel that reads
+an output element before it writes it fails here instead of picking up an earlier tensor's values.
+
 Memory layouts: ``make_layout(t, name)`` gives t's values in one of ``LAYOUTS`` (``layouts(ndim)``:
 those a tensor of ndim dimensions can take).
 
@@ -39,6 +43,7 @@ from typing import Callable, ContextManager
 import pytest
 import torch
 
+os.environ.setdefault("FASTCONV_CPU_CACHE_POISON", "1")  # read at the CPU ops' first allocation
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 
 SEED = 1234

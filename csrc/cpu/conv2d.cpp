@@ -20,7 +20,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -526,7 +525,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   return in_float32(
       [&](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-        at::Tensor out = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
+        at::Tensor out = cpu::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
         if (out.numel() == 0) return out;
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
@@ -548,7 +547,7 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
                                             weight.sizes(), stride, padding, dilation, groups);
   return in_float32(
       [&](const at::Tensor& grad_output, const at::Tensor& weight) {
-        at::Tensor dx = at::empty(input_size, grad_output.options());
+        at::Tensor dx = cpu::empty(input_size, grad_output.options());
         if (dx.numel() == 0) return dx;
         if (grad_output.numel() == 0) return dx.zero_();
         const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
@@ -598,13 +597,13 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
                                             weight_size, stride, padding, dilation, groups);
   return in_float32(
       [&](const at::Tensor& grad_output, const at::Tensor& input) {
-        at::Tensor dw = at::empty(weight_size, grad_output.options());
+        at::Tensor dw = cpu::empty(weight_size, grad_output.options());
         if (dw.numel() == 0) return dw;
         if (grad_output.numel() == 0) return dw.zero_();
         const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
         const int64_t nchunks = weight_grad_chunks(g.n);
         const bool direct = g.sh == 1 && g.sw == 1;
-        at::Tensor partial = nchunks == 1 || direct ? dw : at::empty({nchunks, g.c_out * g.k_gemm()}, dy.options());
+        at::Tensor partial = nchunks == 1 || direct ? dw : cpu::empty({nchunks, g.c_out * g.k_gemm()}, dy.options());
         AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
           grad_weight<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                 dw.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<scalar_t>(), nchunks);
@@ -618,7 +617,7 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
 at::Tensor bias_grad_impl(const BiasGradShape& shape, const at::Tensor& grad_output) {
   const at::Tensor g = grad_output.contiguous();
   const int64_t C = shape.channels, outer = shape.outer, inner = shape.inner;
-  at::Tensor out = at::empty({C}, g.options());
+  at::Tensor out = cpu::empty({C}, g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fastconv_bias_grad", [&] {
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();

@@ -15,7 +15,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -94,9 +93,9 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_impl(const CrossEntropyArgs& a,
   const char* op = "cross_entropy";
   const at::Tensor zc = input.contiguous(), tc = target.contiguous(), wc = contiguous_or_none(weight);
   const int64_t ignore_index = a.ignore_index;
-  at::Tensor lse = at::empty({a.n}, zc.options());
-  at::Tensor rows = at::empty({a.n}, zc.options());
-  at::Tensor loss = a.reduction == Reduction::none ? rows : at::empty({}, zc.options());
+  at::Tensor lse = cpu::empty({a.n}, zc.options());
+  at::Tensor rows = cpu::empty({a.n}, zc.options());
+  at::Tensor loss = a.reduction == Reduction::none ? rows : cpu::empty({}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "fastconv_cross_entropy", [&] {
     using T = scalar_t;
     const T* z = zc.const_data_ptr<T>();
@@ -153,7 +152,7 @@ at::Tensor cross_entropy_backward_impl(const CrossEntropyArgs& a, const at::Tens
   const char* op = "cross_entropy_backward";
   const at::Tensor zc = input.contiguous(), tc = target.contiguous(), wc = contiguous_or_none(weight);
   const int64_t ignore_index = a.ignore_index;
-  at::Tensor dz = at::empty({a.n, a.c}, zc.options());
+  at::Tensor dz = cpu::empty({a.n, a.c}, zc.options());
   const at::Tensor gl = grad_loss.contiguous(), ls = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "fastconv_cross_entropy_backward", [&] {
     using T = scalar_t;

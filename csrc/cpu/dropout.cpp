@@ -21,7 +21,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "fastconv.h"
@@ -160,7 +159,7 @@ void dropout_quads(const T* __restrict__ src, T* __restrict__ dst, int64_t q_beg
 
 at::Tensor dropout_impl(const at::Tensor& input, double p, uint64_t key) {
   const at::Tensor x = input.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor out = cpu::empty(x.sizes(), x.options());
   const int64_t n = x.numel();
   // uniform24(b) >= float(p)  <=>  (b >> 8) >= ceil(float(p) * 2^24); float(p) * 2^24 is exact
   const int32_t keep_from = static_cast<int32_t>(std::ceil(static_cast<double>(static_cast<float>(p)) * 16777216.0));

@@ -12,7 +12,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "cpu/gemm.h"
@@ -132,7 +131,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const LinearShape s = check_linear(input, weight, bias);
   return in_float32(
       [&](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-        at::Tensor out = at::empty(with_last(input.sizes(), s.out), input.options());
+        at::Tensor out = cpu::empty(with_last(input.sizes(), s.out), input.options());
         if (out.numel() == 0) return out;
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_linear", [&] {
@@ -149,7 +148,7 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   const LinearShape s = check_linear_grad_input(grad_output, weight);
   return in_float32(
       [&](const at::Tensor& grad_output, const at::Tensor& weight) {
-        at::Tensor dx = at::empty(with_last(grad_output.sizes(), s.in), grad_output.options());
+        at::Tensor dx = cpu::empty(with_last(grad_output.sizes(), s.in), grad_output.options());
         if (dx.numel() == 0) return dx;
         const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
         AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_linear_grad_input", [&] {
@@ -165,7 +164,7 @@ at::Tensor linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
   const LinearShape s = check_linear_grad_weight(grad_output, input);
   return in_float32(
       [&](const at::Tensor& grad_output, const at::Tensor& input) {
-        at::Tensor dw = at::empty({s.out, s.in}, grad_output.options());
+        at::Tensor dw = cpu::empty({s.out, s.in}, grad_output.options());
         if (dw.numel() == 0) return dw;
         if (s.rows == 0) return dw.zero_();
         const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();

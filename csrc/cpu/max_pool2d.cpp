@@ -12,7 +12,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -87,8 +86,8 @@ void pool_plane(const T* __restrict__ x, int64_t H, int64_t W, int64_t OH, int64
 std::tuple<at::Tensor, at::Tensor> max_pool2d_impl(const PoolShape& s, const at::Tensor& input) {
   const int64_t N = s.n, C = s.c, H = s.h, W = s.w, OH = s.oh, OW = s.ow;
   const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({N, C, OH, OW}, x.options());
-  at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong));
+  at::Tensor y = cpu::empty({N, C, OH, OW}, x.options());
+  at::Tensor idx = cpu::empty({N, C, OH, OW}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_max_pool2d", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -107,7 +106,7 @@ at::Tensor max_pool2d_backward_impl(const PoolShape& s, const at::Tensor& grad_o
   const int64_t planes = s.n * s.c, HW = s.h * s.w, OHW = s.oh * s.ow;
   // Each plane is zeroed by the thread that then adds into it, while it is in cache: one pass over dx
   // instead of a fill followed by the scatter.
-  at::Tensor dx = at::empty({s.n, s.c, s.h, s.w}, grad_output.options());
+  at::Tensor dx = cpu::empty({s.n, s.c, s.h, s.w}, grad_output.options());
   const at::Tensor dy = grad_output.contiguous(), ix = indices.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward", [&] {
     const scalar_t* g = dy.const_data_ptr<scalar_t>();

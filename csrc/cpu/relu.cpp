@@ -6,7 +6,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -42,7 +41,7 @@ inline void elementwise(int64_t b, int64_t e, F f, T* __restrict__ dst, const Sr
 
 at::Tensor relu_impl(const at::Tensor& input) {
   const at::Tensor x = input.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor out = cpu::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu", [&] {
     const scalar_t* __restrict__ src = x.const_data_ptr<scalar_t>();
     scalar_t* __restrict__ dst = out.mutable_data_ptr<scalar_t>();
@@ -55,7 +54,7 @@ at::Tensor relu_impl(const at::Tensor& input) {
 
 at::Tensor relu_backward_impl(const at::Tensor& grad_output, const at::Tensor& result) {
   const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
-  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  at::Tensor dx = cpu::empty(dy.sizes(), dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward", [&] {
     const scalar_t* __restrict__ g = dy.const_data_ptr<scalar_t>();
     const scalar_t* __restrict__ r = y.const_data_ptr<scalar_t>();
