@@ -1,21 +1,22 @@
 // conv2d.cpp: 2-D convolution on the CPU: Winograd F(4x4, 3x3) for float32 3x3 stride-1 layers
-// (winograd.h), otherwise implicit GEMM over packed im2col tiles (gemm.h).
+// (winograd.h), otherwise direct GEMMs that read their B operand straight from the (padded) image.
 //
-// Forward, per (image n, group g, block of up to NB output pixels):
+// Forward, per (image n, group g, range of NR-pixel panels):
 //   C[co][p] = sum_k W[co][k] * col[k][p],  k = (ci, kh, kw) of the group, p = (oh, ow)
-//   A = the weights (MR-row panels), B = im2col of the image, gathered straight from the input
-//   row by row into NR-pixel panels (stride-1 rows are contiguous copies with zeroed borders).
-//   FLOPs per block: 2 * C_out_g * K * NB; bytes: the K x NB gathered tile (read once per block,
-//   reused by every output channel) plus the C_out_g x K weights. Blocks are independent, so the
-//   work is split over (n, g, pixel block) with at::parallel_for.
+//   With unit stride, row k of the im2col matrix is the zero-padded image shifted by a constant, so
+//   the micro-kernel loads B vectors from the padded copy of the image (ShiftedB) and nothing but the
+//   weights is packed. A stride-(sh, sw) layer is turned into the same thing by splitting the padded
+//   image into its sh * sw phase planes (padded[a + sh i][b + sw j]): tap (kh, kw) is then a unit-
+//   stride shift of one phase plane (phase_planes, shift_table). The image is copied once per
+//   (image, group), into a scratch that stays in L2 while every output channel is computed from it.
 // Grad input: with unit stride, a forward convolution of grad_output with the flipped kernel (the
-//   direct path below); with a larger stride, dcol = W^T dY as a GEMM, scattered back (col2im).
-// Grad weight, per (chunk of images, g, block of weight columns):
+//   direct path); with a larger stride, dcol = W^T dY as a GEMM, scattered back (col2im).
+// Grad weight, per (chunk of images, g):
 //   dW[co][k] = sum_{n in chunk, p} dY[n][co][p] * col_n[k][p]
-//   the reduction over pixels is the GEMM depth (k-blocks of kKC pixels, image after image).
-//   Images are split into a fixed number of chunks that depends only on the batch size, each chunk
-//   sums into its own buffer, and the buffers are added in chunk order: the result is bitwise
-//   the same whatever the thread count.
+//   with A = MR shifted rows of the image's phase planes (read where they lie) and B = dY transposed
+//   into NR-channel panels; the reduction over pixels is the GEMM depth. Images are split into a fixed
+//   number of chunks that depends only on the batch size, each chunk sums into its own buffer, and
+//   the buffers are added in chunk order: the result is bitwise the same whatever the thread count.
 // Grad bias: a per-channel sum in a fixed order, accumulated in double.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -32,41 +33,6 @@
 namespace fastconv::cpu {
 namespace {
 
-constexpr int64_t kPanelsPerBlock = 8;  // output pixels per work item: 8 NR-panels
-
-// dst[t] = plane[gy*sy + oy][gx*sx + ox] for the `count` points of a grid of width gw starting
-// at flat index p ((gy, gx) = divmod(p + t, gw)); zero where the point falls outside the plane.
-template <typename T>
-void gather_row(const T* __restrict__ plane, int64_t H, int64_t W, int64_t gw, int64_t p, int64_t count,
-                int64_t sy, int64_t sx, int64_t oy, int64_t ox, T* __restrict__ dst) {
-  int64_t gy = p / gw, gx = p % gw;
-  for (int64_t t = 0; t < count;) {
-    const int64_t run = std::min(count - t, gw - gx);
-    const int64_t y = gy * sy + oy;
-    T* __restrict__ d = dst + t;
-    if (y < 0 || y >= H) {
-      for (int64_t i = 0; i < run; ++i) d[i] = T(0);
-    } else {
-      const T* __restrict__ row = plane + y * W;
-      const int64_t x0 = gx * sx + ox;
-      if (sx == 1) {
-        const int64_t lo = std::clamp<int64_t>(-x0, 0, run), hi = std::clamp<int64_t>(W - x0, 0, run);
-        for (int64_t i = 0; i < lo; ++i) d[i] = T(0);
-        for (int64_t i = lo; i < hi; ++i) d[i] = row[x0 + i];
-        for (int64_t i = hi; i < run; ++i) d[i] = T(0);
-      } else {
-        for (int64_t i = 0; i < run; ++i) {
-          const int64_t x = x0 + i * sx;
-          d[i] = (x >= 0 && x < W) ? row[x] : T(0);
-        }
-      }
-    }
-    t += run;
-    gx = 0;
-    ++gy;
-  }
-}
-
 // Packs the panels of one k-block of an implicit-GEMM B operand whose row k is produced by
 // row(k, p, count, dst): rows k0..k0+kc of columns p0..p0+plen, as [kc][NR] panels.
 template <typename T, typename Row>
@@ -81,14 +47,16 @@ void pack_b_rows(int64_t kc, int64_t p0, int64_t plen, T* __restrict__ dst, Row&
     }
 }
 
-// ---------------------------------------------------------------- stride-1 direct paths
+// ---------------------------------------------------------------- direct paths
 //
 // With unit stride, row k = (ci, kh, kw) of the im2col matrix of a zero-padded image is the image
 // itself shifted by off[k] = ci*Hp*Wp + kh*dh*Wp + kw*dw, if outputs are laid out on the padded
 // row pitch (j = oh*Wp + ow; the Wp - OW extra columns per row are computed and dropped). So the
 // micro-kernel loads its B vectors straight from the padded image (ShiftedB): nothing is packed
 // but the weights, once per call, and the image, once per (image, group), into a padded copy that
-// stays in L2 while every output channel is computed from it.
+// stays in L2 while every output channel is computed from it. With stride (sh, sw) the copy is the
+// image's sh * sw phase planes instead, each Hp x Wp with Hp = OH + (kh - 1) dh / sh (and so for Wp),
+// and off[k] points tap k into its phase plane (shift_table): the same GEMM, no products wasted.
 
 constexpr int64_t kDirectKC = 1024;  // depth of one k-block of the direct path (A panel: 32 KiB fp32)
 constexpr int64_t kDirectJB = 2048;  // pixels per block of the direct weight gradient (B chunk: 256 KiB fp32)
@@ -108,7 +76,11 @@ int panel_segments(int64_t j0, int64_t J, int64_t Wp, int64_t OW, Segment* segs)
   for (int t = 0; t < NR && j0 + t < J;) {
     const int run = (int)std::min<int64_t>(NR - t, Wp - ow);
     const int valid = (int)std::clamp<int64_t>(OW - ow, 0, run);
-    if (valid > 0) segs[n++] = Segment{t, valid, oh * OW + ow};
+    const int64_t dst = oh * OW + ow;
+    if (valid > 0 && n > 0 && segs[n - 1].t + segs[n - 1].len == t && segs[n - 1].dst + segs[n - 1].len == dst)
+      segs[n - 1].len += valid;  // continues the previous run (no dropped columns: a 1-wide kernel)
+    else if (valid > 0)
+      segs[n++] = Segment{t, valid, dst};
     t += run;
     ow = 0;
     ++oh;
@@ -193,40 +165,84 @@ inline int64_t direct_splits(int64_t images, int64_t panels) {
   return std::clamp<int64_t>(ceil_div(2 * at::get_num_threads(), images), 1, std::max<int64_t>(panels, 1));
 }
 
-// off[k] for k = (c, kh, kw) over a stack of C planes of Hp x Wp.
-inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64_t dh, int64_t dw, int64_t Hp,
-                                        int64_t Wp) {
+// off[k] for k = (c, kh, kw) over a stack of phase planes of Hq x Wq (phase_planes): tap (kh, kw) of a
+// stride-(sh, sw) window reads phase plane (c, kh dh mod sh, kw dw mod sw) shifted by
+// (kh dh div sh, kw dw div sw). With unit stride the phase planes are the padded planes themselves.
+inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64_t dh, int64_t dw, int64_t sh,
+                                        int64_t sw, int64_t Hq, int64_t Wq) {
   std::vector<int64_t> off(C * KH * KW);
   for (int64_t c = 0, k = 0; c < C; ++c)
     for (int64_t kh = 0; kh < KH; ++kh)
-      for (int64_t kw = 0; kw < KW; ++kw) off[k++] = c * Hp * Wp + kh * dh * Wp + kw * dw;
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const int64_t plane = (c * sh + kh * dh % sh) * sw + kw * dw % sw;
+        off[k++] = plane * Hq * Wq + (kh * dh / sh) * Wq + kw * dw / sw;
+      }
   return off;
 }
+
+// The phase planes of C planes of H x W padded by (top, left): plane (c, a, b), Hq x Wq, holds
+// padded[a + sh i][b + sw j] of channel c (zero outside the input), so that a stride-(sh, sw)
+// convolution is, tap by tap, a unit-stride one over them (shift_table). Unit stride: pad_planes.
+template <typename T>
+void phase_planes(const T* __restrict__ src, int64_t C, int64_t H, int64_t W, int64_t top, int64_t left, int64_t sh,
+                  int64_t sw, int64_t Hq, int64_t Wq, T* __restrict__ dst, int64_t slack) {
+  if (sh == 1 && sw == 1) {
+    pad_planes(src, C, H, W, top, left, Hq, Wq, dst, slack);
+    return;
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t a = 0; a < sh; ++a)
+      for (int64_t b = 0; b < sw; ++b) {
+        T* __restrict__ plane = dst + ((c * sh + a) * sw + b) * Hq * Wq;
+        // columns j with 0 <= b + sw j - left < W
+        const int64_t j_lo = std::clamp<int64_t>(ceil_div(std::max<int64_t>(left - b, 0), sw), 0, Wq);
+        const int64_t j_hi = std::clamp<int64_t>(W + left - b > 0 ? ceil_div(W + left - b, sw) : 0, j_lo, Wq);
+        for (int64_t i = 0; i < Hq; ++i) {
+          T* __restrict__ d = plane + i * Wq;
+          const int64_t y = a + sh * i - top;
+          if (y < 0 || y >= H) {
+            std::memset(d, 0, sizeof(T) * Wq);
+            continue;
+          }
+          const T* __restrict__ row = src + (c * H + y) * W + b - left;
+          for (int64_t j = 0; j < j_lo; ++j) d[j] = T(0);
+          for (int64_t j = j_lo; j < j_hi; ++j) d[j] = row[sw * j];
+          for (int64_t j = j_hi; j < Wq; ++j) d[j] = T(0);
+        }
+      }
+  std::memset(dst + C * sh * sw * Hq * Wq, 0, sizeof(T) * slack);
+}
+
+// The phase planes' size for an output of OH x OW: every tap's shifted window fits.
+inline int64_t phase_extent(int64_t out, int64_t k, int64_t d, int64_t s) { return out + (k - 1) * d / s; }
 
 // Below this GEMM depth direct_conv_image tiles output rows (row_panels): measured on the first
 // layers (K = 9, 27), where the stores of split panels cost as much as the FMAs.
 constexpr int64_t kRowPanelMaxK = 64;
 
-// A unit-stride convolution of a batch by direct_conv_image: for every image, group and split of the
-// output's pixel panels, pad the group's C planes of `src` (channels_src planes of H x W an image) into
-// an Hp x Wp scratch whose interior starts at (top, left), then multiply by the group's packed A
-// (M rows, K = C * kh * kw) into its M planes of `dst` (channels_dst planes of OH x OW an image).
+// A convolution of a batch by direct_conv_image: for every image, group and split of the output's pixel
+// panels, copy the group's C planes of `src` (channels_src planes of H x W an image), padded by (top,
+// left), into phase planes of Hp x Wp (phase_planes; with unit stride, the padded planes), then multiply
+// by the group's packed A (M rows, K = C * kh * kw) into its M planes of `dst` (channels_dst planes of
+// OH x OW an image), window stride (sh, sw).
 template <typename T>
 void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, int64_t C, int64_t H, int64_t W,
-                       int64_t top, int64_t left, int64_t Hp, int64_t Wp, const T* a, int64_t M, int64_t K, T* dst,
+                       int64_t top, int64_t left, int64_t sh, int64_t sw, const T* a, int64_t M, int64_t K, T* dst,
                        int64_t channels_dst, int64_t OH, int64_t OW, const T* bias, bool relu) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const int64_t Hp = phase_extent(OH, g.kh, g.dh, sh), Wp = phase_extent(OW, g.kw, g.dw, sw);
   const int64_t m_panels = ceil_div(M, MR), slack = NR + (g.kw - 1) * g.dw + 1;
-  const std::vector<int64_t> off = shift_table(C, g.kh, g.kw, g.dh, g.dw, Hp, Wp);
-  const bool row_panels = K <= kRowPanelMaxK;
+  const std::vector<int64_t> off = shift_table(C, g.kh, g.kw, g.dh, g.dw, sh, sw, Hp, Wp);
+  // (with Wp == OW, a 1-wide kernel, the padded-pitch grid has no dropped columns and a panel is one run)
+  const bool row_panels = K <= kRowPanelMaxK && Wp != OW;
   const int64_t panels = row_panels ? OH * ceil_div(OW, NR) : ceil_div(OH * Wp, NR);
   const int64_t splits = direct_splits(g.n * g.groups, panels);
   const double flops = 2.0 * M * K * OH * OW / splits;
   at::parallel_for(0, g.n * g.groups * splits, grain_for(flops), [&](int64_t begin, int64_t end) {
-    T* pad = scratch<T>(3, C * Hp * Wp + slack);
+    T* pad = scratch<T>(3, C * sh * sw * Hp * Wp + slack);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t sp = item % splits, gi = (item / splits) % g.groups, n = item / (splits * g.groups);
-      pad_planes(src + (n * channels_src + gi * C) * H * W, C, H, W, top, left, Hp, Wp, pad, slack);
+      phase_planes(src + (n * channels_src + gi * C) * H * W, C, H, W, top, left, sh, sw, Hp, Wp, pad, slack);
       direct_conv_image(pad, off.data(), a + gi * m_panels * K * MR, M, K, OH, OW, Wp,
                         dst + (n * channels_dst + gi * M) * OH * OW, bias ? bias + gi * M : nullptr, relu,
                         sp * panels / splits, (sp + 1) * panels / splits, row_panels);
@@ -241,8 +257,8 @@ void forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, b
   std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * std::max<int64_t>(K, 1) * MR);
   for (int64_t gi = 0; gi < g.groups; ++gi)
     pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), a.data() + gi * m_panels * K * MR);
-  direct_conv_batch(g, x, g.c_in, g.cin_g(), g.h, g.w, g.pt, g.pl, g.h + g.pt + g.pb, g.w + g.pl + g.pr, a.data(),
-                    M, K, out, g.c_out, g.oh, g.ow, bias, relu);
+  direct_conv_batch(g, x, g.c_in, g.cin_g(), g.h, g.w, g.pt, g.pl, g.sh, g.sw, a.data(), M, K, out, g.c_out, g.oh,
+                    g.ow, bias, relu);
 }
 
 // Unit-stride grad input is the convolution of grad_output, padded by the dilated kernel extent
@@ -261,8 +277,7 @@ void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
               w[((gi * g.cout_g() + co) * M + ci) * khw + (khw - 1 - r)];
         }
   direct_conv_batch(g, dy, g.c_out, g.cout_g(), g.oh, g.ow, (g.kh - 1) * g.dh - g.pt, (g.kw - 1) * g.dw - g.pl,
-                    g.h + (g.kh - 1) * g.dh, g.w + (g.kw - 1) * g.dw, a.data(), M, K, dx, g.c_in, g.h, g.w,
-                    static_cast<const T*>(nullptr), false);
+                    int64_t(1), int64_t(1), a.data(), M, K, dx, g.c_in, g.h, g.w, static_cast<const T*>(nullptr), false);
 }
 
 // Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch
@@ -275,12 +290,13 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t K = g.k_gemm(), M = g.cout_g(), c_panels = ceil_div(M, NR), k_panels = ceil_div(K, MR);
   const int64_t CoP = c_panels * NR;  // row length of a chunk sum: output channels padded to NR
-  const int64_t Hp = g.h + g.pt + g.pb, Wp = g.w + g.pl + g.pr, J = g.oh * Wp;
-  const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, Hp, Wp);
+  const int64_t Hp = phase_extent(g.oh, g.kh, g.dh, g.sh), Wp = phase_extent(g.ow, g.kw, g.dw, g.sw), J = g.oh * Wp;
+  const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, g.sh, g.sw, Hp, Wp);
   std::vector<T, AlignedAllocator<T>> sums(nchunks * g.groups * K * CoP);
   const double flops = 2.0 * M * K * J * g.n / nchunks;
   at::parallel_for(0, nchunks * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
-    T* xpad = scratch<T>(3, g.cin_g() * Hp * Wp + 1);
+    const int64_t slack = (g.kw - 1) * g.dw + 1;  // the last rows' taps read up to this far past the planes
+    T* xpad = scratch<T>(3, g.cin_g() * g.sh * g.sw * Hp * Wp + slack);
     T* d = scratch<T>(0, c_panels * J * NR);
     T* dypad = scratch<T>(1, M * J);
     alignas(64) T acc[MR * NR];
@@ -289,8 +305,8 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
       T* c = sums.data() + item * K * CoP;  // item == chunk * groups + gi
       std::memset(c, 0, sizeof(T) * K * CoP);
       for (int64_t n = chunk * g.n / nchunks; n < (chunk + 1) * g.n / nchunks; ++n) {
-        pad_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, Hp, Wp, xpad,
-                   int64_t(1));
+        phase_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, g.sh, g.sw, Hp,
+                     Wp, xpad, slack);
         // dY' = the gradient on the padded pitch (zero in the dropped columns), transposed into panels
         pad_planes(dy + (n * g.c_out + gi * M) * g.oh * g.ow, M, g.oh, g.ow, int64_t(0), int64_t(0), g.oh, Wp,
                    dypad, int64_t(0));
@@ -335,6 +351,9 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
 //                                     15x15: 26%; 8 -> 64: GEMM 17% faster)
 constexpr int64_t kWinogradMinForward = 16, kWinogradMinGradInput = 8, kWinogradMinGradWeight = 16;
 constexpr int64_t kWinogradMinGradWeightProduct = 512;
+// ... and an output of at least 100 pixels (AMD EPYC, AVX-512, 1 thread: 128 -> 128 at 8x8, GEMM 18 ms,
+// Winograd 25-29 ms; 64 -> 64 at 13x13, Winograd 9.7 ms, GEMM 11.6 ms).
+constexpr int64_t kWinogradMinGradWeightPixels = 100;
 
 enum class Algo { kAuto, kWinograd, kGemm };
 
@@ -381,41 +400,6 @@ void grad_input_winograd(const ConvShape& g, const T* dy, const T* w, T* dx) {
 }
 
 // ---------------------------------------------------------------- packed paths (any stride)
-
-template <typename T>
-void forward_impl(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
-  constexpr int NR = Tile<T>::NR;
-  const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
-  const int64_t NB = kPanelsPerBlock * NR, nblk = ceil_div(P, NB);
-  const int64_t n_kblocks = std::max<int64_t>(1, ceil_div(K, kKC));
-  const double flops = 2.0 * g.cout_g() * K * std::min(NB, P);
-  at::parallel_for(0, g.n * g.groups * nblk, grain_for(flops), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t pb = item % nblk, gi = (item / nblk) % g.groups, n = item / (nblk * g.groups);
-      const int64_t p0 = pb * NB, plen = std::min(NB, P - p0);
-      const T* xg = x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w;
-      const T* wg = w + gi * g.cout_g() * K;
-      auto pack_a = [&](int64_t kb, T* dst) {
-        const int64_t k0 = kb * kKC, kc = std::min(kKC, K - k0);
-        pack_a_strided(wg + k0, g.cout_g(), kc, K, int64_t(1), dst);
-        return kc;
-      };
-      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
-        const int64_t k0 = kb * kKC;
-        pack_b_rows<T>(kc, p0, plen, dst, [&](int64_t k, int64_t p, int64_t cnt, T* d) {
-          const int64_t kk = k0 + k, ci = kk / khw, kh = (kk % khw) / g.kw, kw = kk % g.kw;
-          gather_row(xg + ci * g.h * g.w, g.h, g.w, g.ow, p, cnt, g.sh, g.sw, kh * g.dh - g.pt,
-                     kw * g.dw - g.pl, d);
-        });
-      };
-      Epilogue<T> ep;
-      ep.row_bias = bias ? bias + gi * g.cout_g() : nullptr;
-      ep.relu = relu;
-      gemm_block<T>(g.cout_g(), plen, n_kblocks, pack_a, pack_b,
-                    out + (n * g.c_out + gi * g.cout_g()) * P + p0, P, false, ep);
-    }
-  });
-}
 
 // Strided grad input as a GEMM into columns and a scatter back (col2im), per (image, group) and
 // block of output pixels:
@@ -479,46 +463,6 @@ void grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx) {
 // Number of image chunks of the weight-gradient reduction: a function of the batch size only.
 inline int64_t weight_grad_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
 
-template <typename T>
-void grad_weight_impl(const ConvShape& g, const T* dy, const T* x, T* partial, int64_t nchunks) {
-  constexpr int NR = Tile<T>::NR;
-  const int64_t P = g.oh * g.ow, K = g.k_gemm(), khw = g.kh * g.kw;
-  const int64_t NB = kPanelsPerBlock * NR, ncb = ceil_div(K, NB), pblocks = ceil_div(P, kKC);
-  const double flops = 2.0 * g.cout_g() * std::min(NB, K) * P * g.n / nchunks;
-  at::parallel_for(0, nchunks * g.groups * ncb, grain_for(flops), [&](int64_t begin, int64_t end) {
-    T* row = scratch<T>(2, kKC);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t cb = item % ncb, gi = (item / ncb) % g.groups, chunk = item / (ncb * g.groups);
-      const int64_t n_begin = chunk * g.n / nchunks, n_end = (chunk + 1) * g.n / nchunks;
-      const int64_t j0 = cb * NB, jlen = std::min(NB, K - j0);
-      auto image = [&](int64_t kb) { return n_begin + kb / pblocks; };
-      auto pack_a = [&](int64_t kb, T* dst) {
-        const int64_t p0 = (kb % pblocks) * kKC, kc = std::min(kKC, P - p0);
-        const T* src = dy + (image(kb) * g.c_out + gi * g.cout_g()) * P + p0;
-        pack_a_strided(src, g.cout_g(), kc, P, int64_t(1), dst);
-        return kc;
-      };
-      auto pack_b = [&](int64_t kb, int64_t kc, T* dst) {
-        const int64_t p0 = (kb % pblocks) * kKC;
-        const T* xg = x + (image(kb) * g.c_in + gi * g.cin_g()) * g.h * g.w;
-        for (int64_t j = 0; j < round_up<T>(jlen, NR); ++j) {
-          T* d = dst + (j / NR) * kc * NR + (j % NR);
-          if (j >= jlen) {
-            for (int64_t t = 0; t < kc; ++t) d[t * NR] = T(0);
-            continue;
-          }
-          const int64_t kk = j0 + j, ci = kk / khw, kh = (kk % khw) / g.kw, kw = kk % g.kw;
-          gather_row(xg + ci * g.h * g.w, g.h, g.w, g.ow, p0, kc, g.sh, g.sw, kh * g.dh - g.pt,
-                     kw * g.dw - g.pl, row);
-          for (int64_t t = 0; t < kc; ++t) d[t * NR] = row[t];
-        }
-      };
-      gemm_block<T>(g.cout_g(), jlen, (n_end - n_begin) * pblocks, pack_a, pack_b,
-                    partial + (chunk * g.c_out + gi * g.cout_g()) * K + j0, K, false, Epilogue<T>{});
-    }
-  });
-}
-
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       bool relu) {
@@ -530,8 +474,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
           auto impl = use_winograd<scalar_t>(g, g.cin_g() >= kWinogradMinForward) ? forward_winograd<scalar_t>
-                      : g.sh == 1 && g.sw == 1         ? forward_direct<scalar_t>
-                                                       : forward_impl<scalar_t>;
+                                                                        : forward_direct<scalar_t>;
           impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu, out.mutable_data_ptr<scalar_t>());
         });
@@ -562,32 +505,21 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
       grad_output, weight);
 }
 
-// dW from per-chunk partial sums added in chunk order (bitwise the same for any thread count).
+// dW: Winograd where it measured faster, otherwise the direct GEMM over phase planes (any stride), whose
+// per-chunk sums are added in chunk order (bitwise the same for any thread count).
 template <typename T>
-void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw, T* partial, int64_t nchunks) {
+void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
   if constexpr (std::is_same_v<T, float>) {
     const bool faster = std::min(g.cin_g(), g.cout_g()) >= kWinogradMinGradWeight &&
-                        g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct;
+                        g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct &&
+                        g.oh * g.ow >= kWinogradMinGradWeightPixels;
     if (use_winograd<T>(g, faster)) {
       winograd::grad_weight_batch(g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
                                   winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow});
       return;
     }
   }
-  if (g.sh == 1 && g.sw == 1) {
-    grad_weight_direct<T>(g, dy, x, dw, nchunks);
-    return;
-  }
-  grad_weight_impl<T>(g, dy, x, partial, nchunks);
-  if (nchunks == 1) return;
-  const int64_t per_chunk = g.c_out * g.k_gemm();
-  at::parallel_for(0, per_chunk, 32768 / nchunks, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      T s = partial[i];
-      for (int64_t c = 1; c < nchunks; ++c) s += partial[c * per_chunk + i];
-      dw[i] = s;
-    }
-  });
+  grad_weight_direct<T>(g, dy, x, dw, weight_grad_chunks(g.n));
 }
 
 at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -601,12 +533,9 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
         if (dw.numel() == 0) return dw;
         if (grad_output.numel() == 0) return dw.zero_();
         const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
-        const int64_t nchunks = weight_grad_chunks(g.n);
-        const bool direct = g.sh == 1 && g.sw == 1;
-        at::Tensor partial = nchunks == 1 || direct ? dw : cpu::empty({nchunks, g.c_out * g.k_gemm()}, dy.options());
         AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_conv2d_grad_weight", [&] {
           grad_weight<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                dw.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<scalar_t>(), nchunks);
+                                dw.mutable_data_ptr<scalar_t>());
         });
         return dw;
       },

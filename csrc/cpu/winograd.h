@@ -171,11 +171,13 @@ inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64
   g.per_image = g.th * g.tw;
   g.Hp = kOut * g.th + 2;
   g.Wp = kOut * g.tw + 2;
-  // Images per item: the fewest (up to 4) whose tiles fill at least 90% of the panels' lanes, as long
-  // as there are still two items per thread.
+  // Images per item: the fewest (up to 8) whose tiles fill at least 90% of the panels' lanes, as long
+  // as there are still two items per thread and their padded input planes stay within 512 KiB (an
+  // 8 x 8 output has 4 tiles an image: 8 images fill the 32 lanes of an AVX-512 panel).
+  const int64_t image_bytes = pl.channels_in / std::max<int64_t>(groups, 1) * g.Hp * g.Wp * int64_t(sizeof(float));
   g.images = 1;
-  for (int64_t k = 1; k <= 4; ++k) {
-    if (k > 1 && ceil_div(n, k) * groups < 2 * threads) break;
+  for (int64_t k = 1; k <= 8; ++k) {
+    if (k > 1 && (ceil_div(n, k) * groups < 2 * threads || k * image_bytes > (int64_t(512) << 10))) break;
     g.images = k;
     if (10 * k * g.per_image >= 9 * round_up<float>(k * g.per_image, nr)) break;
   }
