@@ -5,6 +5,9 @@
             ...
             bar.update(len(batch), postfix=f"loss {loss:.3f}")
 
+    for case in track(cases, "ops", unit="case"):   # the same around an iterable
+        ...
+
 Without tqdm a line such as ``epoch 1 fastconv: 12800/60000 img (21%), 1520 img/s, ETA 31 s, loss
 0.512`` goes to stderr at most every ``interval`` seconds (default 3, or
 ``$FASTCONV_PROGRESS_INTERVAL``; 0 prints on every update), and a last one when the loop ends if
@@ -103,7 +106,10 @@ class Progress:
                      f"({100 * self.n / self.total:.0f}%)"]
         else:
             parts = [f"{_amount(self.n, self.unit)}{unit}"]
-        parts.append(f"{_amount(rate, self.unit)}{unit}/s")
+        if self.unit != "B" and 0 < rate < 1:
+            parts.append(f"{1 / rate:.1f} s/{self.unit}")
+        else:
+            parts.append(f"{_amount(rate, self.unit) if self.unit == 'B' or rate >= 10 else f'{rate:.1f}'}{unit}/s")
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"ETA {_duration((self.total - self.n) / rate)}")
         elif self.total and self.n >= self.total:
@@ -130,3 +136,16 @@ class Progress:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def track(iterable, desc: str, unit: str = "it", *, total: Optional[float] = None, enabled: bool = True):
+    """Yields the items of ``iterable``, reporting one unit of progress after each."""
+    if total is None:
+        try:
+            total = len(iterable)
+        except TypeError:
+            total = None
+    with Progress(total, desc, unit, enabled=enabled) as bar:
+        for item in iterable:
+            yield item
+            bar.update(1)
