@@ -1,7 +1,8 @@
 """bench/train.py, bench/ops.py and bench/grid.py where matplotlib and tqdm are not installed, as in
 an environment set up by "Installing into your own environment" (torch + fastconv only): each
 finishes with exit status 0 and its JSON written, says in one line that the plot was skipped and
-how to get it, and shows progress as plain lines (images/s, ETA).
+how to get it, and shows progress as plain lines (images/s, ETA). The examples that draw
+(filters.py, feature_maps.py) do their work and skip the drawing the same way.
 
 The scripts run as subprocesses whose interpreter cannot import matplotlib or tqdm: a
 sitecustomize.py first on PYTHONPATH wraps the import system's finders so that they do not find
@@ -114,3 +115,15 @@ def test_grid_without_matplotlib_and_tqdm(tmp_path, run_bare):
     assert len(result["results"]) == 4
     assert not (tmp_path / "grid" / "grid.png").exists()
     assert "grid: 1/4 config (25%)" in proc.stderr and ", best " in proc.stderr
+
+
+def test_examples_without_matplotlib(tmp_path, run_bare):
+    proc = run_bare(REPO / "examples" / "filters.py", "--size", "64", "--out", "figs/filters.png")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _plot_skipped(proc.stdout)
+    assert "each matches torch.nn.functional.conv2d" in proc.stdout and not (tmp_path / "figs").exists()
+    proc = run_bare(REPO / "examples" / "feature_maps.py", "--train-size", "200", "--test-size", "50",
+                    "--out", "maps")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _plot_skipped(proc.stdout)
+    assert "test accuracy: " in proc.stdout and not (tmp_path / "maps").exists()

@@ -1,11 +1,11 @@
 """fastconv.data downloads and tarball safety, against HTTP servers on 127.0.0.1.
 
-Each test starts its own server (``http.server`` in a thread, a random port) that serves small
-files in the real formats (tiny IDX files, gzipped; a tiny CIFAR-10 tarball) under a path per
-behaviour: ``/good/``, ``/corrupt/`` (one byte changed), ``/truncated/`` (the first half, with a
-matching Content-Length), ``/drop/`` (the connection closed halfway through the announced
-length), ``/reset/`` (reset halfway), ``/missing/`` (404), ``/stall/`` (says nothing) and
-``/stallbody/`` (stops halfway). A refused connection is a port nothing listens on. The tiny
+Each test starts its own server (local_mirror.Mirror: ``http.server`` in a thread, a random port)
+that serves small files in the real formats (tiny IDX files, gzipped; a tiny CIFAR-10 tarball)
+under a path per behaviour: ``/good/``, ``/corrupt/`` (one byte changed), ``/truncated/`` (the
+first half, with a matching Content-Length), ``/drop/`` (the connection closed halfway through the
+announced length), ``/reset/`` (reset halfway), ``/missing/`` (404), ``/stall/`` (says nothing)
+and ``/stallbody/`` (stops halfway). A refused connection is a port nothing listens on. The tiny
 files' md5s are made the published ones for the test (``data.MD5`` patched).
 
 No other address is ever contacted: an autouse fixture refuses (and records) any connection or
@@ -13,15 +13,12 @@ name lookup for a host other than 127.0.0.1, and clears proxy settings.
 """
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import socket
-import socketserver
 import struct
 import tarfile
-import threading
 import warnings
 
 import numpy as np
@@ -31,6 +28,7 @@ import torch
 from fastconv import data, progress
 from fastconv.data import DatasetNotFoundError, DownloadError, UnsafeArchiveError
 from fastconv.data import download
+from local_mirror import Mirror
 
 MNIST = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte"]
@@ -71,72 +69,6 @@ def only_localhost(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------
 # the server
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        server = self.server
-        mode, _, name = self.path.lstrip("/").partition("/")
-        server.requests.append((mode, name))
-        body = server.files.get(name)
-        if mode == "missing" or body is None:
-            self.send_error(404, "Not Found")
-            return
-        if mode == "stall":
-            server.stop.wait(10)
-            return
-        half = len(body) // 2
-        if mode == "corrupt":
-            body = body[:half] + bytes([body[half] ^ 0xFF]) + body[half + 1:]
-        elif mode == "truncated":
-            body = body[:half]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if mode in ("drop", "reset", "stallbody"):
-            self.wfile.write(body[:half])
-            self.wfile.flush()
-            if mode == "stallbody":
-                server.stop.wait(10)
-            elif mode == "reset":  # RST instead of FIN
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-    def server_bind(self):  # HTTPServer's looks the host name up (getfqdn): not needed here
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
-class Mirror:
-    def __init__(self):
-        self.httpd = _Server(("127.0.0.1", 0), _Handler)
-        self.httpd.files, self.httpd.requests, self.httpd.stop = {}, [], threading.Event()
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    files = property(lambda self: self.httpd.files)
-    requests = property(lambda self: self.httpd.requests)
-
-    def url(self, mode):
-        return f"http://127.0.0.1:{self.port}/{mode}/"
-
-    def close(self):
-        self.httpd.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
 
 
 @pytest.fixture
