@@ -77,9 +77,10 @@ def load(name: str, data_dir=None, *, download: bool = False, mirrors=None,
 
     ``data_dir``: the folder holding the files (see the module docstring for the layouts); None
     means ``$FASTCONV_DATA`` if set, else ``./data``. Ignored for "synthetic".
-    ``download``: fetch the files that are missing (files present are never fetched again) from
-    ``mirrors``, a list of URL prefixes each followed by the file's standard compressed name
-    (default :data:`MNIST_MIRRORS` / :data:`CIFAR10_MIRRORS`). Progress goes to stderr; when every
+    ``download``: fetch the files that are missing from ``mirrors``, a list of URL prefixes each
+    followed by the file's standard compressed name (default :data:`MNIST_MIRRORS` /
+    :data:`CIFAR10_MIRRORS`). Files present are never fetched again (a corrupted one is reported
+    as below, not replaced: delete it to fetch it again). Progress goes to stderr; when every
     mirror fails, :class:`DownloadError` lists each one's failure.
     ``train_size`` / ``test_size``: keep a random subset of that many images (deterministic by
     ``seed``) for quick runs. For "synthetic" they are the numbers of images generated (default
