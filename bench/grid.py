@@ -3,17 +3,19 @@
     python bench/grid.py                                       # 5 lr x 3 batch sizes x 2 optimizers
     python bench/grid.py --quick                               # a few seconds: a smoke test
     python bench/grid.py --lrs 0.003,0.01 --batch-sizes 64 --optimizers adam --steps 1000
+    python bench/grid.py --dataset mnist --download             # on (subsets of) real MNIST
 
 Every configuration trains the same net from the same initial weights (seeded by --seed) for the
 same number of steps (--steps) on the synthetic digits of fastconv.data (procedurally drawn, NOT
-MNIST), then reports its accuracy on the test set. Optimizers: SGD with momentum (--momentum,
+MNIST) or, with --dataset mnist, on random subsets of MNIST (--data-dir, --download), then reports
+its accuracy on the test set. Optimizers: SGD with momentum (--momentum,
 default 0.9) and Adam. A fixed number of steps means a bigger batch sees more images: the grid asks
 which settings train fastest per step, the usual budget of a hyperparameter search. Runs are
 deterministic: on a given machine the same arguments give the same numbers.
 
 Writes to --out (default bench/out/grid/): grid.json (settings and one record per configuration)
-and grid.png (heatmaps of test accuracy, learning rate x batch size, one panel per optimizer), and
-prints the results as a markdown table.
+and grid.png (heatmaps of test accuracy, learning rate x batch size, one panel per optimizer; skipped
+with a message where matplotlib is not installed), and prints the results as a markdown table.
 """
 import argparse
 import json
@@ -28,11 +30,11 @@ import torch
 import fastconv
 import fastconv.functional as FF
 import fastconv.nn as fnn
+from fastconv.data import DatasetFormatError, DatasetNotFoundError
+from fastconv.progress import Progress
 
-try:
-    from tqdm import tqdm
-except ImportError:  # a progress bar is a nicety
-    tqdm = None
+PLOT_SKIPPED = ('plot skipped: matplotlib is not installed (pip install "fastconv[bench]" adds it, and tqdm '
+                'for progress bars; or pip install matplotlib tqdm)')
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULTS = dict(lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), batch_sizes=(32, 64, 128), optimizers=OPTIMIZERS,
@@ -43,12 +45,14 @@ QUICK = dict(lrs=(1e-3, 1e-2), batch_sizes=(16, 32), optimizers=OPTIMIZERS, step
 
 # ---------------------------------------------------------------- data and net
 
-def load_digits(train_size, test_size, seed=0):
-    """(train_x, train_y, test_x, test_y): synthetic digits, images float32 N x 1 x 28 x 28
-    normalised with the training set's mean and std, labels int64 0-9."""
+def load_digits(train_size, test_size, seed=0, dataset="synthetic", data_dir=None, download=False, mirrors=None):
+    """(train_x, train_y, test_x, test_y): synthetic digits, or a random subset of MNIST (from
+    data_dir, fetched first when download), images float32 N x 1 x 28 x 28 normalised with the
+    training set's mean and std, labels int64 0-9."""
     from fastconv import data
 
-    return data.load("synthetic", train_size=train_size, test_size=test_size, seed=seed).tensors()
+    return data.load(dataset, data_dir, download=download, mirrors=mirrors, train_size=train_size,
+                     test_size=test_size, seed=seed).tensors()
 
 
 def make_net():
@@ -113,21 +117,19 @@ def run_config(data, optimizer, lr, batch_size, steps, seed=0, momentum=0.9):
 
 
 def grid_search(lrs, batch_sizes, optimizers, steps, train_size, test_size, seed=0, momentum=0.9,
-                progress=True):
+                progress=True, dataset="synthetic", data_dir=None, download=False, mirrors=None):
     """One record of run_config per (optimizer, lr, batch size), in that nesting order."""
     if max(batch_sizes) > train_size:
         raise ValueError(f"batch size {max(batch_sizes)} exceeds the {train_size} training images")
-    data = load_digits(train_size, test_size, seed)
+    data = load_digits(train_size, test_size, seed, dataset, data_dir, download, mirrors)
     configs = [(o, lr, b) for o in optimizers for lr in lrs for b in batch_sizes]
-    bar = tqdm(configs, desc="grid", unit="config", file=sys.stderr, disable=not progress) \
-        if tqdm is not None else configs
     records = []
-    for o, lr, b in bar:
-        records.append(run_config(data, o, lr, b, steps, seed, momentum))
-        if tqdm is not None and progress:
+    with Progress(len(configs), "grid", unit="config", enabled=progress) as bar:
+        for o, lr, b in configs:
+            records.append(run_config(data, o, lr, b, steps, seed, momentum))
             best = max(records, key=lambda r: r["test_accuracy"])
-            bar.set_postfix_str(f"best {best['test_accuracy']:.1%} ({best['optimizer']}, lr {best['lr']:g}, "
-                                f"batch {best['batch_size']})")
+            bar.update(1, postfix=f"best {best['test_accuracy']:.1%} ({best['optimizer']}, lr {best['lr']:g}, "
+                                  f"batch {best['batch_size']})")
     return records
 
 
@@ -146,7 +148,11 @@ def markdown(records):
 
 
 def heatmap(records, path, title, momentum=0.9):
-    import matplotlib
+    """Draws the heatmaps to ``path``; False (nothing drawn) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -188,6 +194,7 @@ def heatmap(records, path, title, momentum=0.9):
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _floats(text):
@@ -216,10 +223,16 @@ def main(argv=None):
                     help="sgd (with momentum) and/or adam (default both)")
     ap.add_argument("--steps", type=int, default=None,
                     help=f"training steps per configuration (default {DEFAULTS['steps']})")
+    ap.add_argument("--dataset", choices=["synthetic", "mnist"], default="synthetic",
+                    help="synthetic digits (default) or random subsets of MNIST")
+    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $FASTCONV_DATA, else ./data)")
+    ap.add_argument("--download", action="store_true", help="fetch missing MNIST files into --data-dir (md5-checked)")
+    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
+                    help="URL prefix to download from instead of the default mirrors (repeatable)")
     ap.add_argument("--train-size", type=int, default=None,
-                    help=f"synthetic training images (default {DEFAULTS['train_size']})")
+                    help=f"training images (default {DEFAULTS['train_size']})")
     ap.add_argument("--test-size", type=int, default=None,
-                    help=f"synthetic test images (default {DEFAULTS['test_size']})")
+                    help=f"test images (default {DEFAULTS['test_size']})")
     ap.add_argument("--momentum", type=float, default=0.9, help="momentum of SGD (default 0.9)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the data, the initial weights and the batch order")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -237,12 +250,18 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    records = grid_search(**settings, seed=args.seed, momentum=args.momentum, progress=not args.no_progress)
+    try:
+        records = grid_search(**settings, seed=args.seed, momentum=args.momentum, progress=not args.no_progress,
+                              dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+                              mirrors=args.mirror)
+    except (DatasetNotFoundError, DatasetFormatError) as exc:
+        sys.exit(f"bench/grid.py: {exc}")
     total = time.perf_counter() - t0
     best = max(records, key=lambda r: r["test_accuracy"])
 
     steps = f"{settings['steps']} steps per configuration"
-    data = f"{settings['train_size']} train / {settings['test_size']} test synthetic digits (NOT MNIST), seed {args.seed}"
+    kind = "synthetic digits (NOT MNIST)" if args.dataset == "synthetic" else "MNIST images (random subsets)"
+    data = f"{settings['train_size']} train / {settings['test_size']} test {kind}, seed {args.seed}"
     print(f"Test accuracy after {steps}, {data}:\n")
     print(markdown(records))
     ties = [r for r in records if r["test_accuracy"] == best["test_accuracy"]]
@@ -255,10 +274,17 @@ def main(argv=None):
                f"torch {torch.__version__}, fastconv {fastconv.__version__}")
     with open(os.path.join(args.out, "grid.json"), "w") as f:
         json.dump({"settings": {**settings, "momentum": args.momentum, "seed": args.seed, "quick": args.quick},
-                   "model": make_net.__doc__.split("(")[0].strip(), "data": "synthetic digits (NOT MNIST)",
+                   "model": make_net.__doc__.split("(")[0].strip(), "data": kind, "dataset": args.dataset,
                    "machine": machine, "seconds": total, "best": best, "results": records}, f, indent=1)
-    heatmap(records, os.path.join(args.out, "grid.png"), f"Test accuracy after {steps}\n{data}", args.momentum)
-    print(f"wrote {os.path.join(args.out, 'grid.json')} and {os.path.join(args.out, 'grid.png')}")
+    written = [os.path.join(args.out, "grid.json")]
+    try:
+        if heatmap(records, os.path.join(args.out, "grid.png"), f"Test accuracy after {steps}\n{data}", args.momentum):
+            written.append(os.path.join(args.out, "grid.png"))
+        else:
+            print(PLOT_SKIPPED)
+    except Exception as exc:  # the results are written: a failing plot does not fail the run
+        print(f"plot failed ({type(exc).__name__}: {exc}); the results are in grid.json")
+    print(f"wrote {' and '.join(written)}")
     return 0
 
 

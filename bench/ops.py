@@ -13,6 +13,10 @@ faster). The whole-step rows time one SGD training step of each net.
     python bench/ops.py --device cuda --dtype float16    # tensor cores (fastconv) against cuDNN's
     python bench/ops.py --device cuda --tf32 # float32 as tf32, on both sides (fastconv.backends.allow_tf32
                                              # and torch.backends.cudnn / cuda.matmul.allow_tf32)
+
+Progress: tqdm's bars where tqdm is installed, else a plain line every few seconds. The bar chart
+needs matplotlib; without it the run ends with the table and the JSON, and says so
+(pip install "fastconv[bench]").
 """
 import argparse
 import json
@@ -29,12 +33,10 @@ import torch.nn.functional as F
 import fastconv
 import fastconv.functional as FF
 from fastconv.models import MODELS
+from fastconv.progress import track
 
-try:
-    from tqdm import tqdm
-except ImportError:  # progress bars are a nicety, not a requirement
-    def tqdm(iterable, **_):
-        return iterable
+PLOT_SKIPPED = ('plot skipped: matplotlib is not installed (pip install "fastconv[bench]" adds it, and tqdm '
+                'for progress bars; or pip install matplotlib tqdm)')
 
 
 @dataclass
@@ -190,7 +192,7 @@ def fwd_bwd(fn, inputs):
 
 def bench_ops(cases, reps, warmup, timer, tolerance=(1e-4, 1e-4)):
     rows = []
-    for case in tqdm(cases, desc="ops", unit="case", file=sys.stderr):
+    for case in track(cases, "ops", unit="case"):
         check_case(case, *tolerance)
         with torch.no_grad():
             f_ours, f_theirs = run_interleaved([lambda: case.ours(*case.inputs), lambda: case.theirs(*case.inputs)],
@@ -209,7 +211,7 @@ def bench_ops(cases, reps, warmup, timer, tolerance=(1e-4, 1e-4)):
 
 def bench_steps(batch, reps, warmup, timer, device, dtype=torch.float32):
     rows = []
-    for name, (builder, in_shape) in tqdm(list(MODELS.items()), desc="train steps", unit="net", file=sys.stderr):
+    for name, (builder, in_shape) in track(list(MODELS.items()), "train steps", unit="net"):
         torch.manual_seed(0)
         ref = builder(torch.nn).to(device)
         ours = fastconv.nn.fuse_conv_relu(builder(fastconv.nn)).to(device)  # as fastconv.models.build makes it
@@ -256,8 +258,12 @@ def markdown(op_rows, step_rows):
 
 
 def plot(op_rows, step_rows, path, title):
-    """Horizontal bars of the fastconv / torch time ratios (forward, forward+backward, whole steps)."""
-    import matplotlib
+    """Horizontal bars of the fastconv / torch time ratios (forward, forward+backward, whole steps), drawn
+    to ``path``; False (nothing drawn) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -283,6 +289,7 @@ def plot(op_rows, step_rows, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def main(argv=None):
@@ -353,8 +360,14 @@ def main(argv=None):
                       indent=1)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-    plot(op_rows, step_rows, args.png, f"fastconv vs torch, batch {args.batch_size}, {args.device}: {machine}")
-    print(f"\nresults: {args.json}, {args.png}")
+    plotted = False
+    try:
+        plotted = plot(op_rows, step_rows, args.png, f"fastconv vs torch, batch {args.batch_size}, {args.device}: {machine}")
+        if not plotted:
+            print(f"\n{PLOT_SKIPPED}")
+    except Exception as exc:  # the results are written: a failing plot does not fail the run
+        print(f"\nplot failed ({type(exc).__name__}: {exc}); the results are in {args.json}")
+    print(f"\nresults: {args.json}" + (f", {args.png}" if plotted else ""))
 
 
 if __name__ == "__main__":

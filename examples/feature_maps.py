@@ -3,10 +3,12 @@
     python examples/feature_maps.py                          # train briefly, then draw
     python examples/feature_maps.py --checkpoint net.pt      # train once and save; later runs load it
     python examples/feature_maps.py --model mnist --epochs 2 # the classic Keras MNIST net instead
+    python examples/feature_maps.py --dataset mnist --download   # on real MNIST (fetched once into ./data)
 
 Trains a small fastconv CNN (every conv, ReLU, pool, linear and loss computed by fastconv's kernels)
-on the synthetic digits of fastconv.data (procedurally drawn, NOT MNIST) for a short time, or loads
-it from --checkpoint, then writes to --out:
+on the synthetic digits of fastconv.data (procedurally drawn, NOT MNIST) or on a random subset of
+MNIST (--dataset mnist, --data-dir, --download) for a short time, or loads it from --checkpoint,
+then writes to --out (matplotlib needed; without it the drawing is skipped with a message):
 
     filters.png        the filters of the first convolution (blue negative, red positive)
     feature_maps.png   one test image and its feature maps after each of the first convolutions
@@ -15,6 +17,7 @@ it from --checkpoint, then writes to --out:
 The defaults (one epoch over 6000 images) take a few seconds on two cores.
 """
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -26,19 +29,24 @@ import torch
 import fastconv.functional as FF
 from fastconv.training import accuracy, fit
 import fastconv.nn as fnn
+from fastconv.data import DatasetFormatError, DatasetNotFoundError
 from fastconv.models import mnist_net
 
+PLOT_SKIPPED = ('plot skipped: matplotlib is not installed (pip install "fastconv[bench]" adds it; '
+                'or pip install matplotlib)')
 
 
 # ---------------------------------------------------------------- data
 
-def load_digits(train_size, test_size, seed=0):
-    """(train_x, train_y, test_x, test_y): synthetic digits, images float32 N x 1 x 28 x 28
-    normalised with the training set's mean and std, labels int64. Also returns the raw test images
-    in [0, 1] for display, as a fifth element."""
+def load_digits(train_size, test_size, seed=0, dataset="synthetic", data_dir=None, download=False, mirrors=None):
+    """(train_x, train_y, test_x, test_y): synthetic digits, or a random subset of MNIST (from
+    data_dir, fetched first when download), images float32 N x 1 x 28 x 28 normalised with the
+    training set's mean and std, labels int64. Also returns the raw test images in [0, 1] for
+    display, as a fifth element."""
     from fastconv import data
 
-    ds = data.load("synthetic", train_size=train_size, test_size=test_size, seed=seed)
+    ds = data.load(dataset, data_dir, download=download, mirrors=mirrors, train_size=train_size,
+                   test_size=test_size, seed=seed)
     return (*ds.tensors(), ds.test_images.float() / 255.0)
 
 
@@ -148,8 +156,14 @@ def main(argv=None):
                     help="if PATH exists, load the net from it instead of training; otherwise train "
                          "and save the net there")
     ap.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
-    ap.add_argument("--train-size", type=int, default=6000, help="synthetic training images (default 6000)")
-    ap.add_argument("--test-size", type=int, default=1000, help="synthetic test images (default 1000)")
+    ap.add_argument("--dataset", choices=["synthetic", "mnist"], default="synthetic",
+                    help="synthetic digits (default) or a random subset of MNIST")
+    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $FASTCONV_DATA, else ./data)")
+    ap.add_argument("--download", action="store_true", help="fetch missing MNIST files into --data-dir (md5-checked)")
+    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
+                    help="URL prefix to download from instead of the default mirrors (repeatable)")
+    ap.add_argument("--train-size", type=int, default=6000, help="training images (default 6000)")
+    ap.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the data, the initial weights and the batch order")
@@ -161,9 +175,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    train_x, train_y, test_x, test_y, test_raw = load_digits(args.train_size, args.test_size, args.seed)
-    print(f"data: {len(train_y)} train / {len(test_y)} test synthetic digits (procedurally drawn, NOT MNIST) "
-          f"in {time.perf_counter() - t0:.1f} s")
+    try:
+        train_x, train_y, test_x, test_y, test_raw = load_digits(args.train_size, args.test_size, args.seed,
+                                                                 args.dataset, args.data_dir, args.download,
+                                                                 args.mirror)
+    except (DatasetNotFoundError, DatasetFormatError) as exc:
+        sys.exit(f"examples/feature_maps.py: {exc}")
+    kind = "synthetic digits (procedurally drawn, NOT MNIST)" if args.dataset == "synthetic" else "MNIST images"
+    print(f"data: {len(train_y)} train / {len(test_y)} test {kind} in {time.perf_counter() - t0:.1f} s")
 
     torch.manual_seed(args.seed)
     net = MODELS[args.model]()
@@ -184,13 +203,16 @@ def main(argv=None):
             print(f"saved it to {args.checkpoint}")
     acc = accuracy(net, test_x, test_y)
     print(f"test accuracy: {acc:.1%}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print(PLOT_SKIPPED)
+        return 0
 
     os.makedirs(args.out, exist_ok=True)
     i = args.index
     maps = feature_maps(net, test_x[i], args.layers)
     with torch.no_grad():
         prediction = net(test_x[i:i + 1]).argmax(1).item()
-    trained = f"(test accuracy {acc:.1%} on synthetic digits)"
+    trained = f"(test accuracy {acc:.1%} on {'synthetic digits' if args.dataset == 'synthetic' else 'MNIST'})"
     plot_filters(net, os.path.join(args.out, "filters.png"),
                  f"First-layer filters of the trained {args.model} net {trained}\n"
                  "weights: blue negative, white zero, red positive (one scale for all)")

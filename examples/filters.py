@@ -6,7 +6,8 @@
 
 Convolves a grayscale image with identity, three edge-detection kernels, sharpen, box blur, Gaussian
 blur (3x3 and 5x5) and unsharp masking, checks every result against torch.nn.functional.conv2d, and
-writes a grid of the results, each shown with its kernel, as a PNG.
+writes a grid of the results, each shown with its kernel, as a PNG (with matplotlib; without it
+the checks still run and the drawing is skipped with a message).
 
 The image is first extended by repeating its border pixels (k // 2 of them for a k x k kernel), so
 every result keeps the image's size and the image's frame does not show up as an edge.
@@ -17,6 +18,7 @@ Strictly these are cross-correlations, as in every CNN library: the kernel is no
 these kernels but the first edge detector are symmetric, so flipping would not change them anyway.
 """
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -27,6 +29,9 @@ import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FF
+
+PLOT_SKIPPED = ('plot skipped: matplotlib is not installed (pip install "fastconv[bench]" adds it; '
+                'or pip install matplotlib)')
 
 _G5 = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1])
 
@@ -162,6 +167,9 @@ def main(argv=None):
     print(f"{len(results)} filters on a {image.shape[1]}x{image.shape[0]} image ({source}): "
           "each matches torch.nn.functional.conv2d")
 
+    if importlib.util.find_spec("matplotlib") is None:
+        print(PLOT_SKIPPED)
+        return 0
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     plot(results, args.out, source)

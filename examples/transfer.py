@@ -3,9 +3,11 @@
     python examples/transfer.py                                  # about 10 s on two cores
     python examples/transfer.py --target-size 100                # fewer labelled images of 5-9
     python examples/transfer.py --source-size 20000 --source-epochs 5 --head-epochs 30   # bigger
+    python examples/transfer.py --dataset mnist --download       # real MNIST (fetched once into ./data)
 
 1. Source task: a small CNN (a conv stack `features` and a linear `head`) is trained on the
-   synthetic digits 0-4 of fastconv.data (procedurally drawn, NOT MNIST).
+   synthetic digits 0-4 of fastconv.data (procedurally drawn, NOT MNIST), or on MNIST's 0-4 with
+   --dataset mnist (--data-dir, --download).
 2. Transfer: its convolutions are frozen (requires_grad False), its head is replaced by a new
    Linear for 5 classes, and only that head is trained on a few digits 5-9.
 3. Control: the same new head (same initial weights, same batches, same optimizer) trained on a
@@ -28,6 +30,7 @@ import torch
 
 from fastconv.training import accuracy, fit
 import fastconv.nn as fnn
+from fastconv.data import DatasetFormatError, DatasetNotFoundError
 
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -36,12 +39,15 @@ TARGET_CLASSES = (5, 6, 7, 8, 9)
 
 # ---------------------------------------------------------------- data
 
-def load_digits(train_size, test_size, seed=0):
-    """(train_x, train_y, test_x, test_y): synthetic digits, images float32 N x 1 x 28 x 28
+def load_digits(train_size, test_size, seed=0, dataset="synthetic", data_dir=None, download=False, mirrors=None):
+    """(train_x, train_y, test_x, test_y): synthetic digits (that many), or all of MNIST (from
+    data_dir, fetched first when download; the sizes are then ignored), images float32 N x 1 x 28 x 28
     normalised with the training set's mean and std, labels int64 0-9."""
     from fastconv import data
 
-    return data.load("synthetic", train_size=train_size, test_size=test_size, seed=seed).tensors()
+    if dataset == "synthetic":
+        return data.load("synthetic", train_size=train_size, test_size=test_size, seed=seed).tensors()
+    return data.load(dataset, data_dir, download=download, mirrors=mirrors).tensors()
 
 
 def task(x, y, classes, size):
@@ -89,7 +95,8 @@ def trainable(net):
 # ---------------------------------------------------------------- the demo
 
 def transfer_demo(source_size=6000, target_size=500, test_size=1000, source_epochs=3, head_epochs=20,
-                  batch_size=64, lr=1e-3, seed=0, scratch=True, progress=False, log=None):
+                  batch_size=64, lr=1e-3, seed=0, scratch=True, progress=False, log=None, dataset="synthetic",
+                  data_dir=None, download=False, mirrors=None):
     """Runs the experiment of this module's docstring and returns its results as a dict:
 
         config               the arguments
@@ -101,22 +108,23 @@ def transfer_demo(source_size=6000, target_size=500, test_size=1000, source_epoc
         frozen_unchanged     whether head training left the frozen conv weights bit for bit intact
 
     source_size / target_size: training images of digits 0-4 / 5-9; test_size: test images of each.
-    log: a print-like function for progress lines (None: silent).
+    log: a print-like function for progress lines (None: silent). dataset: "synthetic" or "mnist"
+    (from data_dir, fetched first when download, from mirrors).
     """
     config = dict(source_size=source_size, target_size=target_size, test_size=test_size,
                   source_epochs=source_epochs, head_epochs=head_epochs, batch_size=batch_size, lr=lr,
-                  seed=seed, scratch=scratch)
+                  seed=seed, scratch=scratch, dataset=dataset)
     say = log or (lambda *a, **k: None)
     t0 = time.perf_counter()
     # the classes are balanced: 2n + 10 images hold at least n of each half
     n_train, n_test = 2 * max(source_size, target_size) + 10, 2 * test_size + 10
-    train_x, train_y, test_x, test_y = load_digits(n_train, n_test, seed)
+    train_x, train_y, test_x, test_y = load_digits(n_train, n_test, seed, dataset, data_dir, download, mirrors)
     src_x, src_y = task(train_x, train_y, SOURCE_CLASSES, source_size)
     src_tx, src_ty = task(test_x, test_y, SOURCE_CLASSES, test_size)
     tgt_x, tgt_y = task(train_x, train_y, TARGET_CLASSES, target_size)
     tgt_tx, tgt_ty = task(test_x, test_y, TARGET_CLASSES, test_size)
-    say(f"data: {n_train} train / {n_test} test synthetic digits (procedurally drawn, NOT MNIST), "
-        f"{time.perf_counter() - t0:.1f} s")
+    kind = "synthetic digits (procedurally drawn, NOT MNIST)" if dataset == "synthetic" else "MNIST images"
+    say(f"data: {len(train_y)} train / {len(test_y)} test {kind}, {time.perf_counter() - t0:.1f} s")
 
     # 1. the source task: digits 0-4
     torch.manual_seed(seed)
@@ -182,6 +190,12 @@ def table(result):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=["synthetic", "mnist"], default="synthetic",
+                    help="synthetic digits (default) or MNIST")
+    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $FASTCONV_DATA, else ./data)")
+    ap.add_argument("--download", action="store_true", help="fetch missing MNIST files into --data-dir (md5-checked)")
+    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
+                    help="URL prefix to download from instead of the default mirrors (repeatable)")
     ap.add_argument("--source-size", type=int, default=6000, help="training images of digits 0-4 (default 6000)")
     ap.add_argument("--target-size", type=int, default=500,
                     help="training images of digits 5-9 for the new head (default 500)")
@@ -198,9 +212,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    result = transfer_demo(args.source_size, args.target_size, args.test_size, args.source_epochs,
-                           args.head_epochs, args.batch_size, args.lr, args.seed, scratch=not args.no_scratch,
-                           progress=not args.no_progress, log=print)
+    try:
+        result = transfer_demo(args.source_size, args.target_size, args.test_size, args.source_epochs,
+                               args.head_epochs, args.batch_size, args.lr, args.seed, scratch=not args.no_scratch,
+                               progress=not args.no_progress, log=print, dataset=args.dataset,
+                               data_dir=args.data_dir, download=args.download, mirrors=args.mirror)
+    except (DatasetNotFoundError, DatasetFormatError) as exc:
+        sys.exit(f"examples/transfer.py: {exc}")
     result["seconds"] = time.perf_counter() - t0
     print()
     print(table(result))

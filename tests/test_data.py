@@ -1,10 +1,16 @@
-"""fastconv.data: MNIST / CIFAR-10 readers on small files written here in the real formats, md5
-checks, not-found and format errors, subsampling, the Dataset helpers, and the synthetic digits."""
+"""fastconv.data: MNIST / CIFAR-10 readers on small files written here in the real formats, in
+every supported layout (MNIST: dashed or dotted names, raw or .gz, three folders; CIFAR-10: the
+batches folder or the tarball), md5 checks by content, not-found and format errors, subsampling,
+the Dataset helpers, and the synthetic digits. (Downloads and tarball safety: test_download.py;
+the real MNIST files: test_real_mnist.py.)"""
 import gzip
 import hashlib
+import io
 import os
 import pickle
+import shutil
 import struct
+import tarfile
 import warnings
 
 import numpy as np
@@ -23,17 +29,21 @@ CIFAR_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 # writers of the real formats (independent of fastconv.data)
 
 
-def write_idx(path, array, magic=None, *, extra=b""):
-    """An IDX file: big-endian magic 0x0000TTDD, big-endian int32 dims, C-order uint8 data."""
+def idx_bytes(array, magic=None):
+    """An IDX file's bytes: big-endian magic 0x0000TTDD, big-endian int32 dims, C-order uint8 data."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     if magic is None:
         magic = 0x0800 | array.ndim
-    raw = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    raw += extra
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_idx(path, array, magic=None, *, extra=b"", mtime=0):
+    """An IDX file, gzipped when the name ends in .gz (``mtime``: the gzip header's time stamp)."""
+    raw = idx_bytes(array, magic) + extra
     path.parent.mkdir(parents=True, exist_ok=True)
     if str(path).endswith(".gz"):
-        with gzip.open(path, "wb") as f:
-            f.write(raw)
+        with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=mtime) as g:
+            g.write(raw)
     else:
         path.write_bytes(raw)
     return path
@@ -48,9 +58,22 @@ def fake_mnist(rng, n_train=5, n_test=3):
     }
 
 
-def write_mnist(folder, arrays, gz=True):
+def dotted(name):
+    """train-images-idx3-ubyte -> train-images.idx3-ubyte (the other common spelling)."""
+    stem, kind, ext = name.rsplit("-", 2)
+    return f"{stem}.{kind}-{ext}"
+
+
+def write_mnist(folder, arrays, gz=True, names="dashed", mtime=0):
     for name, a in arrays.items():
-        write_idx(folder / (name + (".gz" if gz else "")), a)
+        name = dotted(name) if names == "dotted" else name
+        write_idx(folder / (name + (".gz" if gz else "")), a, mtime=mtime)
+
+
+def publish(monkeypatch, arrays):
+    """Makes the content md5s of ``arrays`` (as IDX files) the published ones of the MNIST names."""
+    for name, a in arrays.items():
+        monkeypatch.setitem(data.MD5, name, hashlib.md5(idx_bytes(a)).hexdigest())
 
 
 def write_cifar_batch(path, rows, labels, protocol=2):
@@ -70,6 +93,29 @@ def fake_cifar(rng, sizes=(3, 2, 4, 1, 2, 3)):
 def write_cifar(folder, batches, protocol=2):
     for name, (rows, labels) in batches.items():
         write_cifar_batch(folder / name, rows, labels, protocol)
+
+
+def cifar_tarball(path, batches, extra=()):
+    """cifar-10-python.tar.gz as published: the batches (and batches.meta, readme.html) under
+    cifar-10-batches-py/. ``extra``: more (TarInfo, bytes or None) members."""
+    def add(tar, name, payload):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(payload), 0o644
+        tar.addfile(info, io.BytesIO(payload))
+
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo("cifar-10-batches-py")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        for name, (rows, labels) in batches.items():
+            buf = io.BytesIO()
+            pickle.dump({b"labels": [int(v) for v in labels], b"data": rows}, buf, protocol=2)
+            add(tar, f"cifar-10-batches-py/{name}", buf.getvalue())
+        add(tar, "cifar-10-batches-py/batches.meta", pickle.dumps({b"label_names": []}, protocol=2))
+        add(tar, "cifar-10-batches-py/readme.html", b"<html></html>")
+        for info, payload in extra:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path
 
 
 @pytest.fixture
@@ -104,16 +150,39 @@ def test_mnist_round_trip(tmp_path, rng, gz, no_warnings):
     assert "SYNTHETIC" not in ds.describe() and "MNIST" in ds.describe()
 
 
-def test_mnist_torchvision_layout_raw_files_are_not_checked(tmp_path, rng, no_warnings):
-    # raw files with the published names have no published md5: verify="strict" passes
+@pytest.mark.parametrize("folder", ["", "MNIST/raw", "mnist"], ids=["data_dir", "MNIST-raw", "mnist"])
+@pytest.mark.parametrize("names", ["dashed", "dotted"])
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_mnist_every_layout_loads_and_is_verified_by_content(tmp_path, rng, monkeypatch, folder, names, gz,
+                                                             no_warnings):
     arrays = fake_mnist(rng)
-    write_mnist(tmp_path / "MNIST" / "raw", arrays, gz=False)
+    publish(monkeypatch, arrays)  # strict below: every layout is checked against the content md5s
+    write_mnist(tmp_path / folder, arrays, gz=gz, names=names)
     ds = data.load_mnist(tmp_path, verify="strict")
     assert np.array_equal(ds.train_images[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
-    assert str(tmp_path / "MNIST" / "raw") in ds.source
-    # data_dir may also be the raw folder itself
-    ds2 = data.load_mnist(tmp_path / "MNIST" / "raw", verify="strict")
-    assert torch.equal(ds2.test_images, ds.test_images)
+    assert ds.test_labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert ds.source == str((tmp_path / folder).resolve())
+
+
+def test_mnist_data_dir_may_be_the_files_folder(tmp_path, rng):
+    arrays = fake_mnist(rng)
+    write_mnist(tmp_path / "MNIST" / "raw", arrays, gz=False)
+    ds = data.load_mnist(tmp_path, verify="off")
+    ds2 = data.load_mnist(tmp_path / "MNIST" / "raw", verify="off")
+    ds3 = data.load_mnist(tmp_path / "MNIST", verify="off")
+    assert torch.equal(ds2.test_images, ds.test_images) and torch.equal(ds3.train_labels, ds.train_labels)
+
+
+def test_mnist_files_from_several_folders_and_spellings(tmp_path, rng, monkeypatch, no_warnings):
+    arrays = fake_mnist(rng)
+    publish(monkeypatch, arrays)
+    (name_a, a), (name_b, b), (name_c, c), (name_d, d) = arrays.items()
+    write_idx(tmp_path / (name_a + ".gz"), a)
+    write_idx(tmp_path / "MNIST" / "raw" / dotted(name_b), b)
+    write_idx(tmp_path / "mnist" / (dotted(name_c) + ".gz"), c)
+    write_idx(tmp_path / "mnist" / name_d, d)
+    ds = data.load_mnist(tmp_path, verify="strict")
+    assert np.array_equal(ds.test_images[:, 0].numpy(), c) and ds.train_labels.tolist() == b.tolist()
 
 
 def test_mnist_gz_preferred_over_raw_and_mixed_files(tmp_path, rng):
@@ -134,9 +203,10 @@ def test_mnist_not_found_names_files_folders_and_no_download(tmp_path):
     msg = str(err)
     for name in MNIST_NAMES:
         assert name in msg and name + "[.gz]" in err.missing
-    assert str(tmp_path) in msg and str(tmp_path / "MNIST" / "raw") in msg
-    assert "never downloads" in msg and "put" in msg
-    assert str(tmp_path / "MNIST" / "raw") in err.searched
+    assert str(tmp_path) in msg and str(tmp_path / "MNIST" / "raw") in msg and str(tmp_path / "mnist") in msg
+    assert "download=True" in msg and "--download" in msg and "put" in msg and "train-images.idx3-ubyte" in msg
+    assert str(tmp_path / "MNIST" / "raw") in err.searched and str(tmp_path / "mnist") in err.searched
+    assert os.listdir(tmp_path) == []  # nothing fetched, nothing written
 
 
 def test_mnist_partly_missing_names_only_the_missing_file(tmp_path, rng):
@@ -237,8 +307,13 @@ def test_md5_mismatch_warns_strict_raises_off_is_silent(tmp_path, rng):
         ds = data.load_mnist(tmp_path)   # verify="warn" is the default
     messages = [str(w.message) for w in record if issubclass(w.category, ChecksumWarning)]
     assert len(messages) == 4
-    assert any("train-images-idx3-ubyte.gz" in m and "f68b3c2dcbeaaa9fbdd348bbdeb94873" in m
-               for m in messages)
+    # names the file, the found and the expected digests of the content (and of the .gz itself)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    found = hashlib.md5(idx_bytes(arrays["train-images-idx3-ubyte"])).hexdigest()
+    [m] = [m for m in messages if m.startswith(str(path) + ":")]
+    assert found in m and "6bbc9ace898e44ae57da46a324031adb" in m     # content: found, published
+    assert hashlib.md5(path.read_bytes()).hexdigest() in m and "f68b3c2dcbeaaa9fbdd348bbdeb94873" in m
+    assert all(w.filename == __file__ for w in record)                # attributed to the caller
     assert np.array_equal(ds.train_images[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
     with pytest.raises(ChecksumError, match="differs from the published"):
         data.load_mnist(tmp_path, verify="strict")
@@ -249,12 +324,41 @@ def test_md5_mismatch_warns_strict_raises_off_is_silent(tmp_path, rng):
         data.load_mnist(tmp_path, verify="yes")
 
 
-def test_md5_match_is_silent_even_when_strict(tmp_path, rng, monkeypatch, no_warnings):
+def test_regzipped_genuine_files_give_no_warning(tmp_path, rng, monkeypatch, no_warnings):
+    # gzip headers hold a time stamp: two gzips of one file differ byte for byte, their content not
+    arrays = fake_mnist(rng)
+    publish(monkeypatch, arrays)
+    write_mnist(tmp_path / "a", arrays, mtime=1)
+    write_mnist(tmp_path / "b", arrays, mtime=2)
+    name = "train-images-idx3-ubyte.gz"
+    assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "b" / name).read_bytes()
+    a = data.load_mnist(tmp_path / "a", verify="strict")
+    b = data.load_mnist(tmp_path / "b", verify="strict")
+    assert torch.equal(a.train_images, b.train_images)
+
+
+def test_published_gz_md5_is_accepted_too(tmp_path, rng, monkeypatch, no_warnings):
     write_mnist(tmp_path, fake_mnist(rng))
-    published = {name + ".gz": hashlib.md5((tmp_path / (name + ".gz")).read_bytes()).hexdigest()
-                 for name in MNIST_NAMES}
-    monkeypatch.setattr(data.files, "MD5", {**data.MD5, **published})
+    for name in MNIST_NAMES:  # the raw digests do not match; the .gz ones do
+        monkeypatch.setitem(data.MD5, name + ".gz", hashlib.md5((tmp_path / (name + ".gz")).read_bytes()).hexdigest())
     data.load_mnist(tmp_path, verify="strict")
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_corrupted_genuine_file_warns(tmp_path, rng, monkeypatch, gz):
+    arrays = fake_mnist(rng)
+    publish(monkeypatch, arrays)
+    labels = arrays["train-labels-idx1-ubyte"]
+    labels[0] = (labels[0] + 1) % 10                       # one flipped label: the file is still valid IDX
+    write_mnist(tmp_path, arrays, gz=gz, names="dotted")
+    expected = data.MD5["train-labels-idx1-ubyte"]
+    with pytest.warns(ChecksumWarning) as record:
+        data.load_mnist(tmp_path)
+    [w] = record
+    path = tmp_path / ("train-labels.idx1-ubyte" + (".gz" if gz else ""))
+    msg = str(w.message)
+    assert msg.startswith(f"{path}:") and expected in msg and hashlib.md5(idx_bytes(labels)).hexdigest() in msg
+    assert "train-labels-idx1-ubyte" in msg  # the standard name whose digest was expected
 
 
 def test_md5_computed_once_per_file(tmp_path, monkeypatch):
@@ -271,6 +375,18 @@ def test_md5_computed_once_per_file(tmp_path, monkeypatch):
     path.write_bytes(b"other bytes, other size")   # a changed file is hashed again
     with pytest.raises(AssertionError, match="hashed twice"):
         data.md5sum(path)
+
+
+def test_content_md5_of_gz_is_of_the_decompressed_bytes(tmp_path, rng):
+    path = write_idx(tmp_path / "x.gz", rng.integers(0, 256, (2, 28, 28), dtype=np.uint8), mtime=5)
+    with gzip.open(path) as f:
+        assert data.content_md5(path) == hashlib.md5(f.read()).hexdigest() != data.md5sum(path)
+    raw = tmp_path / "y"
+    raw.write_bytes(b"raw")
+    assert data.content_md5(raw) == data.md5sum(raw)
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(DatasetFormatError, match="truncated or corrupted"):
+        data.content_md5(path)
 
 
 def test_cifar_md5_mismatch(tmp_path, rng):
@@ -332,15 +448,68 @@ def test_cifar_not_found(tmp_path, rng):
     assert isinstance(info.value, FileNotFoundError)
     for name in CIFAR_NAMES:
         assert name in msg
-    assert str(tmp_path / "cifar-10-batches-py") in msg and "never downloads" in msg
-    # partial: names only what is missing; a tarball lying there gets a hint to extract it
+    assert str(tmp_path / "cifar-10-batches-py") in msg and "download=True" in msg
+    assert "cifar-10-python.tar.gz" in msg and os.listdir(tmp_path) == []
+    # partial: names only what is missing
     batches = fake_cifar(rng)
     del batches["data_batch_4"]
     write_cifar(tmp_path / "cifar-10-batches-py", batches)
-    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError, match="missing data_batch_4. Searched") as info:
         data.load_cifar10(tmp_path)
-    assert info.value.missing == ["data_batch_4"] and "tar xzf" in str(info.value)
+    assert info.value.missing == ["data_batch_4"]
+
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_cifar_from_the_tarball_extracted_once(tmp_path, rng, monkeypatch, no_warnings):
+    batches = fake_cifar(rng)
+    write_cifar(tmp_path / "reference", batches)
+    (tmp_path / "data").mkdir()
+    tarball = cifar_tarball(tmp_path / "data" / "cifar-10-python.tar.gz", batches)
+    ds = data.load_cifar10(tmp_path / "data", verify="off")
+    ref = data.load_cifar10(tmp_path / "reference", verify="off")
+    assert torch.equal(ds.train_images, ref.train_images) and torch.equal(ds.test_labels, ref.test_labels)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    assert ds.source == str(folder.resolve())
+    assert _listing(tmp_path / "data") == sorted(["cifar-10-batches-py", "cifar-10-python.tar.gz"] + [
+        f"cifar-10-batches-py/{n}" for n in CIFAR_NAMES + ["batches.meta", "readme.html"]])
+    # published digests of these batches: the extracted files pass verify="strict"
+    for name in CIFAR_NAMES:
+        monkeypatch.setitem(data.MD5, name, hashlib.md5((folder / name).read_bytes()).hexdigest())
+    stamp = (folder / "test_batch").stat().st_mtime_ns
+    tarball.unlink()                                   # the second load reads the batches, not the tarball
+    again = data.load_cifar10(tmp_path / "data", verify="strict")
+    assert torch.equal(again.train_images, ds.train_images) and (folder / "test_batch").stat().st_mtime_ns == stamp
+
+
+def test_cifar_tarball_completes_a_partial_folder_without_overwriting(tmp_path, rng):
+    batches = fake_cifar(rng)
+    cifar_tarball(tmp_path / "cifar-10-python.tar.gz", batches)
+    mine = fake_cifar(np.random.default_rng(1))
+    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1", *mine["data_batch_1"])
+    ds = data.load_cifar10(tmp_path, verify="off")
+    n1 = len(mine["data_batch_1"][1])
+    assert np.array_equal(ds.train_images[:n1].numpy().reshape(n1, 3072), mine["data_batch_1"][0])  # kept
+    assert np.array_equal(ds.test_images.numpy().reshape(-1, 3072), batches["test_batch"][0])        # extracted
+    # data_dir may be the batches folder, the tarball lying next to it
+    shutil.rmtree(tmp_path / "cifar-10-batches-py")
+    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1", *mine["data_batch_1"])
+    ds2 = data.load_cifar10(tmp_path / "cifar-10-batches-py", verify="off")
+    assert torch.equal(ds2.train_images, ds.train_images)
+
+
+def test_cifar_truncated_tarball_leaves_nothing(tmp_path, rng):
+    path = cifar_tarball(tmp_path / "cifar-10-python.tar.gz", fake_cifar(rng, sizes=(40,) * 6))
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(DatasetFormatError, match="truncated or corrupted"):
+        data.load_cifar10(tmp_path)
+    assert os.listdir(tmp_path) == ["cifar-10-python.tar.gz"]
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    with pytest.raises(DatasetFormatError, match="cifar-10-python.tar.gz"):
+        data.load_cifar10(tmp_path)
+    assert os.listdir(tmp_path) == ["cifar-10-python.tar.gz"]
 
 
 def _py2_str(b):

@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .archive import extract_tarball
 from .dataset import Dataset
 from .errors import DatasetFormatError, DatasetNotFoundError
 from .files import _check_verify, _describe_dirs, _resolve_dir, _verify
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TARBALL = "cifar-10-python.tar.gz"
+CIFAR10_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+"""Where ``download=True`` fetches :data:`CIFAR10_TARBALL` from (CIFAR-10's home page)."""
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = CIFAR10_TRAIN_FILES + ("test_batch",)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -79,24 +83,45 @@ def _read_cifar_batch(path: Path):
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(data_dir=None, *, verify: str = "warn") -> Dataset:
-    """CIFAR-10 from its python batches in ``data_dir/cifar-10-batches-py/`` or ``data_dir``."""
+def _find_batches(dirs):
+    """(the folder with the most batches, the batches missing there)."""
+    best = max(dirs, key=lambda d: sum((d / f).is_file() for f in CIFAR10_FILES))
+    return best, [f for f in CIFAR10_FILES if not (best / f).is_file()]
+
+
+def load_cifar10(data_dir=None, *, verify: str = "warn", download: bool = False, mirrors=None) -> Dataset:
+    """CIFAR-10 from its python batches in ``data_dir/cifar-10-batches-py/`` or ``data_dir``, or
+    from the official ``cifar-10-python.tar.gz`` in ``data_dir``, which is then extracted there
+    once (safely: see :mod:`fastconv.data.archive`; files already there are kept).
+
+    ``download=True`` fetches the tarball from ``mirrors`` (URL prefixes; default
+    :data:`CIFAR10_MIRRORS`) into ``data_dir`` when neither the batches nor the tarball are
+    there; see :func:`fastconv.data.download.fetch`. ``verify``: see :func:`fastconv.data.load`.
+    """
     _check_verify(verify)
     root = _resolve_dir(data_dir)
     dirs = [root / CIFAR10_FOLDER, root]
-    best = max(dirs, key=lambda d: sum((d / f).is_file() for f in CIFAR10_FILES))
-    missing = [f for f in CIFAR10_FILES if not (best / f).is_file()]
+    best, missing = _find_batches(dirs)
+    tarball = None
     if missing:
-        tarball = next((d / "cifar-10-python.tar.gz" for d in dirs
-                        if (d / "cifar-10-python.tar.gz").is_file()), None)
-        hint = (f" {tarball} is there: extract it (tar xzf {tarball.name} -C {tarball.parent})."
-                if tarball else "")
+        places = [root] + ([root.parent] if root.name == CIFAR10_FOLDER else [])
+        tarball = next((d / CIFAR10_TARBALL for d in places if (d / CIFAR10_TARBALL).is_file()), None)
+        if tarball is None and download:
+            from .download import fetch
+
+            tarball = fetch(CIFAR10_TARBALL, root, CIFAR10_MIRRORS if mirrors is None else mirrors)
+        if tarball is not None:
+            extract_tarball(tarball, tarball.parent)
+            best, missing = _find_batches(dirs)
+    if missing:
+        where = (f" {tarball} was extracted but holds no {', '.join(missing)}." if tarball else "")
         raise DatasetNotFoundError(
             f"CIFAR-10 not found: missing {', '.join(missing)}. Searched: {_describe_dirs(dirs)}."
-            f"{hint} fastconv never downloads anything: put the python batches "
-            f"{', '.join(CIFAR10_FILES)} in {root / CIFAR10_FOLDER}/ (as the official "
-            f"cifar-10-python.tar.gz extracts, and torchvision's layout) or in {root}, or pass "
-            "data_dir= (default: $FASTCONV_DATA, else ./data).",
+            f"{where} Pass download=True (bench/train.py: --download) to fetch {CIFAR10_TARBALL} "
+            f"from {CIFAR10_MIRRORS[0]}, or put it in {root} (it is extracted there), or the python "
+            f"batches {', '.join(CIFAR10_FILES)} in {root / CIFAR10_FOLDER}/ (as the tarball "
+            f"extracts, and torchvision's layout) or in {root}, or pass data_dir= (default: "
+            "$FASTCONV_DATA, else ./data).",
             missing=missing, searched=[str(d) for d in dirs])
     parts = {}
     for f in CIFAR10_FILES:

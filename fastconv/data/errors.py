@@ -28,3 +28,24 @@ class ChecksumError(ValueError):
 class ChecksumWarning(UserWarning):
     """A known file's md5 differs from the published one (``verify="warn"``, the default)."""
 
+
+
+class DownloadError(DatasetNotFoundError):
+    """A missing file could not be fetched from any mirror. ``failures``: (url, reason) per mirror
+    tried, in order; ``folder``: where the file was to go (nothing was left there)."""
+
+    def __init__(self, message: str, failures: Sequence[tuple] = (), folder: str = "",
+                 missing: Sequence[str] = ()):
+        super().__init__(message, missing=missing, searched=[folder] if folder else [])
+        self.failures = list(failures)
+        self.folder = folder
+
+
+class UnsafeArchiveError(DatasetFormatError):
+    """A tarball has a member that would land outside the folder it is extracted into (an absolute
+    path, a ``..`` component, a link pointing outside) or is a device file; nothing was extracted.
+    ``member``: its name."""
+
+    def __init__(self, message: str, member: str = ""):
+        super().__init__(message)
+        self.member = member

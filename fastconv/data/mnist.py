@@ -12,6 +12,9 @@ from .dataset import Dataset
 from .errors import DatasetFormatError, DatasetNotFoundError
 from .files import _check_verify, _describe_dirs, _read_bytes, _resolve_dir, _verify
 
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+"""Where ``download=True`` fetches the gzipped MNIST files from, in this order (torchvision's)."""
+
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -19,6 +22,16 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 DIGIT_CLASSES = [str(i) for i in range(10)]
+
+
+def _dotted(name: str) -> str:
+    """The other common spelling of a file name: train-images-idx3-ubyte -> train-images.idx3-ubyte."""
+    stem, kind, ext = name.rsplit("-", 2)
+    return f"{stem}.{kind}-{ext}"
+
+
+MNIST_NAMES = {key: (base, _dotted(base)) for key, base in MNIST_FILES.items()}
+"""The accepted names of each file (standard dashed name first), each raw or with ``.gz``."""
 
 IDX_UBYTE_3D = 0x00000803  # uint8, 3 dimensions: images
 IDX_UBYTE_1D = 0x00000801  # uint8, 1 dimension: labels
@@ -35,7 +48,10 @@ def read_idx(path, expected_magic: Optional[int] = None) -> np.ndarray:
     a truncated file, or trailing bytes.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    return _parse_idx(_read_bytes(path), path, expected_magic)
+
+
+def _parse_idx(raw: bytes, path: Path, expected_magic: Optional[int] = None) -> np.ndarray:
     if len(raw) < 4:
         raise DatasetFormatError(f"{path}: truncated IDX file: {len(raw)} bytes, not even the 4-byte "
                                  "magic number")
@@ -70,46 +86,69 @@ def read_idx(path, expected_magic: Optional[int] = None) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _find_mnist(root: Path):
-    dirs = [root, root / "MNIST" / "raw"]
+def _mnist_dirs(root: Path):
+    dirs = [root, root / "MNIST" / "raw", root / "mnist"]
     if root.name == "MNIST":
         dirs.append(root / "raw")
+    return dirs
+
+
+def _find_mnist(root: Path):
+    """({key: path}, [missing keys], [folders searched]): each file is taken from the first folder
+    that has it under any accepted name, the gzipped file first (it is what downloads write)."""
+    dirs = _mnist_dirs(root)
     found, missing = {}, []
-    for key, base in MNIST_FILES.items():
-        path = None
-        for d in dirs:
-            # prefer the gzipped file when both are there: it is the one with a published md5
-            for candidate in (d / (base + ".gz"), d / base):
-                if candidate.is_file():
-                    path = candidate
-                    break
-            if path:
-                break
+    for key, names in MNIST_NAMES.items():
+        candidates = [d / (n + sfx) for d in dirs for n in names for sfx in (".gz", "")]
+        path = next((c for c in candidates if c.is_file()), None)
         if path is None:
-            missing.append(base)
+            missing.append(key)
         else:
             found[key] = path
     return found, missing, dirs
 
 
-def load_mnist(data_dir=None, *, verify: str = "warn") -> Dataset:
-    """MNIST from its four IDX files (raw or .gz) in ``data_dir`` or ``data_dir/MNIST/raw/``."""
+def _download_mnist(root: Path, found: dict, missing: list, mirrors) -> None:
+    """Fetches the missing files (gzipped) into the folder of those found, else into ``root``."""
+    from .download import fetch
+
+    folder = next(iter(found.values())).parent if found else root
+    for key in missing:
+        found[key] = fetch(MNIST_FILES[key] + ".gz", folder, MNIST_MIRRORS if mirrors is None else mirrors)
+
+
+def load_mnist(data_dir=None, *, verify: str = "warn", download: bool = False, mirrors=None) -> Dataset:
+    """MNIST from its four IDX files in ``data_dir``, ``data_dir/MNIST/raw/`` (torchvision's
+    layout) or ``data_dir/mnist/``: dashed (``train-images-idx3-ubyte``) or dotted
+    (``train-images.idx3-ubyte``) names, each raw or gzipped (``.gz``).
+
+    ``download=True`` fetches the missing files from ``mirrors`` (URL prefixes; default
+    :data:`MNIST_MIRRORS`) into the folder of the files found, else into ``data_dir``; see
+    :func:`fastconv.data.download.fetch`. ``verify``: see :func:`fastconv.data.load`.
+    """
     _check_verify(verify)
     root = _resolve_dir(data_dir)
     found, missing, dirs = _find_mnist(root)
+    if missing and download:
+        _download_mnist(root, found, missing, mirrors)
+        missing = []
     if missing:
-        names = [MNIST_FILES[k] + ".gz" for k in MNIST_FILES]
+        gz = [MNIST_FILES[k] + ".gz" for k in MNIST_FILES]
         raise DatasetNotFoundError(
-            f"MNIST not found: missing {', '.join(f'{m}[.gz]' for m in missing)}. "
-            f"Searched: {_describe_dirs(dirs)}. fastconv never downloads anything: put "
-            f"{', '.join(names)} (gzipped or not) in {root} or {root / 'MNIST' / 'raw'}/ "
-            "(torchvision's layout), or pass data_dir= (default: $FASTCONV_DATA, else ./data). "
-            "For a quick stand-in that is not MNIST, use load('synthetic').",
-            missing=[m + "[.gz]" for m in missing], searched=[str(d) for d in dirs])
+            f"MNIST not found: missing {', '.join(MNIST_FILES[k] + '[.gz]' for k in missing)}. "
+            f"Searched: {_describe_dirs(dirs)}. Pass download=True (bench/train.py: --download) to "
+            f"fetch them from {MNIST_MIRRORS[0]}, or put {', '.join(gz)} (gzipped or not; the dotted "
+            f"names such as {_dotted(MNIST_FILES['train_images'])} work too) in {root}, "
+            f"{root / 'MNIST' / 'raw'}/ (torchvision's layout) or {root / 'mnist'}/, or pass "
+            "data_dir= (default: $FASTCONV_DATA, else ./data). For a quick stand-in that is not "
+            "MNIST, use load('synthetic').",
+            missing=[MNIST_FILES[k] + "[.gz]" for k in missing], searched=[str(d) for d in dirs])
     arrays = {}
     for key, path in found.items():
-        _verify(path, verify)
-        arrays[key] = read_idx(path, IDX_UBYTE_3D if key.endswith("images") else IDX_UBYTE_1D)
+        raw = _read_bytes(path)
+        _verify(path, verify, MNIST_FILES[key], raw)
+        arrays[key] = _parse_idx(raw, path, IDX_UBYTE_3D if key.endswith("images") else IDX_UBYTE_1D)
+        del raw
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(x) != len(y):
