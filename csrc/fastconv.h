@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "shapes.h"
@@ -345,6 +346,22 @@ inline PoolShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kerne
   TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.max_pool2d: the window (kernel_size ", kernel_size,
                     ", dilation ", dilation, ") does not fit the padded input ", s.h, "x", s.w);
   return s;
+}
+
+// conv2d_pool: a convolution whose output is max-pooled by non-overlapping pool[0] x pool[1] windows
+// (kernel = stride = pool, no padding, floor mode: MaxPool2d(pool) after the Conv2d).
+inline std::pair<ConvShape, PoolShape> check_conv2d_pool(const at::Tensor& input, const at::Tensor& weight,
+                                                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                                         at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                         int64_t groups, at::IntArrayRef pool) {
+  const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  TORCH_CHECK_VALUE(pool.size() == 2 && pool[0] >= 1 && pool[1] >= 1,
+                    "fastconv.conv2d_pool: pool must be two positive ints, got ", pool);
+  const PoolShape s{g.n, g.c_out, g.oh, g.ow, g.oh / pool[0], g.ow / pool[1], pool[0], pool[1], pool[0], pool[1],
+                    0, 0, 1, 1};
+  TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.conv2d_pool: the pooling window ", pool,
+                    " does not fit the convolution's ", g.oh, "x", g.ow, " output");
+  return {g, s};
 }
 
 // The window arguments are those of the forward call; the backward kernels that gather (CUDA) need

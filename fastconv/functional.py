@@ -12,7 +12,7 @@ import torch
 
 from .ops import REDUCTIONS, ops
 
-__all__ = ["conv2d", "conv2d_relu", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear", "dropout"]
+__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear", "dropout"]
 
 
 def _pair(value, name):
@@ -88,6 +88,22 @@ def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, group
     """relu(conv2d(input, weight, bias, ...)) in one op: the ReLU runs in the convolution's epilogue,
     so the pre-activation is never written (and backward needs only the output)."""
     return _conv2d(input, weight, bias, stride, padding, dilation, groups, True, "conv2d_relu")
+
+
+def conv2d_relu_pool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2, relu=True):
+    """max_pool2d(relu(conv2d(input, weight, bias, ...)), pool) in one op, ``pool`` being the window
+    and the stride (no padding, floor mode): the CPU kernel pools each slice of the batch while its
+    convolution output is still in cache, so the full-size pre-pool activation is never written.
+    ``relu=False`` leaves the ReLU out. Same results, bit for bit, as the three ops one after the other."""
+    stride, dilation, pool = _pair(stride, "stride"), _pair(dilation, "dilation"), _pair(pool, "pool")
+    if weight.dim() != 4:
+        raise ValueError(f"fastconv.conv2d_relu_pool: weight must be 4-D (C_out, C_in / groups, kH, kW), "
+                         f"got shape {tuple(weight.shape)}")
+    pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
+    x, unbatched = _batched(input, 4, "conv2d_relu_pool")
+    out, _ = ops.conv2d_pool(x, weight, bias, stride, pad, dilation, groups, bool(relu), pool)
+    out = _format_like(out, x, weight)
+    return out.squeeze(0) if unbatched else out
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -9,7 +9,9 @@ replaces each torch.nn class by the fastconv.nn class that subclasses it and nam
 ``fuse_conv_relu(model)`` fuses every Conv2d directly followed by a ReLU inside an nn.Sequential:
 the convolution applies the ReLU in its kernel's epilogue (``fastconv.functional.conv2d_relu``), so
 the pre-activation tensor is never written nor read back, and the ReLU becomes an nn.Identity
-(parameter names and ``state_dict`` keys do not change). ``fastconv.models.build`` fuses its nets.
+(parameter names and ``state_dict`` keys do not change). A MaxPool2d with non-overlapping windows
+right after such a Conv2d + ReLU is fused too (``fastconv.functional.conv2d_relu_pool``): the pre-pool
+activation is never written either. ``fastconv.models.build`` fuses its nets.
 """
 import torch
 
@@ -26,7 +28,8 @@ def _zeros_padding_only(layer):
 
 class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d on fastconv's kernels. ``fused_relu = True`` (set by fuse_conv_relu) makes it
-    compute relu(conv2d(x)) in one kernel."""
+    compute relu(conv2d(x)) in one kernel; ``fused_pool = (kh, kw)`` as well (also set by
+    fuse_conv_relu) max-pools that by non-overlapping kh x kw windows in the same op."""
 
     fastconv_op = "conv2d"
 
@@ -34,13 +37,18 @@ class Conv2d(torch.nn.Conv2d):
         super().__init__(*args, **kwargs)
         _zeros_padding_only(self)
         self.fused_relu = False
+        self.fused_pool = None
 
     def _conv_forward(self, input, weight, bias):
+        if getattr(self, "fused_pool", None) is not None:  # (absent from a Conv2d pickled before it existed)
+            return F.conv2d_relu_pool(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                                      self.fused_pool, relu=self.fused_relu)
         conv = F.conv2d_relu if self.fused_relu else F.conv2d
         return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self):
-        return super().extra_repr() + (", relu=fused" if self.fused_relu else "")
+        return (super().extra_repr() + (", relu=fused" if self.fused_relu else "")
+                + (f", max_pool={tuple(self.fused_pool)} fused" if getattr(self, "fused_pool", None) is not None else ""))
 
 
 class Conv1d(torch.nn.Conv1d):
@@ -91,20 +99,40 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
                                reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
+def _fusable_pool(layer):
+    """The (kh, kw) window of a MaxPool2d with stride = window, no padding, dilation 1, floor mode and
+    no indices returned; None for any other layer."""
+    if type(layer) not in (torch.nn.MaxPool2d, MaxPool2d) or layer.ceil_mode or layer.return_indices:
+        return None
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    kernel = pair(layer.kernel_size)
+    stride = kernel if layer.stride is None or layer.stride == () else pair(layer.stride)
+    if stride != kernel or pair(layer.padding) != (0, 0) or pair(layer.dilation) != (1, 1):
+        return None
+    return kernel
+
+
 def fuse_conv_relu(model: torch.nn.Module) -> torch.nn.Module:
     """Fuses, in place, each fastconv.nn.Conv2d that is directly followed by a ReLU (torch's or
     fastconv's) in an nn.Sequential anywhere in `model`: the Conv2d gets ``fused_relu = True`` and
-    the ReLU is replaced by an nn.Identity. Returns `model`. Forward hooks on a fused ReLU are lost
-    with it; everything else (parameters, state_dict keys, results) is unchanged."""
+    the ReLU is replaced by an nn.Identity. A MaxPool2d right after that ReLU whose windows do not
+    overlap (stride = kernel size, no padding, dilation 1, floor mode) is fused as well: the Conv2d
+    gets ``fused_pool`` and the MaxPool2d becomes an nn.Identity. Returns `model`. Forward hooks on a
+    fused ReLU or MaxPool2d are lost with it; everything else (parameters, state_dict keys, results)
+    is unchanged."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fastconv.nn.fuse_conv_relu: expected a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         if not isinstance(module, torch.nn.Sequential):
             continue
         names = list(module._modules)
-        for first, second in zip(names, names[1:]):
+        for i, (first, second) in enumerate(zip(names, names[1:])):
             conv, relu = module._modules[first], module._modules[second]
             if isinstance(conv, Conv2d) and not conv.fused_relu and type(relu) in (torch.nn.ReLU, ReLU):
                 conv.fused_relu = True
                 module._modules[second] = torch.nn.Identity()
+                pool = _fusable_pool(module._modules[names[i + 2]]) if i + 2 < len(names) else None
+                if pool is not None and getattr(conv, "fused_pool", None) is None:
+                    conv.fused_pool = pool
+                    module._modules[names[i + 2]] = torch.nn.Identity()
     return model

@@ -93,6 +93,56 @@ def _conv2d_backward(ctx, grad):
 
 torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
 
+# ---------------------------------------------------------------- conv2d_pool (conv2d + ReLU + max-pool)
+
+@torch.library.register_fake("fastconv::conv2d_pool")
+def _conv2d_pool_fake(input, weight, bias, stride, padding, dilation, groups, relu, pool):
+    conv = _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu)
+    n, c, oh, ow = conv.shape
+    shape = (n, c, oh // pool[0], ow // pool[1])
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.impl("fastconv::conv2d_pool", "CUDA")
+def _conv2d_pool_cuda(input, weight, bias, stride, padding, dilation, groups, relu, pool):
+    # the CUDA kernels of the two ops, one after the other (the CPU kernel fuses them)
+    conv = ops.conv2d(input, weight, bias, stride, padding, dilation, groups, relu)
+    return ops.max_pool2d(conv, pool, pool, (0, 0), (1, 1), False)
+
+
+def _conv2d_pool_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, relu, pool = inputs
+    out, indices = output
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.pool = pool
+    ctx.relu = relu
+    ctx.has_bias = bias is not None
+    ctx.conv_shape = (input.shape[0], weight.shape[0],
+                      _window_out(input.shape[2], padding[0], padding[1], weight.shape[2], dilation[0], stride[0]),
+                      _window_out(input.shape[3], padding[2], padding[3], weight.shape[3], dilation[1], stride[1]))
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(input, weight, out if relu else None, indices)
+
+
+def _conv2d_pool_backward(ctx, grad, _grad_indices):
+    input, weight, out, indices = ctx.saved_tensors
+    # relu'(pre-activation) at a window's maximum is (pooled output > 0): the ReLU's backward runs on
+    # the pooled gradient, before it is scattered to the maxima
+    if ctx.relu:
+        grad = ops.relu_backward(grad, out)
+    grad = ops.max_pool2d_backward(grad, indices, ctx.conv_shape, ctx.pool, ctx.pool, (0, 0), (1, 1))
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.conv2d_grad_input(grad, weight, input.shape, *ctx.conv_args)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.conv2d_grad_weight(grad, input, weight.shape, *ctx.conv_args)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = ops.bias_grad(grad, 1)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d_pool", _conv2d_pool_backward, setup_context=_conv2d_pool_setup)
+
 # ---------------------------------------------------------------- linear
 
 @torch.library.register_fake("fastconv::linear")
@@ -328,7 +378,7 @@ torch.library.register_autograd("fastconv::cross_entropy_backward", _no_double_b
 # float16 on CUDA) and cross-entropy in float32, as torch's own autocast policy does; the other ops
 # follow their input's type. Every kernel accepts float16 / bfloat16 and computes them in float32.
 
-for _op in ("fastconv::conv2d", "fastconv::linear"):
+for _op in ("fastconv::conv2d", "fastconv::conv2d_pool", "fastconv::linear"):
     torch.library.register_autocast(_op, "cpu", torch.bfloat16)
     torch.library.register_autocast(_op, "cuda", torch.float16)
 for _device in ("cpu", "cuda"):

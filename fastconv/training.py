@@ -2,17 +2,12 @@
 in-memory tensors, and test accuracy. (bench/train.py has the full loop: both implementations,
 DDP, timing and plots.)"""
 import math
-import sys
 import time
 
 import torch
 
 from . import functional as FF
-
-try:
-    from tqdm import tqdm
-except ImportError:  # progress bars are a nicety, not a requirement
-    tqdm = None
+from .progress import Progress
 
 
 def fit(net, x, y, *, epochs=1, batch_size=64, lr=1e-3, seed=0, desc="training", progress=False):
@@ -21,8 +16,7 @@ def fit(net, x, y, *, epochs=1, batch_size=64, lr=1e-3, seed=0, desc="training",
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     steps = epochs * math.ceil(len(y) / batch_size)
-    bar = tqdm(total=steps, desc=desc, unit="batch", file=sys.stderr, leave=False) \
-        if tqdm is not None and progress else None
+    bar = Progress(steps, desc, unit="batch", enabled=progress)
     loss = torch.tensor(float("nan"))
     t0 = time.perf_counter()
     net.train()
@@ -34,11 +28,8 @@ def fit(net, x, y, *, epochs=1, batch_size=64, lr=1e-3, seed=0, desc="training",
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if bar is not None:
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    if bar is not None:
-        bar.close()
+            bar.update(1, postfix=f"loss {loss.item():.3f}" if progress else "")
+    bar.close()
     return loss.item(), time.perf_counter() - t0
 
 

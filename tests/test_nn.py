@@ -166,24 +166,28 @@ def test_fuse_conv_relu_marks_pairs_and_keeps_state_dict_keys():
     keys = list(net.state_dict())
     assert fnn.fuse_conv_relu(net) is net
     assert list(net.state_dict()) == keys
-    assert [type(m).__name__ for m in net] == ["Conv2d", "Identity", "MaxPool2d", "Conv2d", "Identity", "ReLU",
+    assert [type(m).__name__ for m in net] == ["Conv2d", "Identity", "Identity", "Conv2d", "Identity", "ReLU",
                                                "Sequential", "Conv2d", "Flatten", "ReLU"]
     assert [net[0].fused_relu, net[3].fused_relu, net[6][0].fused_relu, net[7].fused_relu] == [True, True, True, False]
+    assert [net[0].fused_pool, net[3].fused_pool, net[6][0].fused_pool] == [(2, 2), None, None]
     assert "relu=fused" in repr(net[0]) and "relu=fused" not in repr(net[7])
+    assert "max_pool=(2, 2) fused" in repr(net[0]) and "max_pool" not in repr(net[3])
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         fnn.fuse_conv_relu("net")
 
 
 @pytest.mark.sim_unchecked
 def test_built_nets_are_fused_and_match_their_torch_twins(backend):
-    """fastconv.models.build fuses each Conv2d + ReLU; results and gradients stay torch's, and the
-    ReLU kernels of the fused pairs are gone (the pre-activations are never written)."""
+    """fastconv.models.build fuses each Conv2d + ReLU, and the MaxPool2d after two of them; results and
+    gradients stay torch's, and the ReLU and max-pool kernels of the fused layers are gone (the
+    pre-activations and the pre-pool activations are never written)."""
     torch.manual_seed(0)
     ours = build("cifar10").to(backend.device)
     torch.manual_seed(0)
     ref = build("cifar10", torch.nn).to(backend.device)
     assert sum(isinstance(m, fnn.Conv2d) and m.fused_relu for m in ours.modules()) == 4
-    assert sum(isinstance(m, torch.nn.Identity) for m in ours.modules()) == 4
+    assert sum(isinstance(m, fnn.Conv2d) and m.fused_pool == (2, 2) for m in ours.modules()) == 2
+    assert sum(isinstance(m, torch.nn.Identity) for m in ours.modules()) == 6
     ours.load_state_dict(ref.state_dict())
     ours.eval(), ref.eval()
     x = backend.randn(3, 3, 32, 32)

@@ -148,8 +148,10 @@ def test_automatic_choice(monkeypatch):
             chosen.append("winograd" if torch.equal(a, wi) else "gemm" if torch.equal(a, ge) else "neither")
         return chosen
 
-    # (forward: C_in >= 16, grad input: C_out >= 8, grad weight: both >= 16 and C_in * C_out >= 512)
-    assert algorithms(torch.randn(2, 16, 12, 12), torch.randn(32, 16, 3, 3)) == ["winograd"] * 3
+    # (forward: C_in >= 16, grad input: C_out >= 8, grad weight: both >= 16, C_in * C_out >= 512 and an
+    # output of at least 16 x 16)
+    assert algorithms(torch.randn(2, 16, 16, 16), torch.randn(32, 16, 3, 3)) == ["winograd"] * 3
+    assert algorithms(torch.randn(2, 16, 15, 16), torch.randn(32, 16, 3, 3)) == ["winograd", "winograd", "gemm"]
     assert algorithms(torch.randn(2, 8, 12, 12), torch.randn(16, 8, 3, 3)) == ["gemm", "winograd", "gemm"]
     assert algorithms(torch.randn(2, 16, 12, 12), torch.randn(4, 16, 3, 3)) == ["winograd", "gemm", "gemm"]
     assert algorithms(torch.randn(2, 16, 12, 12), torch.randn(16, 16, 3, 3)) == ["winograd", "winograd", "gemm"]

@@ -23,9 +23,14 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include "cpu/gemm.h"
+#include "cpu/pool.h"
 #include "cpu/winograd.h"
 #include "fastconv.h"
 #include "sim/sim.h"
@@ -250,17 +255,6 @@ void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, i
   });
 }
 
-template <typename T>
-void forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
-  constexpr int MR = Tile<T>::MR;
-  const int64_t K = g.k_gemm(), M = g.cout_g(), m_panels = ceil_div(M, MR);
-  std::vector<T, AlignedAllocator<T>> a(g.groups * m_panels * std::max<int64_t>(K, 1) * MR);
-  for (int64_t gi = 0; gi < g.groups; ++gi)
-    pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), a.data() + gi * m_panels * K * MR);
-  direct_conv_batch(g, x, g.c_in, g.cin_g(), g.h, g.w, g.pt, g.pl, g.sh, g.sw, a.data(), M, K, out, g.c_out, g.oh,
-                    g.ow, bias, relu);
-}
-
 // Unit-stride grad input is the convolution of grad_output, padded by the dilated kernel extent
 // minus the forward padding, with the kernel flipped and its channel axes swapped.
 template <typename T>
@@ -351,9 +345,10 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
 //                                     15x15: 26%; 8 -> 64: GEMM 17% faster)
 constexpr int64_t kWinogradMinForward = 16, kWinogradMinGradInput = 8, kWinogradMinGradWeight = 16;
 constexpr int64_t kWinogradMinGradWeightProduct = 512;
-// ... and an output of at least 100 pixels (AMD EPYC, AVX-512, 1 thread: 128 -> 128 at 8x8, GEMM 18 ms,
-// Winograd 25-29 ms; 64 -> 64 at 13x13, Winograd 9.7 ms, GEMM 11.6 ms).
-constexpr int64_t kWinogradMinGradWeightPixels = 100;
+// ... and an output of at least 16 x 16 pixels (AMD EPYC, AVX-512, 2 threads, batch 128: 128 -> 128 at 8x8,
+// GEMM 9.1 ms, Winograd 14.0; 64 -> 64 at 13x13, GEMM 4.8, Winograd 6.4; 32 -> 64 at 15x15, both 3.7;
+// 32 -> 32 at 30x30, Winograd 6.1, GEMM 6.5; 32 -> 64 at 24x24, Winograd 7.0, GEMM 8.6).
+constexpr int64_t kWinogradMinGradWeightPixels = 256;
 
 enum class Algo { kAuto, kWinograd, kGemm };
 
@@ -376,16 +371,49 @@ bool use_winograd(const ConvShape& g, bool faster) {
   }
 }
 
+// The forward pass of a layer as its weight preparation (Winograd's U, or the packed A panels of the
+// direct GEMM), done once, and runs over slices of the batch.
 template <typename T>
-void forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, bool relu, T* out) {
-  if constexpr (std::is_same_v<T, float>) {
+class ForwardPlan {
+ public:
+  ForwardPlan(const ConvShape& g, const T* w) : g_(g), winograd_(use_winograd<T>(g, g.cin_g() >= kWinogradMinForward)) {
     const int64_t M = g.cout_g(), C = g.cin_g();
-    const auto u = winograd::transform_weights<float>(
-        g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * 9 + r]; });
-    winograd::conv_batch(g.n, g.groups, x, C, u.data(), M, out,
-                         winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, relu);
+    if constexpr (std::is_same_v<T, float>) {
+      if (winograd_) {
+        weights_ = winograd::transform_weights<float>(
+            g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * 9 + r]; });
+        return;
+      }
+    }
+    constexpr int MR = Tile<T>::MR;
+    const int64_t K = g.k_gemm(), m_panels = ceil_div(M, MR);
+    weights_.resize(g.groups * m_panels * std::max<int64_t>(K, 1) * MR);
+    for (int64_t gi = 0; gi < g.groups; ++gi)
+      pack_a_strided(w + gi * M * K, M, K, K, int64_t(1), weights_.data() + gi * m_panels * K * MR);
   }
-}
+
+  // The outputs of images [n0, n0 + count) of x, into `count` images of C_out x OH x OW at out.
+  void run(const T* x, int64_t n0, int64_t count, const T* bias, bool relu, T* out) const {
+    const ConvShape& g = g_;
+    const T* xs = x + n0 * g.c_in * g.h * g.w;
+    if constexpr (std::is_same_v<T, float>) {
+      if (winograd_) {
+        winograd::conv_batch(count, g.groups, xs, g.cin_g(), weights_.data(), g.cout_g(), out,
+                             winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, relu);
+        return;
+      }
+    }
+    ConvShape slice = g;
+    slice.n = count;
+    direct_conv_batch(slice, xs, g.c_in, g.cin_g(), g.h, g.w, g.pt, g.pl, g.sh, g.sw, weights_.data(), g.cout_g(),
+                      g.k_gemm(), out, g.c_out, g.oh, g.ow, bias, relu);
+  }
+
+ private:
+  ConvShape g_;
+  bool winograd_;
+  std::vector<T, AlignedAllocator<T>> weights_;
+};
 
 // Grad input: grad_output padded by 2 - padding, convolved with the flipped kernel, channels swapped.
 template <typename T>
@@ -473,10 +501,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         if (out.numel() == 0) return out;
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
-          auto impl = use_winograd<scalar_t>(g, g.cin_g() >= kWinogradMinForward) ? forward_winograd<scalar_t>
-                                                                        : forward_direct<scalar_t>;
-          impl(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu, out.mutable_data_ptr<scalar_t>());
+          ForwardPlan<scalar_t>(g, w.const_data_ptr<scalar_t>())
+              .run(x.const_data_ptr<scalar_t>(), 0, g.n, b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu,
+                   out.mutable_data_ptr<scalar_t>());
         });
         return out;
       },
@@ -542,6 +569,77 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
       grad_output, input);
 }
 
+// conv2d_pool: the convolution (with its ReLU) and the max-pooling of its output by non-overlapping
+// windows, one slice of the batch at a time: each slice's pre-pool outputs (about 4 MiB) go to a buffer
+// that stays in cache between the two, so the full-size pre-pool tensor is never written to memory.
+// Outputs and indices are those of conv2d followed by max_pool2d, bit for bit: every output of the
+// convolution is computed the same way whatever the slice it falls in.
+// With a 16-bit `rounding` type (the op's arguments were float16 / bfloat16, computed in float32), the
+// convolution's outputs are rounded to it before they are pooled, as conv2d's 16-bit output would be:
+// the maxima (and so the indices) are those of the unfused ops.
+template <typename T>
+void conv_pool(const ConvShape& g, const PoolShape& ps, const T* x, const T* w, const T* bias, bool relu, T* stage,
+               int64_t slice, T* out, int64_t* idx, std::optional<at::ScalarType> rounding) {
+  const ForwardPlan<T> plan(g, w);
+  const int64_t plane = g.oh * g.ow, pooled = ps.oh * ps.ow;
+  for (int64_t n0 = 0; n0 < g.n; n0 += slice) {
+    const int64_t count = std::min(slice, g.n - n0);
+    plan.run(x, n0, count, bias, relu, stage);
+    if (rounding) {
+      const int64_t total = count * g.c_out * plane;
+      if (*rounding == at::kBFloat16)
+        for (int64_t i = 0; i < total; ++i) stage[i] = static_cast<T>(static_cast<float>(c10::BFloat16(stage[i])));
+      else
+        for (int64_t i = 0; i < total; ++i) stage[i] = static_cast<T>(static_cast<float>(c10::Half(stage[i])));
+    }
+    at::parallel_for(0, count * g.c_out, std::max<int64_t>(1, 32768 / plane), [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        pool_plane(stage + p * plane, g.oh, g.ow, ps.oh, ps.ow, ps.kh, ps.kw, ps.sh, ps.sw, int64_t(0), int64_t(0),
+                   int64_t(1), int64_t(1), out + (n0 * g.c_out + p) * pooled, idx + (n0 * g.c_out + p) * pooled);
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_pool_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                                   bool relu, at::IntArrayRef pool) {
+  const auto shapes = check_conv2d_pool(input, weight, bias, stride, padding, dilation, groups, pool);
+  const ConvShape& g = shapes.first;
+  const PoolShape& ps = shapes.second;
+  const std::optional<at::ScalarType> rounding =
+      is_reduced(input) ? std::optional<at::ScalarType>(input.scalar_type()) : std::nullopt;
+  return in_float32(
+      [&](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+        at::Tensor out = cpu::empty({g.n, g.c_out, ps.oh, ps.ow}, input.options());
+        at::Tensor idx = cpu::empty({g.n, g.c_out, ps.oh, ps.ow}, input.options().dtype(at::kLong));
+        if (out.numel() == 0) return std::make_tuple(out, idx);
+        const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
+        const int64_t image_bytes = g.c_out * g.oh * g.ow * int64_t(x.element_size());
+        const int64_t slice = std::min(g.n, std::max<int64_t>(4 * at::get_num_threads(), (int64_t(4) << 20) / image_bytes));
+        at::Tensor stage = cpu::empty({slice, g.c_out, g.oh, g.ow}, input.options());
+        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_pool", [&] {
+          conv_pool<scalar_t>(g, ps, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                              b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu,
+                              stage.mutable_data_ptr<scalar_t>(), slice, out.mutable_data_ptr<scalar_t>(),
+                              idx.mutable_data_ptr<int64_t>(), rounding);
+        });
+        return std::make_tuple(out, idx);
+      },
+      input, weight, bias);
+}
+
+// Under fastconv.simulate(): the simulated CUDA convolution, then the simulated max-pooling.
+std::tuple<at::Tensor, at::Tensor> conv2d_pool_sim(const at::Tensor& input, const at::Tensor& weight,
+                                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                                   bool relu, at::IntArrayRef pool) {
+  check_conv2d_pool(input, weight, bias, stride, padding, dilation, groups, pool);
+  const at::Tensor y = sim::conv2d(input, weight, bias, stride, padding, dilation, groups, relu);
+  const int64_t zero[2] = {0, 0}, one[2] = {1, 1};
+  return sim::max_pool2d(y, pool, pool, zero, one, false);
+}
+
 // Sum of grad_output over every dimension but `channel_dim`: the gradient of a per-channel bias.
 at::Tensor bias_grad_impl(const BiasGradShape& shape, const at::Tensor& grad_output) {
   const at::Tensor g = grad_output.contiguous();
@@ -588,6 +686,7 @@ at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
 // Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d", &sim::Routed<conv2d_cpu, sim::conv2d>::call);
+  m.impl("conv2d_pool", &sim::Routed<conv2d_pool_cpu, conv2d_pool_sim>::call);
   m.impl("conv2d_grad_input", &sim::Routed<conv2d_grad_input_cpu, sim::conv2d_grad_input>::call);
   m.impl("conv2d_grad_weight", &sim::Routed<conv2d_grad_weight_cpu, sim::conv2d_grad_weight>::call);
   m.impl("bias_grad", &sim::Routed<bias_grad_cpu, sim::bias_grad>::call);
