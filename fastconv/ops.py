@@ -121,10 +121,13 @@ def _conv2d_pool_setup(ctx, inputs, output):
                       _window_out(input.shape[2], padding[0], padding[1], weight.shape[2], dilation[0], stride[0]),
                       _window_out(input.shape[3], padding[2], padding[3], weight.shape[3], dilation[1], stride[1]))
     ctx.mark_non_differentiable(indices)
+    ctx.set_materialize_grads(False)  # no zero tensor for the indices' gradient
     ctx.save_for_backward(input, weight, out if relu else None, indices)
 
 
 def _conv2d_pool_backward(ctx, grad, _grad_indices):
+    if grad is None:
+        return (None,) * 9
     input, weight, out, indices = ctx.saved_tensors
     # relu'(pre-activation) at a window's maximum is (pooled output > 0): the ReLU's backward runs on
     # the pooled gradient, before it is scattered to the maxima
@@ -227,10 +230,13 @@ def _max_pool2d_setup(ctx, inputs, output):
     ctx.input_shape = inputs[0].shape
     ctx.window = inputs[1:5]  # kernel_size, stride, padding, dilation
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero tensor for the indices' gradient
     ctx.save_for_backward(output[1])
 
 
 def _max_pool2d_backward(ctx, grad, _grad_indices):
+    if grad is None:
+        return (None,) * 6
     (indices,) = ctx.saved_tensors
     return ops.max_pool2d_backward(grad, indices, ctx.input_shape, *ctx.window), None, None, None, None, None
 
