@@ -12,7 +12,8 @@ import torch
 
 from .ops import REDUCTIONS, ops
 
-__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear", "dropout"]
+__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear",
+           "dropout"]
 
 
 def _pair(value, name):

@@ -47,8 +47,9 @@ class Conv2d(torch.nn.Conv2d):
         return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self):
+        pool = getattr(self, "fused_pool", None)
         return (super().extra_repr() + (", relu=fused" if self.fused_relu else "")
-                + (f", max_pool={tuple(self.fused_pool)} fused" if getattr(self, "fused_pool", None) is not None else ""))
+                + (f", max_pool={tuple(pool)} fused" if pool is not None else ""))
 
 
 class Conv1d(torch.nn.Conv1d):

@@ -16,7 +16,7 @@ from fastconv import _build_info
 REPO = Path(__file__).resolve().parents[1]
 
 # every op of csrc/registration.cpp
-OPS = {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_grad", "linear", "linear_grad_input",
+OPS = {"conv2d", "conv2d_pool", "conv2d_grad_input", "conv2d_grad_weight", "bias_grad", "linear", "linear_grad_input",
        "linear_grad_weight", "relu", "relu_backward", "max_pool2d", "max_pool2d_backward", "cross_entropy",
        "cross_entropy_backward", "dropout"}
 

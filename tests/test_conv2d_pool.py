@@ -102,7 +102,8 @@ def test_gradcheck(backend):
 def test_opcheck(backend):
     x, w, b = backend.randn(2, 3, 8, 7), backend.randn(4, 3, 3, 3), backend.randn(4)
     torch.library.opcheck(ops.conv2d_pool, (x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, [2, 2]))
-    torch.library.opcheck(ops.conv2d_pool, (x.requires_grad_(), w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False, [2, 3]))
+    torch.library.opcheck(ops.conv2d_pool,
+                          (x.requires_grad_(), w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False, [2, 3]))
 
 
 def test_unbatched_and_channels_last(backend):

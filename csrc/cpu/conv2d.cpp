@@ -271,7 +271,8 @@ void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
               w[((gi * g.cout_g() + co) * M + ci) * khw + (khw - 1 - r)];
         }
   direct_conv_batch(g, dy, g.c_out, g.cout_g(), g.oh, g.ow, (g.kh - 1) * g.dh - g.pt, (g.kw - 1) * g.dw - g.pl,
-                    int64_t(1), int64_t(1), a.data(), M, K, dx, g.c_in, g.h, g.w, static_cast<const T*>(nullptr), false);
+                    int64_t(1), int64_t(1), a.data(), M, K, dx, g.c_in, g.h, g.w, static_cast<const T*>(nullptr),
+                    false);
 }
 
 // Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch
@@ -616,7 +617,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_pool_cpu(const at::Tensor& input, cons
         if (out.numel() == 0) return std::make_tuple(out, idx);
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         const int64_t image_bytes = g.c_out * g.oh * g.ow * int64_t(x.element_size());
-        const int64_t slice = std::min(g.n, std::max<int64_t>(4 * at::get_num_threads(), (int64_t(4) << 20) / image_bytes));
+        const int64_t slice =
+            std::min(g.n, std::max<int64_t>(4 * at::get_num_threads(), (int64_t(4) << 20) / image_bytes));
         at::Tensor stage = cpu::empty({slice, g.c_out, g.oh, g.ow}, input.options());
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_pool", [&] {
           conv_pool<scalar_t>(g, ps, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
