@@ -30,7 +30,7 @@ import torch
 import fastconv
 import fastconv.functional as FF
 import fastconv.nn as fnn
-from fastconv.data import DatasetFormatError, DatasetNotFoundError
+from fastconv.data import DatasetFormatError, DatasetNotFoundError, add_arguments
 from fastconv.progress import Progress
 
 PLOT_SKIPPED = ('plot skipped: matplotlib is not installed (pip install "fastconv[bench]" adds it, and tqdm '
@@ -223,12 +223,7 @@ def main(argv=None):
                     help="sgd (with momentum) and/or adam (default both)")
     ap.add_argument("--steps", type=int, default=None,
                     help=f"training steps per configuration (default {DEFAULTS['steps']})")
-    ap.add_argument("--dataset", choices=["synthetic", "mnist"], default="synthetic",
-                    help="synthetic digits (default) or random subsets of MNIST")
-    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $FASTCONV_DATA, else ./data)")
-    ap.add_argument("--download", action="store_true", help="fetch missing MNIST files into --data-dir (md5-checked)")
-    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
-                    help="URL prefix to download from instead of the default mirrors (repeatable)")
+    add_arguments(ap, dataset_help="synthetic digits (default) or random subsets of MNIST")
     ap.add_argument("--train-size", type=int, default=None,
                     help=f"training images (default {DEFAULTS['train_size']})")
     ap.add_argument("--test-size", type=int, default=None,

@@ -42,13 +42,7 @@ IMPLS = {"fastconv": (fastconv.nn, FF.cross_entropy), "torch": (torch.nn, F.cros
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=["synthetic", "mnist", "cifar10"], default="synthetic")
-    ap.add_argument("--data-dir", default=None,
-                    help="folder with the dataset's standard files (mnist, cifar10; default $FASTCONV_DATA, else ./data)")
-    ap.add_argument("--download", action="store_true",
-                    help="fetch the dataset's missing files into --data-dir (md5-checked; present files are kept)")
-    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
-                    help="URL prefix to download from instead of the default mirrors (repeatable, tried in order)")
+    fdata.add_arguments(ap, ("synthetic", "mnist", "cifar10"))
     ap.add_argument("--model", choices=sorted(ALL_MODELS), default=None,
                     help="default: mnist for mnist/synthetic, cifar10 for cifar10")
     ap.add_argument("--epochs", type=int, default=2)

@@ -29,7 +29,7 @@ import torch
 import fastconv.functional as FF
 from fastconv.training import accuracy, fit
 import fastconv.nn as fnn
-from fastconv.data import DatasetFormatError, DatasetNotFoundError
+from fastconv.data import DatasetFormatError, DatasetNotFoundError, add_arguments
 from fastconv.models import mnist_net
 
 PLOT_SKIPPED = ('plot skipped: matplotlib is not installed (pip install "fastconv[bench]" adds it; '
@@ -156,12 +156,7 @@ def main(argv=None):
                     help="if PATH exists, load the net from it instead of training; otherwise train "
                          "and save the net there")
     ap.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
-    ap.add_argument("--dataset", choices=["synthetic", "mnist"], default="synthetic",
-                    help="synthetic digits (default) or a random subset of MNIST")
-    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $FASTCONV_DATA, else ./data)")
-    ap.add_argument("--download", action="store_true", help="fetch missing MNIST files into --data-dir (md5-checked)")
-    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
-                    help="URL prefix to download from instead of the default mirrors (repeatable)")
+    add_arguments(ap, dataset_help="synthetic digits (default) or a random subset of MNIST")
     ap.add_argument("--train-size", type=int, default=6000, help="training images (default 6000)")
     ap.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
     ap.add_argument("--batch-size", type=int, default=64)

@@ -30,7 +30,7 @@ import torch
 
 from fastconv.training import accuracy, fit
 import fastconv.nn as fnn
-from fastconv.data import DatasetFormatError, DatasetNotFoundError
+from fastconv.data import DatasetFormatError, DatasetNotFoundError, add_arguments
 
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -190,12 +190,7 @@ def table(result):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=["synthetic", "mnist"], default="synthetic",
-                    help="synthetic digits (default) or MNIST")
-    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $FASTCONV_DATA, else ./data)")
-    ap.add_argument("--download", action="store_true", help="fetch missing MNIST files into --data-dir (md5-checked)")
-    ap.add_argument("--mirror", action="append", default=None, metavar="URL",
-                    help="URL prefix to download from instead of the default mirrors (repeatable)")
+    add_arguments(ap, dataset_help="synthetic digits (default) or MNIST")
     ap.add_argument("--source-size", type=int, default=6000, help="training images of digits 0-4 (default 6000)")
     ap.add_argument("--target-size", type=int, default=500,
                     help="training images of digits 5-9 for the new head (default 500)")

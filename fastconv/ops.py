@@ -77,10 +77,9 @@ def _conv2d_setup(ctx, inputs, output):
     ctx.save_for_backward(input, weight, output if relu else None)
 
 
-def _conv2d_backward(ctx, grad):
-    input, weight, result = ctx.saved_tensors
-    if ctx.relu:
-        grad = ops.relu_backward(grad, result)
+def _conv_grads(ctx, grad, input, weight):
+    """(grad input, grad weight, grad bias) of a convolution from the gradient of its output, each
+    computed only where autograd needs it."""
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_input = ops.conv2d_grad_input(grad, weight, input.shape, *ctx.conv_args)
@@ -88,7 +87,14 @@ def _conv2d_backward(ctx, grad):
         grad_weight = ops.conv2d_grad_weight(grad, input, weight.shape, *ctx.conv_args)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = ops.bias_grad(grad, 1)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+    return grad_input, grad_weight, grad_bias
+
+
+def _conv2d_backward(ctx, grad):
+    input, weight, result = ctx.saved_tensors
+    if ctx.relu:
+        grad = ops.relu_backward(grad, result)
+    return *_conv_grads(ctx, grad, input, weight), None, None, None, None, None
 
 
 torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
@@ -134,14 +140,7 @@ def _conv2d_pool_backward(ctx, grad, _grad_indices):
     if ctx.relu:
         grad = ops.relu_backward(grad, out)
     grad = ops.max_pool2d_backward(grad, indices, ctx.conv_shape, ctx.pool, ctx.pool, (0, 0), (1, 1))
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.conv2d_grad_input(grad, weight, input.shape, *ctx.conv_args)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv2d_grad_weight(grad, input, weight.shape, *ctx.conv_args)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = ops.bias_grad(grad, 1)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+    return *_conv_grads(ctx, grad, input, weight), None, None, None, None, None, None
 
 
 torch.library.register_autograd("fastconv::conv2d_pool", _conv2d_pool_backward, setup_context=_conv2d_pool_setup)

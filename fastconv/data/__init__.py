@@ -58,7 +58,7 @@ __all__ = [
     "read_idx", "fetch", "extract_tarball", "md5sum", "content_md5", "DatasetNotFoundError",
     "DatasetFormatError", "DownloadError", "UnsafeArchiveError", "ChecksumError", "ChecksumWarning",
     "NAMES", "MNIST_FILES", "MNIST_MIRRORS", "CIFAR10_FILES", "CIFAR10_TARBALL", "CIFAR10_MIRRORS",
-    "MD5", "DATA_DIR_ENV",
+    "MD5", "DATA_DIR_ENV", "add_arguments",
 ]
 
 NAMES = ("mnist", "cifar10", "synthetic")
@@ -68,6 +68,20 @@ for _cls in (DatasetNotFoundError, DatasetFormatError, DownloadError, UnsafeArch
              ChecksumWarning):
     _cls.__module__ = __name__
 del _cls
+
+
+def add_arguments(parser, choices=("synthetic", "mnist"), dataset_help: Optional[str] = None):
+    """Adds the data options that the bench scripts and examples share to an argparse parser:
+    ``--dataset`` (one of `choices`, default synthetic), ``--data-dir``, ``--download`` and
+    ``--mirror`` (repeatable); their values are ``load``'s name, data_dir, download and mirrors."""
+    real = "/".join(c for c in choices if c != "synthetic")
+    parser.add_argument("--dataset", choices=list(choices), default="synthetic", help=dataset_help)
+    parser.add_argument("--data-dir", default=None,
+                        help=f"folder with the {real} files (default ${DATA_DIR_ENV}, else ./data)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the dataset's missing files into --data-dir (md5-checked; present files are kept)")
+    parser.add_argument("--mirror", action="append", default=None, metavar="URL",
+                        help="URL prefix to download from instead of the default mirrors (repeatable, tried in order)")
 
 
 def load(name: str, data_dir=None, *, download: bool = False, mirrors=None,
