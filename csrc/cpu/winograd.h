@@ -193,32 +193,44 @@ struct PatchGrid {
   int64_t per_image, tw, pitch, image_stride;
 };
 
-// Gathers the P x P patches of tiles t0 .. t0 + NR from the padded plane `plane` (its channel's plane
-// in the first image) and transforms them by the 1-D map f (P -> 6) on the rows and then on the
-// columns: point xi of lane l goes to out[xi * out_stride + l]. Lanes from t_end on are zero.
+// The corners of tiles t0 .. t0 + nr (fewer where t_end comes first) in the first channel's plane:
+// off[l] for lane l, found by stepping (image, tile row, tile column) -- one division per panel, not
+// one per lane and channel (a 64-bit division costs tens of cycles on some cores). Returns the lanes
+// that hold a tile. Also gives each lane's tile row and column when ty / tx are given.
+inline int tile_corners(const PatchGrid& g, int64_t t0, int64_t t_end, int nr, int64_t* off,
+                        int64_t* img = nullptr, int64_t* ty_out = nullptr, int64_t* tx_out = nullptr) {
+  const int lanes = (int)std::clamp<int64_t>(t_end - t0, 0, nr);
+  if (lanes == 0) return 0;
+  int64_t im = t0 / g.per_image, r = t0 % g.per_image, ty = r / g.tw, tx = r % g.tw;
+  const int64_t th = g.per_image / g.tw;
+  for (int l = 0; l < lanes; ++l) {
+    off[l] = im * g.image_stride + kOut * (ty * g.pitch + tx);
+    if (img) img[l] = im, ty_out[l] = ty, tx_out[l] = tx;
+    if (++tx == g.tw) {
+      tx = 0;
+      if (++ty == th) ty = 0, ++im;
+    }
+  }
+  return lanes;
+}
+
+// Gathers the P x P patches of the `lanes` tiles whose corners are corner[0 .. lanes) in the padded
+// plane `plane` and transforms them by the 1-D map f (P -> 6) on the rows and then on the columns:
+// point xi of lane l goes to out[xi * out_stride + l]. Lanes from `lanes` to NR are zero.
 // Eight lanes at a time: each lane's patch row is one 8-float load (the floats beyond the patch are
 // unused; the scratch has slack for the last ones), an 8 x 8 transpose turns eight such rows into
 // P vectors of one patch element each, and the row transform is applied to them right away.
 template <int NR, int P, typename F>
-inline void gather_transform(const float* plane, const PatchGrid& g, int64_t t0, int64_t t_end, float* out,
+inline void gather_transform(const float* plane, const int64_t* corner, int lanes, int64_t pitch, float* out,
                              int64_t out_stride, F f) {
   static_assert(P <= 8, "a patch row is one 8-float load");
   for (int h = 0; h < NR / 8; ++h) {
-    const float* corner[8];
-    for (int i = 0; i < 8; ++i) {
-      const int64_t t = t0 + 8 * h + i;
-      if (t >= t_end) {
-        corner[i] = nullptr;
-        continue;
-      }
-      const int64_t r = t % g.per_image;
-      corner[i] = plane + (t / g.per_image) * g.image_stride + kOut * (r / g.tw) * g.pitch + kOut * (r % g.tw);
-    }
+    const int here = std::clamp(lanes - 8 * h, 0, 8);
     V8 tmp[P * kIn];  // tmp[r][j']: patch row r transformed
     for (int r = 0; r < P; ++r) {
       V8 rows[8];
       for (int i = 0; i < 8; ++i) {
-        if (corner[i]) std::memcpy(&rows[i], corner[i] + r * g.pitch, sizeof(V8));
+        if (i < here) std::memcpy(&rows[i], plane + corner[8 * h + i] + r * pitch, sizeof(V8));
         else rows[i] = V8{};
       }
       transpose_square<float, 8>(rows);
@@ -240,18 +252,37 @@ inline void grad_output_v8(const V8* a, int s, V8* o, int os) { grad_output_1d(a
 // where `out` says. Eight lanes at a time: the 16 outputs are 16 vectors of eight tiles, and two 8 x 8
 // transposes give each tile its four rows of four, stored as 16-byte runs.
 //
-// Where transform_scatter writes one output channel: the channel's plane of the first image at `base`,
-// planes `image_stride` apart per image, rows `pitch` apart; rows from OH on and columns from OW on are
-// not written (the tiles that cross the plane's edge).
+// Where transform_scatter writes the tiles of a panel: lane l's 4 x 4 tile starts at off[l] from the
+// output channel's plane in the first image (rows `pitch` apart), and keeps its first rows[l] rows and
+// cols[l] columns (the tiles that cross the plane's right or bottom edge are cropped). Computed once per
+// panel (tile_outputs) and used for every output channel.
+template <int NR>
 struct TileOut {
-  float* base;
-  int64_t image_stride, pitch, OH, OW;
+  int64_t off[NR];
+  int8_t rows[NR], cols[NR];
+  int lanes;
+  int64_t pitch;
 };
 
 template <int NR>
-inline void transform_scatter(const float* __restrict__ m, float bias, bool relu, const Grid& g, int64_t t0,
-                              int64_t t_end, const TileOut& out) {
-  for (int h = 0; h < NR / 8 && t0 + 8 * h < t_end; ++h) {
+inline void tile_outputs(const Grid& g, int64_t t0, int64_t t_end, int64_t image_stride, int64_t OH, int64_t OW,
+                         TileOut<NR>& to) {
+  int64_t corner[NR], img[NR], ty[NR], tx[NR];
+  const PatchGrid pg{g.per_image, g.tw, 0, 0};
+  to.lanes = tile_corners(pg, t0, t_end, NR, corner, img, ty, tx);
+  to.pitch = OW;
+  for (int l = 0; l < to.lanes; ++l) {
+    const int64_t y0 = kOut * ty[l], x0 = kOut * tx[l];
+    to.off[l] = img[l] * image_stride + y0 * OW + x0;
+    to.rows[l] = (int8_t)std::min<int64_t>(kOut, OH - y0);
+    to.cols[l] = (int8_t)std::min<int64_t>(kOut, OW - x0);
+  }
+}
+
+template <int NR>
+inline void transform_scatter(const float* __restrict__ m, float bias, bool relu, float* __restrict__ base,
+                              const TileOut<NR>& to) {
+  for (int h = 0; h < NR / 8 && 8 * h < to.lanes; ++h) {
     V8 in[kXi], tmp[kOut * kIn], y[kOut * kOut];
     for (int k = 0; k < kXi; ++k) std::memcpy(&in[k], m + k * NR + 8 * h, sizeof(V8));
     for (int l = 0; l < kIn; ++l) output_1d(in + l, kIn, tmp + l, kIn);
@@ -261,21 +292,21 @@ inline void transform_scatter(const float* __restrict__ m, float bias, bool relu
       y[k] += bias;
       if (relu) y[k] = y[k] < zero ? zero : y[k];
     }
+    const int here = std::min(8, to.lanes - 8 * h);
     for (int kb = 0; kb < 2; ++kb) {
       V8* rows = y + 8 * kb;  // tile rows 2 kb, 2 kb + 1
       transpose_square<float, 8>(rows);
-      for (int j = 0; j < 8 && t0 + 8 * h + j < t_end; ++j) {
-        const int64_t t = t0 + 8 * h + j, r = t % g.per_image;
-        const int64_t y0 = kOut * (r / g.tw) + 2 * kb, x0 = kOut * (r % g.tw);
-        float* o = out.base + (t / g.per_image) * out.image_stride + y0 * out.pitch + x0;
+      for (int j = 0; j < here; ++j) {
+        const int l = 8 * h + j, nrow = to.rows[l] - 2 * kb;
+        float* o = base + to.off[l] + 2 * kb * to.pitch;
         const float* v = reinterpret_cast<const float*>(&rows[j]);
-        if (x0 + kOut <= out.OW) {
-          if (y0 < out.OH) std::memcpy(o, v, sizeof(V8) / 2);
-          if (y0 + 1 < out.OH) std::memcpy(o + out.pitch, v + kOut, sizeof(V8) / 2);
+        if (to.cols[l] == kOut) {
+          if (nrow > 0) std::memcpy(o, v, sizeof(V8) / 2);
+          if (nrow > 1) std::memcpy(o + to.pitch, v + kOut, sizeof(V8) / 2);
         } else {  // a tile across the right edge
-          for (int64_t x = 0; x < out.OW - x0; ++x) {
-            if (y0 < out.OH) o[x] = v[x];
-            if (y0 + 1 < out.OH) o[out.pitch + x] = v[kOut + x];
+          for (int x = 0; x < to.cols[l]; ++x) {
+            if (nrow > 0) o[x] = v[x];
+            if (nrow > 1) o[to.pitch + x] = v[kOut + x];
           }
         }
       }
@@ -315,8 +346,10 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
                    pl.left, grid.Hp, grid.Wp, pad + k * C * in_plane, k + 1 == imgs ? int64_t(8) : int64_t(0));
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t t0 = p * NR;
+        int64_t corner[NR];
+        const int lanes = tile_corners(patches, t0, tiles, NR, corner);
         for (int64_t c = 0; c < C; ++c)
-          gather_transform<NR, kIn>(pad + c * in_plane, patches, t0, tiles, v + c * NR, xi_stride, input_v8);
+          gather_transform<NR, kIn>(pad + c * in_plane, corner, lanes, grid.Wp, v + c * NR, xi_stride, input_v8);
         const T* ug = u + gi * kXi * m_panels * C * MR;
         for (int xi = 0; xi < kXi; ++xi)
           for (int64_t ip = 0; ip < m_panels; ++ip) {
@@ -324,12 +357,11 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
                             PackedB<T>{v + xi * xi_stride}, acc);
             for (int i = 0; i < MR; ++i) std::memcpy(&m[(ip * MR + i) * kXi + xi], acc + i * NR, sizeof(VN));
           }
-        for (int64_t co = 0; co < M; ++co) {
-          const TileOut to{dst + (n0 * pl.channels_out + gi * M + co) * pl.OH * pl.OW, pl.channels_out * pl.OH * pl.OW,
-                           pl.OW, pl.OH, pl.OW};
-          transform_scatter<NR>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), relu, grid,
-                                t0, tiles, to);
-        }
+        TileOut<NR> to;
+        tile_outputs(grid, t0, tiles, pl.channels_out * pl.OH * pl.OW, pl.OH, pl.OW, to);
+        for (int64_t co = 0; co < M; ++co)
+          transform_scatter<NR>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), relu,
+                                dst + (n0 * pl.channels_out + gi * M + co) * pl.OH * pl.OW, to);
       }
     }
   });
@@ -398,11 +430,14 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
           const int64_t depth = round_up<T>(std::min(kBlock, tiles - tb), NR);
           for (int64_t t0 = tb; t0 < tb + depth; t0 += NR) {
             const int64_t lane0 = t0 - tb;
+            int64_t x_corner[NR], dy_corner[NR];
+            const int lanes = tile_corners(x_patches, t0, tiles, NR, x_corner);
+            tile_corners(dy_patches, t0, tiles, NR, dy_corner);
             for (int64_t c = 0; c < C; ++c)
-              gather_transform<NR, kIn>(xpad + c * in_plane, x_patches, t0, tiles, v + c * kBlock + lane0,
+              gather_transform<NR, kIn>(xpad + c * in_plane, x_corner, lanes, grid.Wp, v + c * kBlock + lane0,
                                         v_stride, input_v8);
             for (int64_t co = 0; co < M; ++co)
-              gather_transform<NR, kOut>(dypad + co * dy_plane, dy_patches, t0, tiles, z + co * kBlock + lane0,
+              gather_transform<NR, kOut>(dypad + co * dy_plane, dy_corner, lanes, Wq, z + co * kBlock + lane0,
                                          z_stride, grad_output_v8);
           }
           for (int xi = 0; xi < kXi; ++xi) {
