@@ -30,6 +30,9 @@ CASES = [
     pcase("window_is_input", (2, 2, 5, 4), (5, 4)),
     pcase("stride_gt_kernel", (1, 2, 11, 12), 2, 3),
     pcase("batch1_16ch", (1, 16, 6, 6), 2),
+    # the vectorised 2 x 2 path: rows of 31 outputs take 16-, 8- and 4-lane vectors and 3 single outputs
+    pcase("k2_wide_7x62", (2, 3, 7, 62), 2),
+    pcase("k2_wide_odd_6x49", (1, 2, 6, 49), 2),
     pcase("unbatched_3d", (3, 7, 9), 3, 2, 1),
 ]
 
@@ -181,10 +184,24 @@ def test_max_pool2d_layouts(backend, layout, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_ties_pick_first_maximum_like_torch(backend, dtype):
-    x = torch.randint(0, 3, (2, 3, 9, 10)).to(dtype=dtype, device=backend.device).requires_grad_()
+@pytest.mark.parametrize("width", [10, 62])  # 62: every lane of the vectorised 2 x 2 path
+def test_ties_pick_first_maximum_like_torch(backend, dtype, width):
+    x = torch.randint(0, 3, (2, 3, 9, width)).to(dtype=dtype, device=backend.device).requires_grad_()
     for kw in [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2)]:
         _compare(x, kw, False, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_inf_in_every_lane_of_the_2x2_path(backend, dtype):
+    """NaN (the last one of a window wins), +inf and -inf at each of the four window positions, spread
+    over all the lanes of the 16-, 8- and 4-wide vectors and the single outputs of a 62-wide row."""
+    x = backend.randn(2, 2, 8, 62, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        pos = torch.randint(0, x.numel(), (60,), generator=g)
+        x.view(-1)[pos.to(x.device)] = value
+    x[1, 1, 2:4, :] = float("-inf")           # windows of only -inf
+    _compare(x.requires_grad_(), dict(kernel_size=2), False, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

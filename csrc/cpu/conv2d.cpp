@@ -185,6 +185,50 @@ inline std::vector<int64_t> shift_table(int64_t C, int64_t KH, int64_t KW, int64
   return off;
 }
 
+// phase_planes for sw = 2: each input row (y = a + sh i - top) is copied zero-padded into a scratch row
+// of 2 Wq (+ a vector) floats, whose even and odd columns are phase planes (c, a, 0) and (c, a, 1): two
+// vector loads and two fixed shuffles give W lanes of each, instead of a strided gather per element.
+template <typename T, int... k>
+void deinterleave_planes(const T* __restrict__ src, int64_t C, int64_t H, int64_t W, int64_t top, int64_t left,
+                         int64_t sh, int64_t Hq, int64_t Wq, T* __restrict__ dst, std::integer_sequence<int, k...>) {
+  using V = typename Tile<T>::V;
+  constexpr int L = Tile<T>::W;
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef I IV __attribute__((vector_size(sizeof(V))));
+  constexpr IV even{(2 * k)...}, odd{(2 * k + 1)...};
+  const int64_t len = round_up<T>(2 * Wq, 2 * L);  // the scratch row, whole vector pairs
+  T* row = scratch<T>(4, len);
+  const int64_t u_lo = std::clamp<int64_t>(left, 0, 2 * Wq), u_hi = std::clamp<int64_t>(W + left, u_lo, 2 * Wq);
+  std::memset(row, 0, sizeof(T) * len);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t a = 0; a < sh; ++a) {
+      T* __restrict__ p0 = dst + (c * sh + a) * 2 * Hq * Wq;
+      T* __restrict__ p1 = p0 + Hq * Wq;
+      for (int64_t i = 0; i < Hq; ++i) {
+        const int64_t y = a + sh * i - top;
+        if (y < 0 || y >= H) {
+          std::memset(p0 + i * Wq, 0, sizeof(T) * Wq);
+          std::memset(p1 + i * Wq, 0, sizeof(T) * Wq);
+          continue;
+        }
+        std::memcpy(row + u_lo, src + (c * H + y) * W + u_lo - left, sizeof(T) * (u_hi - u_lo));  // the rest stays 0
+        int64_t j = 0;
+        for (; j + L <= Wq; j += L) {
+          V v0, v1;
+          std::memcpy(&v0, row + 2 * j, sizeof(V));
+          std::memcpy(&v1, row + 2 * j + L, sizeof(V));
+          const V e = __builtin_shuffle(v0, v1, even), o = __builtin_shuffle(v0, v1, odd);
+          std::memcpy(p0 + i * Wq + j, &e, sizeof(V));
+          std::memcpy(p1 + i * Wq + j, &o, sizeof(V));
+        }
+        for (; j < Wq; ++j) {
+          p0[i * Wq + j] = row[2 * j];
+          p1[i * Wq + j] = row[2 * j + 1];
+        }
+      }
+    }
+}
+
 // The phase planes of C planes of H x W padded by (top, left): plane (c, a, b), Hq x Wq, holds
 // padded[a + sh i][b + sw j] of channel c (zero outside the input), so that a stride-(sh, sw)
 // convolution is, tap by tap, a unit-stride one over them (shift_table). Unit stride: pad_planes.
@@ -193,6 +237,11 @@ void phase_planes(const T* __restrict__ src, int64_t C, int64_t H, int64_t W, in
                   int64_t sw, int64_t Hq, int64_t Wq, T* __restrict__ dst, int64_t slack) {
   if (sh == 1 && sw == 1) {
     pad_planes(src, C, H, W, top, left, Hq, Wq, dst, slack);
+    return;
+  }
+  if (sw == 2) {  // both column phases of a row at once: the padded row, split by fixed shuffles
+    deinterleave_planes(src, C, H, W, top, left, sh, Hq, Wq, dst, std::make_integer_sequence<int, Tile<T>::W>{});
+    std::memset(dst + C * sh * sw * Hq * Wq, 0, sizeof(T) * slack);
     return;
   }
   for (int64_t c = 0; c < C; ++c)
@@ -346,10 +395,19 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
 //                                     15x15: 26%; 8 -> 64: GEMM 17% faster)
 constexpr int64_t kWinogradMinForward = 16, kWinogradMinGradInput = 8, kWinogradMinGradWeight = 16;
 constexpr int64_t kWinogradMinGradWeightProduct = 512;
-// ... and an output of at least 16 x 16 pixels (AMD EPYC, AVX-512, 2 threads, batch 128: 128 -> 128 at 8x8,
-// GEMM 9.1 ms, Winograd 14.0; 64 -> 64 at 13x13, GEMM 4.8, Winograd 6.4; 32 -> 64 at 15x15, both 3.7;
-// 32 -> 32 at 30x30, Winograd 6.1, GEMM 6.5; 32 -> 64 at 24x24, Winograd 7.0, GEMM 8.6).
-constexpr int64_t kWinogradMinGradWeightPixels = 256;
+// ... and an output of at least a minimum of pixels that differs between the two kinds of core measured
+// (2 threads, batch 128, GEMM / Winograd ms):
+//   AMD EPYC Zen 5, AVX-512:      128 -> 128 at 8x8 9.1 / 14.0; 64 -> 64 at 13x13 4.8 / 6.4; 32 -> 64 at
+//                                 15x15 3.7 / 3.7; 32 -> 32 at 30x30 6.5 / 6.1; 32 -> 64 at 24x24 8.6 / 7.0
+//                                 -> at least 16 x 16
+//   Intel Xeon (AMX-era), AVX-512: 128 -> 128 at 8x8 12.4 / 12.3; 64 -> 64 at 13x13 7.2 / 6.4; 32 -> 64 at
+//                                 15x15 4.8 / 3.6; 64 -> 64 at 16x16 10.6 / 8.3; 32 -> 32 at 30x30 9.4 / 6.8
+//                                 -> at least 8 x 8
+// (the Intel figures after the Winograd tile addressing lost its per-lane divisions; the AMD ones before).
+inline int64_t winograd_min_grad_weight_pixels() {
+  static const int64_t px = __builtin_cpu_is("amd") ? 256 : 64;
+  return px;
+}
 
 enum class Algo { kAuto, kWinograd, kGemm };
 
@@ -540,7 +598,7 @@ void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
   if constexpr (std::is_same_v<T, float>) {
     const bool faster = std::min(g.cin_g(), g.cout_g()) >= kWinogradMinGradWeight &&
                         g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct &&
-                        g.oh * g.ow >= kWinogradMinGradWeightPixels;
+                        g.oh * g.ow >= winograd_min_grad_weight_pixels();
     if (use_winograd<T>(g, faster)) {
       winograd::grad_weight_batch(g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
                                   winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow});
