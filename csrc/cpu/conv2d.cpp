@@ -23,7 +23,11 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include <c10/util/BFloat16.h>
@@ -93,32 +97,64 @@ int panel_segments(int64_t j0, int64_t J, int64_t Wp, int64_t OW, Segment* segs)
   return n;
 }
 
+// d[0..len) (= or +=) a[0..len) + bias, then ReLU if asked: whole vectors held in registers (one pass over
+// d), and the last partial vector as a masked load and store where AVX-512 has masks, else one by one.
+template <typename T>
+inline void store_run(const T* __restrict__ a, T* __restrict__ d, int len, T bias, bool load_c, bool relu) {
+  using V = typename Tile<T>::V;
+  constexpr int W = Tile<T>::W;
+  const V zero{};
+  int l = 0;
+  for (; l + W <= len; l += W) {
+    V v;
+    std::memcpy(&v, a + l, sizeof(V));
+    v += bias;
+    if (load_c) {
+      V c;
+      std::memcpy(&c, d + l, sizeof(V));
+      v += c;
+    }
+    if (relu) v = v < zero ? zero : v;
+    std::memcpy(d + l, &v, sizeof(V));
+  }
+  if (l == len) return;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    const __mmask16 k = (__mmask16)((1u << (len - l)) - 1);
+    if constexpr (std::is_same_v<T, float>) {
+      __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + l), _mm512_set1_ps(bias));
+      if (load_c) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, d + l));
+      if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+      _mm512_mask_storeu_ps(d + l, k, v);
+      return;
+    } else if constexpr (std::is_same_v<T, double>) {
+      __m512d v = _mm512_add_pd(_mm512_maskz_loadu_pd((__mmask8)k, a + l), _mm512_set1_pd(bias));
+      if (load_c) v = _mm512_add_pd(v, _mm512_maskz_loadu_pd((__mmask8)k, d + l));
+      if (relu) v = _mm512_max_pd(v, _mm512_setzero_pd());
+      _mm512_mask_storeu_pd(d + l, (__mmask8)k, v);
+      return;
+    }
+  }
+#endif
+#pragma GCC novector
+  for (; l < len; ++l) {
+    T v = a[l] + bias;
+    if (load_c) v += d[l];
+    if (relu) v = v < T(0) ? T(0) : v;
+    d[l] = v;
+  }
+}
+
 // Writes (or, with load_c, adds) the valid runs of an MR x NR tile into M planes; on the last
-// k-block adds the bias and applies ReLU. One simple loop per case, so each vectorises.
+// k-block adds the bias and applies ReLU.
 template <typename T>
 void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int nseg, T* __restrict__ c,
                     int64_t plane, bool load_c, bool last, const T* row_bias, bool relu) {
   constexpr int NR = Tile<T>::NR;
   for (int i = 0; i < mr; ++i) {
-    T* __restrict__ crow = c + i * plane;
     const T bias = last && row_bias ? row_bias[i] : T(0);
-    for (int s = 0; s < nseg; ++s) {
-      const T* __restrict__ a = acc + i * NR + segs[s].t;
-      T* __restrict__ d = crow + segs[s].dst;
-      const int len = segs[s].len;
-      if (len == NR && !load_c) {  // a whole panel in one output row: fixed-length loops, whole vectors
-        for (int l = 0; l < NR; ++l) d[l] = a[l] + bias;
-        if (last && relu)
-          for (int l = 0; l < NR; ++l) d[l] = d[l] < T(0) ? T(0) : d[l];
-        continue;
-      }
-      if (load_c)
-        for (int l = 0; l < len; ++l) d[l] += a[l] + bias;
-      else
-        for (int l = 0; l < len; ++l) d[l] = a[l] + bias;
-      if (last && relu)
-        for (int l = 0; l < len; ++l) d[l] = d[l] < T(0) ? T(0) : d[l];
-    }
+    for (int s = 0; s < nseg; ++s)
+      store_run(acc + i * NR + segs[s].t, c + i * plane + segs[s].dst, segs[s].len, bias, load_c, last && relu);
   }
 }
 

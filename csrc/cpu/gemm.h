@@ -144,9 +144,9 @@ struct ShiftedB {
   const T* at(int64_t k) const { return base + off[k]; }
 };
 
-// acc[MR][NR] = sum_k a(k, 0..MR) (outer) b(k, 0..NR)
+// acc[MR][NR] = sum_k a(k, 0..MR) (outer) b(k, 0..NR), row i stored at acc_out + i * ld
 template <typename T, typename A, typename B>
-inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_out) {
+inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_out, int64_t ld = Tile<T>::NR) {
   using Tl = Tile<T>;
   using V = typename Tl::V;
   constexpr int MR = Tl::MR, W = Tl::W;
@@ -167,8 +167,8 @@ inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_o
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
-    std::memcpy(acc_out + i * Tl::NR, &c0[i], sizeof(V));
-    std::memcpy(acc_out + i * Tl::NR + W, &c1[i], sizeof(V));
+    std::memcpy(acc_out + i * ld, &c0[i], sizeof(V));
+    std::memcpy(acc_out + i * ld + W, &c1[i], sizeof(V));
   }
 }
 

@@ -336,7 +336,6 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
     T* v = scratch<T>(0, kXi * xi_stride);                                    // [xi][c][NR]
     VN* m = reinterpret_cast<VN*>(scratch<T>(1, m_panels * MR * kXi * NR));  // [co][xi] vectors
     T* pad = scratch<T>(3, grid.images * C * in_plane + 8);                   // [image][c] padded planes
-    alignas(64) T acc[MR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t sp = item % grid.splits, gi = (item / grid.splits) % groups, chunk = item / (grid.splits * groups);
       const int64_t n0 = chunk * grid.images, imgs = std::min(grid.images, n - n0), tiles = imgs * grid.per_image;
@@ -353,9 +352,8 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
         const T* ug = u + gi * kXi * m_panels * C * MR;
         for (int xi = 0; xi < kXi; ++xi)
           for (int64_t ip = 0; ip < m_panels; ++ip) {
-            micro_kernel<T>(C, PackedA<T>{ug + (xi * m_panels + ip) * C * MR},
-                            PackedB<T>{v + xi * xi_stride}, acc);
-            for (int i = 0; i < MR; ++i) std::memcpy(&m[(ip * MR + i) * kXi + xi], acc + i * NR, sizeof(VN));
+            micro_kernel<T>(C, PackedA<T>{ug + (xi * m_panels + ip) * C * MR}, PackedB<T>{v + xi * xi_stride},
+                            reinterpret_cast<T*>(&m[ip * MR * kXi + xi]), kXi * NR);
           }
         TileOut<NR> to;
         tile_outputs(grid, t0, tiles, pl.channels_out * pl.OH * pl.OW, pl.OH, pl.OW, to);
