@@ -343,6 +343,17 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
       for (int64_t k = 0; k < imgs; ++k)
         pad_planes(src + ((n0 + k) * pl.channels_in + gi * C) * pl.H * pl.W, C, pl.H, pl.W, pl.top,
                    pl.left, grid.Hp, grid.Wp, pad + k * C * in_plane, k + 1 == imgs ? int64_t(8) : int64_t(0));
+      // the next item of this thread, if it pads other images: their planes, prefetched panel by panel
+      PrefetchPlan next;
+      if (item + 1 < end) {
+        const int64_t gi1 = ((item + 1) / grid.splits) % groups, chunk1 = (item + 1) / (grid.splits * groups);
+        if (gi1 != gi || chunk1 != chunk) {
+          const int64_t n1 = chunk1 * grid.images;
+          next = PrefetchPlan{reinterpret_cast<const char*>(src + (n1 * pl.channels_in + gi1 * C) * pl.H * pl.W),
+                              std::min(grid.images, n - n1), int64_t(sizeof(T)) * C * pl.H * pl.W,
+                              int64_t(sizeof(T)) * pl.channels_in * pl.H * pl.W};
+        }
+      }
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t t0 = p * NR;
         int64_t corner[NR];
@@ -350,11 +361,13 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
         for (int64_t c = 0; c < C; ++c)
           gather_transform<NR, kIn>(pad + c * in_plane, corner, lanes, grid.Wp, v + c * NR, xi_stride, input_v8);
         const T* ug = u + gi * kXi * m_panels * C * MR;
-        for (int xi = 0; xi < kXi; ++xi)
+        for (int xi = 0; xi < kXi; ++xi) {
+          next.step((p - p_begin) * kXi + xi, (p_end - p_begin) * kXi);
           for (int64_t ip = 0; ip < m_panels; ++ip) {
             micro_kernel<T>(C, PackedA<T>{ug + (xi * m_panels + ip) * C * MR}, PackedB<T>{v + xi * xi_stride},
                             reinterpret_cast<T*>(&m[ip * MR * kXi + xi]), kXi * NR);
           }
+        }
         TileOut<NR> to;
         tile_outputs(grid, t0, tiles, pl.channels_out * pl.OH * pl.OW, pl.OH, pl.OW, to);
         for (int64_t co = 0; co < M; ++co)
@@ -424,6 +437,17 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
           pad_planes(dy + ((n0 + k) * pl.channels_out + gi * M) * pl.OH * pl.OW, M, pl.OH, pl.OW,
                      int64_t(0), int64_t(0), Hq, Wq, dypad + k * M * dy_plane, last ? int64_t(8) : int64_t(0));
         }
+        // the next pass's images of x and dy, prefetched block by block
+        PrefetchPlan next_x, next_dy;
+        if (n0 + grid.images < n_end) {
+          const int64_t n1 = n0 + grid.images, imgs1 = std::min(grid.images, n_end - n1);
+          next_x = PrefetchPlan{reinterpret_cast<const char*>(x + (n1 * pl.channels_in + gi * C) * pl.H * pl.W), imgs1,
+                                int64_t(sizeof(T)) * C * pl.H * pl.W, int64_t(sizeof(T)) * pl.channels_in * pl.H * pl.W};
+          next_dy = PrefetchPlan{reinterpret_cast<const char*>(dy + (n1 * pl.channels_out + gi * M) * pl.OH * pl.OW),
+                                 imgs1, int64_t(sizeof(T)) * M * pl.OH * pl.OW,
+                                 int64_t(sizeof(T)) * pl.channels_out * pl.OH * pl.OW};
+        }
+        const int64_t blocks = ceil_div(tiles, kBlock);
         for (int64_t tb = 0; tb < tiles; tb += kBlock) {
           const int64_t depth = round_up<T>(std::min(kBlock, tiles - tb), NR);
           for (int64_t t0 = tb; t0 < tb + depth; t0 += NR) {
@@ -439,6 +463,8 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
                                          z_stride, grad_output_v8);
           }
           for (int xi = 0; xi < kXi; ++xi) {
+            next_x.step(tb / kBlock * kXi + xi, blocks * kXi);
+            next_dy.step(tb / kBlock * kXi + xi, blocks * kXi);
             pack_transposed_panels(v + xi * v_stride, C, depth, kBlock, vp);
             T* Sx = S + xi * Mp * Cp;
             for (int64_t ip = 0; ip < m_panels; ++ip) {
