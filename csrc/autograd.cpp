@@ -1,11 +1,14 @@
 // autograd.cpp: autograd of the ops whose Python autograd wrapper (torch.library.register_autograd,
 // fastconv/ops.py) costs more than their kernel. cross_entropy on a training batch (128 x 10 logits)
-// computes in a few microseconds, while torch.library's Python wrapper adds tens per call (argument
-// defaults filled in Python, a Python autograd.Function per call); a C++ autograd Function registered
-// for the Autograd key keeps the whole call in C++. The backward is the op cross_entropy_backward,
-// called through the dispatcher, so under create_graph its own (Python) autograd -- which refuses
-// double backward -- still applies. Every other op keeps its autograd in fastconv/ops.py.
+// computes in a few microseconds, and so does a net's last linear layer (128 x 512 -> 10), while
+// torch.library's Python wrapper adds tens per call (argument defaults filled in Python, a Python
+// autograd.Function per call); a C++ autograd Function registered for the Autograd key keeps the whole
+// call in C++. The backward ops (cross_entropy_backward; linear_grad_input, linear_grad_weight,
+// bias_grad) are called through the dispatcher, so under create_graph their own (Python) autograd still
+// applies: double backward of linear works, that of cross_entropy is refused, as before. Every other op
+// keeps its autograd in fastconv/ops.py.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -74,6 +77,59 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
   }
 };
 
+// ---------------------------------------------------------------- linear
+
+at::Tensor call_linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastconv::linear", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
+  return op.call(input, weight, bias);
+}
+
+// linear_grad_input(grad_output, weight) and linear_grad_weight(grad_output, input)
+at::Tensor call_linear_grad(bool input_grad, const at::Tensor& grad, const at::Tensor& other) {
+  using Pair = at::Tensor(const at::Tensor&, const at::Tensor&);
+  static const auto gi = c10::Dispatcher::singleton().findSchemaOrThrow("fastconv::linear_grad_input", "").typed<Pair>();
+  static const auto gw = c10::Dispatcher::singleton().findSchemaOrThrow("fastconv::linear_grad_weight", "").typed<Pair>();
+  return (input_grad ? gi : gw).call(grad, other);
+}
+
+at::Tensor call_bias_grad(const at::Tensor& grad, int64_t channel_dim) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastconv::bias_grad", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  return op.call(grad, channel_dim);
+}
+
+// y = linear(x, W, b): gradients for x (linear_grad_input), W (linear_grad_weight) and b (bias_grad
+// over every dimension but the last), each only where autograd asks for it.
+struct Linear : torch::autograd::Function<Linear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::Tensor out = call_linear(input, weight, bias);
+    ctx->save_for_backward({input, weight});  // saved[0], saved[1]
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grads[0];
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below;  // as for cross_entropy's backward
+    if (!at::GradMode::is_enabled()) below.emplace();
+    at::Tensor gi, gw, gb;
+    if (ctx->needs_input_grad(0)) gi = call_linear_grad(true, grad, saved[1]);
+    if (ctx->needs_input_grad(1)) gw = call_linear_grad(false, grad, saved[0]);
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) gb = call_bias_grad(grad, -1);
+    return {gi, gw, gb};
+  }
+};
+
+at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  return Linear::apply(input, weight, bias);
+}
+
 std::tuple<at::Tensor, at::Tensor> cross_entropy_autograd(const at::Tensor& input, const at::Tensor& target,
                                                           const std::optional<at::Tensor>& weight, int64_t reduction,
                                                           int64_t ignore_index, double label_smoothing) {
@@ -84,4 +140,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_autograd(const at::Tensor& inpu
 }  // namespace
 }  // namespace fastconv
 
-TORCH_LIBRARY_IMPL(fastconv, Autograd, m) { m.impl("cross_entropy", &fastconv::cross_entropy_autograd); }
+TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
+  m.impl("cross_entropy", &fastconv::cross_entropy_autograd);
+  m.impl("linear", &fastconv::linear_autograd);
+}

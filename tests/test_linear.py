@@ -115,6 +115,28 @@ def test_opcheck_linear(backend):
     torch.library.opcheck(ops.linear_grad_weight, (dy, x.detach()))
 
 
+@pytest.mark.parametrize("rows, fin, fout", [
+    (16, 4500, 20),    # small output, long K: split along K into chunks added in order (csrc/cpu/linear.cpp)
+    (8, 3000, 64),     # grad input / weight of few rows into many columns: B packed block by block
+    (13, 4099, 37),    # both, with partial tiles and a K that is no multiple of a k-block
+])
+def test_linear_long_and_wide_shapes(backend, rows, fin, fout):
+    """The shapes that take the K-split forward and the block-wise packing of B, against torch in float64
+    terms, and bitwise the same for 1, 2 and 3 threads."""
+    x, w, b = backend.randn(rows, fin), backend.randn(fout, fin), backend.randn(fout)
+    dy = backend.randn(rows, fout)
+    results = []
+    for n in (1, 2, 3):
+        with num_threads(n):
+            results.append([ops.linear(x, w, b), ops.linear_grad_input(dy, w), ops.linear_grad_weight(dy, x)])
+    ref = [F.linear(x.double(), w.double(), b.double()), dy.double() @ w.double(), dy.double().t() @ x.double()]
+    for got, want, terms in zip(results[0], ref, (fin, fout, rows)):
+        torch.testing.assert_close(got, want.float(), **tol(torch.float32, terms))
+    for other in results[1:]:
+        for a, r in zip(results[0], other):
+            assert_bitwise_equal(a, r)
+
+
 def test_linear_thread_count_invariance(backend):
     x, w, b = backend.randn(70, 300), backend.randn(130, 300), backend.randn(130)
     dy = backend.randn(70, 130)

@@ -62,12 +62,88 @@ void pack_b_panels(const T* b, int64_t K, int64_t N, int64_t b_rs, int64_t b_cs,
   });
 }
 
+// The MR x NR tiles of C[m_lo..m_hi)[n_lo..n_hi) over k in [k_lo, k_hi), k-block by k-block (kcb deep),
+// with the bias on the last one. A and bp as for gemm, bp's first panel holding columns from bp_n0 on.
+template <typename T>
+void gemm_block_rows(int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* bp, T* c, int64_t ldc,
+                     const T* col_bias, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, int64_t k_lo,
+                     int64_t k_hi, int64_t kcb, T* edge_a, int64_t bp_n0 = 0) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  alignas(64) T acc[MR * NR];
+  Epilogue<T> ep;
+  ep.col_bias = col_bias;
+  const int64_t nkb = std::max<int64_t>(1, ceil_div(k_hi - k_lo, kcb));
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t k0 = k_lo + kb * kcb, kc = std::clamp<int64_t>(k_hi - k0, 0, kcb);
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += NR) {
+      const int nr = (int)std::min<int64_t>(NR, n_hi - n0);
+      const PackedB<T> bsrc{bp + (((n0 - bp_n0) / NR) * K + k0) * NR};
+      for (int64_t m0 = m_lo; m0 < m_hi; m0 += MR) {
+        const int mr = (int)std::min<int64_t>(MR, m_hi - m0);
+        // ask for the C tile (for writing) now, so its cache misses overlap the FMAs below:
+        // C is often larger than L2 and its rows lie far apart, which no hardware prefetcher follows
+        for (int i = 0; i < mr; ++i) {
+          __builtin_prefetch(c + (m0 + i) * ldc + n0, 1);
+          __builtin_prefetch(c + (m0 + i) * ldc + n0 + nr - 1, 1);
+        }
+        if (a_cs == 1) {
+          RowsA<T> asrc;  // rows past M repeat row m0; their results are not stored
+          for (int i = 0; i < MR; ++i) asrc.row[i] = a + (m0 + (i < mr ? i : 0)) * a_rs + k0;
+          micro_kernel<T>(kc, asrc, bsrc, acc);
+        } else if (mr == MR) {
+          micro_kernel<T>(kc, StridedA<T>{a + m0 + k0 * a_cs, a_cs}, bsrc, acc);
+        } else {
+          pack_a_strided(a + m0 + k0 * a_cs, mr, kc, int64_t(1), a_cs, edge_a);
+          micro_kernel<T>(kc, PackedA<T>{edge_a}, bsrc, acc);
+        }
+        store_tile<T>(acc, mr, nr, c + m0 * ldc + n0, ldc, kb > 0, kb == nkb - 1, ep, m0, n0);
+      }
+    }
+  }
+}
+
 // C[M][N] = sum_k A[m][k] B[k][n] (+ col_bias[n]) with A[m][k] = a[m * a_rs + k * a_cs], where
 // a_cs == 1 (rows of A contiguous) or a_rs == 1 (columns contiguous), and B packed by pack_b_panels.
+//
+// Small C, long K (a first linear layer, 128 x 9216 -> 128): blocks of C would each read all of K of
+// both operands, so the operands would pass through L3 once per block (29 MB for 9.4 MB of operands
+// there). Such shapes are split along K instead, into a fixed number of chunks (a function of the
+// shape only) that each compute the whole of C from their K range into a buffer; the buffers are then
+// added in chunk order, with the bias: each operand is read once, and the result does not depend on
+// the thread count.
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* bp, T* c,
           const T* col_bias) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
+  constexpr int64_t kSplitMinK = 4096, kSplitChunkK = 2048, kSplitMaxC = 128 * 256;
+  const int64_t kchunks = M * N <= kSplitMaxC && K >= kSplitMinK ? std::min<int64_t>(8, K / kSplitChunkK) : 1;
+  if (kchunks > 1) {
+    // chunk boundaries on k-block boundaries
+    const int64_t kbs_per_chunk = ceil_div(nkb, kchunks);
+    const int64_t chunks = ceil_div(nkb, kbs_per_chunk);
+    T* part = scratch<T>(4, chunks * M * N);  // (the packed B is in slot 2)
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      T* edge_a = scratch<T>(0, kcb * MR);
+      for (int64_t ch = begin; ch < end; ++ch) {
+        const int64_t k_lo = ch * kbs_per_chunk * kcb, k_hi = std::min(K, (ch + 1) * kbs_per_chunk * kcb);
+        gemm_block_rows(N, K, a, a_rs, a_cs, bp, part + ch * M * N, N, static_cast<const T*>(nullptr), int64_t(0), M,
+                        int64_t(0), N, k_lo, k_hi, kcb, edge_a);
+      }
+    });
+    // C = bias + part[0] + part[1] + ... in chunk order, row by row
+    at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N * chunks, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; ++m) {
+        T* __restrict__ crow = c + m * N;
+        for (int64_t n = 0; n < N; ++n) {
+          T v = part[m * N + n];
+          for (int64_t ch = 1; ch < chunks; ++ch) v += part[(ch * M + m) * N + n];
+          crow[n] = col_bias ? v + col_bias[n] : v;
+        }
+      }
+    });
+    return;
+  }
   // Blocks of C of up to 128 x 256, halved until each thread has a few. Blocking changes no
   // order of summation, so the result does not depend on the thread count.
   int64_t MB = 16 * MR, NB = 8 * NR;
@@ -77,43 +153,13 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_c
     else NB /= 2;
   }
   const int64_t mblk = ceil_div(M, MB), nblk = ceil_div(N, NB);
-  const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
   const double flops = 2.0 * std::min(MB, M) * std::min(NB, N) * K;
   at::parallel_for(0, mblk * nblk, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* edge_a = scratch<T>(0, kcb * MR);
-    alignas(64) T acc[MR * NR];
-    Epilogue<T> ep;
-    ep.col_bias = col_bias;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t m_lo = (item % mblk) * MB, m_hi = std::min(M, m_lo + MB);
       const int64_t n_lo = (item / mblk) * NB, n_hi = std::min(N, n_lo + NB);
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int64_t k0 = kb * kcb, kc = std::clamp<int64_t>(K - k0, 0, kcb);
-        for (int64_t n0 = n_lo; n0 < n_hi; n0 += NR) {
-          const int nr = (int)std::min<int64_t>(NR, n_hi - n0);
-          const PackedB<T> bsrc{bp + ((n0 / NR) * K + k0) * NR};
-          for (int64_t m0 = m_lo; m0 < m_hi; m0 += MR) {
-            const int mr = (int)std::min<int64_t>(MR, m_hi - m0);
-            // ask for the C tile (for writing) now, so its cache misses overlap the FMAs below:
-            // C is often larger than L2 and its rows lie far apart, which no hardware prefetcher follows
-            for (int i = 0; i < mr; ++i) {
-              __builtin_prefetch(c + (m0 + i) * N + n0, 1);
-              __builtin_prefetch(c + (m0 + i) * N + n0 + nr - 1, 1);
-            }
-            if (a_cs == 1) {
-              RowsA<T> asrc;  // rows past M repeat row m0; their results are not stored
-              for (int i = 0; i < MR; ++i) asrc.row[i] = a + (m0 + (i < mr ? i : 0)) * a_rs + k0;
-              micro_kernel<T>(kc, asrc, bsrc, acc);
-            } else if (mr == MR) {
-              micro_kernel<T>(kc, StridedA<T>{a + m0 + k0 * a_cs, a_cs}, bsrc, acc);
-            } else {
-              pack_a_strided(a + m0 + k0 * a_cs, mr, kc, int64_t(1), a_cs, edge_a);
-              micro_kernel<T>(kc, PackedA<T>{edge_a}, bsrc, acc);
-            }
-            store_tile<T>(acc, mr, nr, c + m0 * N + n0, N, kb > 0, kb == nkb - 1, ep, m0, n0);
-          }
-        }
-      }
+      gemm_block_rows(N, K, a, a_rs, a_cs, bp, c, N, col_bias, m_lo, m_hi, n_lo, n_hi, int64_t(0), K, kcb, edge_a);
     }
   });
 }
@@ -122,6 +168,45 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_c
 template <typename T>
 void gemm_packing_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
                     int64_t b_rs, int64_t b_cs, T* c, const T* col_bias) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR, W = Tile<T>::W;
+  using V = typename Tile<T>::V;
+  // Few rows, a short K and many columns (the grad input and weight gradient of a first linear layer:
+  // 128 x 128 -> 9216, B and C 4.7 MB each): one block of C per NB columns holds every row, so each
+  // block of B serves one block of C only. Each block then packs its own columns of B (row-major B)
+  // into a per-thread buffer that stays in L2, instead of all of B being packed into memory and read
+  // back from there: B crosses memory once instead of three times. Blocking changes no order of
+  // summation.
+  constexpr int64_t NB = 8 * NR;
+  if (b_cs == 1 && M <= 16 * MR && K <= 2 * kKC && ceil_div(N, NB) >= 4 * at::get_num_threads()) {
+    const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
+    const int64_t nblk = ceil_div(N, NB);
+    at::parallel_for(0, nblk, grain_for(2.0 * M * NB * K), [&](int64_t begin, int64_t end) {
+      T* edge_a = scratch<T>(0, kcb * MR);
+      T* bp = scratch<T>(2, NB * std::max<int64_t>(K, 1));
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t n_lo = blk * NB, n_hi = std::min(N, n_lo + NB);
+        for (int64_t p = 0; p * NR < n_hi - n_lo; ++p) {  // panels [k][NR] of columns n_lo + p NR ..
+          const int nr = (int)std::min<int64_t>(NR, n_hi - n_lo - p * NR);
+          T* __restrict__ d = bp + p * K * NR;
+          for (int64_t k = 0; k < K; ++k) {
+            const T* s = b + k * b_rs + n_lo + p * NR;
+            if (nr == NR) {
+              V v0, v1;
+              std::memcpy(&v0, s, sizeof(V));
+              std::memcpy(&v1, s + W, sizeof(V));
+              std::memcpy(d + k * NR, &v0, sizeof(V));
+              std::memcpy(d + k * NR + W, &v1, sizeof(V));
+            } else {
+              for (int j = 0; j < NR; ++j) d[k * NR + j] = j < nr ? s[j] : T(0);
+            }
+          }
+        }
+        gemm_block_rows(N, K, a, a_rs, a_cs, bp, c, N, col_bias, int64_t(0), M, n_lo, n_hi, int64_t(0), K, kcb,
+                        edge_a, n_lo);
+      }
+    });
+    return;
+  }
   T* bp = scratch<T>(2, ceil_div(N, Tile<T>::NR) * Tile<T>::NR * std::max<int64_t>(K, 1));
   pack_b_panels(b, K, N, b_rs, b_cs, bp);
   gemm(M, N, K, a, a_rs, a_cs, bp, c, col_bias);
