@@ -105,6 +105,10 @@ def _make_cases(batch):
     for net, shape in [("mnist", (batch, 64, 24, 24)), ("cifar", (batch, 32, 32, 32))]:
         x = torch.randn(shape, generator=g)
         cases.append(Case("relu", f"{net} {tuple(shape)}", [x], FF.relu, F.relu))
+    # LeakyReLU 0.1 (YOLO's slope) on activations of a YOLO-style backbone on 32x32 inputs
+    x = torch.randn(batch, 64, 16, 16, generator=g)
+    cases.append(Case("leaky_relu", f"yolo {tuple(x.shape)} 0.1", [x], lambda x: FF.leaky_relu(x, 0.1),
+                      lambda x: F.leaky_relu(x, 0.1)))
     for net, shape in [("mnist", (batch, 64, 24, 24)), ("cifar", (batch, 32, 30, 30)), ("cifar", (batch, 64, 13, 13))]:
         x = torch.randn(shape, generator=g)
         cases.append(Case("max_pool2d", f"{net} {tuple(shape)} k2", [x],

@@ -293,12 +293,13 @@ inline LinearShape check_linear_grad_weight(const at::Tensor& grad_output, const
 // An elementwise op of one floating tensor (relu): any shape.
 inline void check_elementwise(const at::Tensor& input, const char* op) { check_floating(input, op, "input"); }
 
-// The backward of an elementwise op from its forward result (relu_backward): two floating tensors of
-// one dtype, device and shape.
-inline void check_elementwise_backward(const at::Tensor& grad_output, const at::Tensor& result, const char* op) {
-  check_pair_args(grad_output, "grad_output", result, "result", op);
+// The backward of an elementwise op from its forward result (relu_backward) or input (leaky_relu_backward,
+// `name` = "self"): two floating tensors of one dtype, device and shape.
+inline void check_elementwise_backward(const at::Tensor& grad_output, const at::Tensor& result, const char* op,
+                                       const char* name = "result") {
+  check_pair_args(grad_output, "grad_output", result, name, op);
   TORCH_CHECK_VALUE(grad_output.sizes() == result.sizes(), "fastconv.", op, ": grad_output ", grad_output.sizes(),
-                    " and result ", result.sizes(), " must have the same shape");
+                    " and ", name, " ", result.sizes(), " must have the same shape");
 }
 
 // The seed is one int64 on the input's device (a kernel reads it there: no host round trip).

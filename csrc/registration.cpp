@@ -38,6 +38,9 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("linear_grad_weight(Tensor grad_output, Tensor input) -> Tensor");
   m.def("relu(Tensor input) -> Tensor");
   m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
+  m.def("leaky_relu(Tensor input, float negative_slope) -> Tensor");
+  // `self` is the forward's input, or its result when negative_slope > 0 (the same sign either way)
+  m.def("leaky_relu_backward(Tensor grad_output, Tensor self, float negative_slope) -> Tensor");
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
         "bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, int[2] kernel_size, "

@@ -12,7 +12,7 @@ import torch
 
 from .ops import REDUCTIONS, ops
 
-__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "max_pool2d", "cross_entropy", "linear",
+__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "cross_entropy", "linear",
            "dropout"]
 
 
@@ -135,6 +135,20 @@ def relu(input, inplace=False):
     """max(input, 0), as torch.nn.functional.relu. With inplace=True the result is written back
     into input (which is then returned), as torch does."""
     out = _format_like(ops.relu(input), input)
+    return input.copy_(out) if inplace else out
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    """input where it is > 0, else input * negative_slope, as torch.nn.functional.leaky_relu. With
+    inplace=True the result is written back into input (which is then returned); as in torch, a
+    negative slope cannot be combined with inplace=True when the input needs a gradient."""
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"leaky_relu: negative_slope must be a number, got {type(negative_slope).__name__}")
+    slope = float(negative_slope)
+    if inplace and slope < 0 and input.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("leaky_relu: in-place with a negative slope cannot be differentiated (the input it "
+                           "overwrites is needed for the gradient); call it with inplace=False")
+    out = _format_like(ops.leaky_relu(input, slope), input)
     return input.copy_(out) if inplace else out
 
 

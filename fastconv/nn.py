@@ -17,7 +17,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Conv1d", "ReLU", "MaxPool2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
+__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
 
 
 def _zeros_padding_only(layer):
@@ -68,6 +68,13 @@ class ReLU(torch.nn.ReLU):
 
     def forward(self, input):
         return F.relu(input, inplace=self.inplace)
+
+
+class LeakyReLU(torch.nn.LeakyReLU):
+    fastconv_op = "leaky_relu"
+
+    def forward(self, input):
+        return F.leaky_relu(input, self.negative_slope, inplace=self.inplace)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

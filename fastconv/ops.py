@@ -193,6 +193,34 @@ def _relu_backward(ctx, grad):
 
 torch.library.register_autograd("fastconv::relu", _relu_backward, setup_context=_relu_setup)
 
+# ---------------------------------------------------------------- leaky_relu
+
+@torch.library.register_fake("fastconv::leaky_relu")
+def _leaky_relu_fake(input, negative_slope):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fastconv::leaky_relu_backward")
+def _leaky_relu_backward_fake(grad_output, self, negative_slope):
+    _same_device("leaky_relu_backward", grad_output=grad_output, self=self)
+    return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
+
+
+def _leaky_relu_setup(ctx, inputs, output):
+    input, negative_slope = inputs
+    ctx.negative_slope = negative_slope
+    # with a slope >= 0 the result has the input's sign (x > 0 exactly where y > 0), so the result is kept,
+    # which lets an in-place leaky_relu overwrite the input; a negative slope needs the input itself
+    ctx.save_for_backward(output if negative_slope >= 0 else input)
+
+
+def _leaky_relu_backward(ctx, grad):
+    (self,) = ctx.saved_tensors
+    return ops.leaky_relu_backward(grad, self, ctx.negative_slope), None
+
+
+torch.library.register_autograd("fastconv::leaky_relu", _leaky_relu_backward, setup_context=_leaky_relu_setup)
+
 # ---------------------------------------------------------------- max_pool2d
 
 @torch.library.register_fake("fastconv::max_pool2d")
@@ -348,6 +376,22 @@ def _relu_backward_backward(ctx, g):
 
 
 torch.library.register_autograd("fastconv::relu_backward", _relu_backward_backward, setup_context=_pair_setup)
+
+
+def _leaky_relu_backward_setup(ctx, inputs, output):
+    grad_output, self, negative_slope = inputs
+    ctx.negative_slope = negative_slope
+    ctx.save_for_backward(self)
+
+
+def _leaky_relu_backward_backward(ctx, g):
+    (self,) = ctx.saved_tensors
+    # linear in grad_output; piecewise constant (zero derivative) in self
+    return ops.leaky_relu_backward(g, self, ctx.negative_slope), None, None
+
+
+torch.library.register_autograd("fastconv::leaky_relu_backward", _leaky_relu_backward_backward,
+                                setup_context=_leaky_relu_backward_setup)
 
 
 def _no_double_backward(op):

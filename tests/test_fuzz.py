@@ -552,3 +552,43 @@ def check_relu(backend, shape, specials, dtype, x_layout, g_layout, seed):
 @given(case=relu_cases())
 def test_fuzz_relu(backend, fuzz_stats, case):
     _run(check_relu, backend, case, fuzz_stats)
+
+
+# ------------------------------------------------------------------ leaky_relu
+
+@st.composite
+def leaky_relu_cases(draw):
+    case = draw(relu_cases())
+    case["slope"] = draw(st.sampled_from([0.01, 0.2, 0.0, -0.5, 3.0]) | st.floats(-2.0, 2.0, width=32))
+    return case
+
+
+def check_leaky_relu(backend, shape, specials, dtype, x_layout, g_layout, seed, slope):
+    dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
+
+    def sample(s):
+        v = torch.randn(s, generator=gen, dtype=dtype)
+        v = torch.where(v < 0, v - 1e-3, v + 1e-3)  # |x| > 1e-3: away from the kink
+        if specials:  # NaN, +-inf and +-0 at random places
+            pick = torch.randint(0, 4 * len(_SPECIALS), s, generator=gen)
+            for i, value in enumerate(_SPECIALS):
+                v[pick == i] = value
+        return v
+
+    with _on(backend) as device:
+        x = _tensor(sample, shape, x_layout, device)
+        ref = F.leaky_relu(x, slope)
+        out = FF.leaky_relu(x, slope)
+        assert out.shape == ref.shape and out.dtype == ref.dtype, (tuple(out.shape), tuple(ref.shape), out.dtype)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"forward: {m}")
+        g = _tensor(_randn(gen, dtype), shape, g_layout, device, requires_grad=False)
+        (gx,) = torch.autograd.grad(out, x, g)
+        (gr,) = torch.autograd.grad(ref, x, g)
+        assert gx.shape == gr.shape
+        torch.testing.assert_close(gx, gr, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"grad input: {m}")
+
+
+@fuzz
+@given(case=leaky_relu_cases())
+def test_fuzz_leaky_relu(backend, fuzz_stats, case):
+    _run(check_leaky_relu, backend, case, fuzz_stats)

@@ -66,6 +66,49 @@ at::Tensor relu_backward_impl(const at::Tensor& grad_output, const at::Tensor& r
   return dx;
 }
 
+// LeakyReLU: y = (x > 0 ? x : x * slope), dx = (s > 0 ? dy : dy * slope) with s the input (or the result,
+// which has the input's sign when slope > 0). NaN gives NaN (x * slope), -0.0 gives -0.0, as in torch.
+at::Tensor leaky_relu_impl(const at::Tensor& input, double negative_slope) {
+  const at::Tensor x = input.contiguous();
+  at::Tensor out = cpu::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_leaky_relu", [&] {
+    const scalar_t* __restrict__ src = x.const_data_ptr<scalar_t>();
+    scalar_t* __restrict__ dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t slope = static_cast<scalar_t>(negative_slope);
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+      elementwise<scalar_t>(b, e, [slope](auto v, auto zero) { return v > zero ? v : v * slope; }, dst, src);
+    });
+  });
+  return out;
+}
+
+at::Tensor leaky_relu_backward_impl(const at::Tensor& grad_output, const at::Tensor& self, double negative_slope) {
+  const at::Tensor dy = grad_output.contiguous(), s = self.contiguous();
+  at::Tensor dx = cpu::empty(dy.sizes(), dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_leaky_relu_backward", [&] {
+    const scalar_t* __restrict__ g = dy.const_data_ptr<scalar_t>();
+    const scalar_t* __restrict__ r = s.const_data_ptr<scalar_t>();
+    scalar_t* __restrict__ dst = dx.mutable_data_ptr<scalar_t>();
+    const scalar_t slope = static_cast<scalar_t>(negative_slope);
+    at::parallel_for(0, dy.numel(), kGrain, [&](int64_t b, int64_t e) {
+      elementwise<scalar_t>(b, e, [slope](auto s, auto grad, auto zero) { return s > zero ? grad : grad * slope; },
+                            dst, r, g);
+    });
+  });
+  return dx;
+}
+
+at::Tensor leaky_relu_cpu(const at::Tensor& input, double negative_slope) {
+  check_elementwise(input, "leaky_relu");
+  return in_float32([&](const at::Tensor& x) { return leaky_relu_impl(x, negative_slope); }, input);
+}
+
+at::Tensor leaky_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& self, double negative_slope) {
+  check_elementwise_backward(grad_output, self, "leaky_relu_backward", "self");
+  return in_float32([&](const at::Tensor& g, const at::Tensor& s) { return leaky_relu_backward_impl(g, s, negative_slope); },
+                    grad_output, self);
+}
+
 at::Tensor relu_cpu(const at::Tensor& input) {
   check_elementwise(input, "relu");
   return in_float32(relu_impl, input);
@@ -82,6 +125,8 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("relu", &sim::Routed<relu_cpu, sim::relu>::call);
   m.impl("relu_backward", &sim::Routed<relu_backward_cpu, sim::relu_backward>::call);
+  m.impl("leaky_relu", &sim::Routed<leaky_relu_cpu, sim::leaky_relu>::call);
+  m.impl("leaky_relu_backward", &sim::Routed<leaky_relu_backward_cpu, sim::leaky_relu_backward>::call);
 }
 
 }  // namespace fastconv::cpu

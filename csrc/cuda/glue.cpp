@@ -97,6 +97,30 @@ at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result
   return dx;
 }
 
+at::Tensor leaky_relu(const at::Tensor& input, double negative_slope) {
+  check_elementwise(input, "leaky_relu");
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(x, "input"), buf(y, "output"));
+  check_launch(kernels::leaky_relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(),
+                                           negative_slope, stream_of(x)),
+               "leaky_relu");
+  return y;
+}
+
+at::Tensor leaky_relu_backward(const at::Tensor& grad_output, const at::Tensor& self, double negative_slope) {
+  check_elementwise_backward(grad_output, self, "leaky_relu_backward", "self");
+  const at::Tensor dy = grad_output.contiguous(), s = self.contiguous();
+  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(s, "self"), buf(dx, "grad_input"));
+  check_launch(kernels::leaky_relu_backward(dtype_of(dy), dy.const_data_ptr(), s.const_data_ptr(), dx.mutable_data_ptr(),
+                                            dy.numel(), negative_slope, stream_of(dy)),
+               "leaky_relu_backward");
+  return dx;
+}
+
 at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
   check_dropout(input, p, seed);
   const at::Tensor x = input.contiguous(), s = seed.contiguous();
@@ -327,6 +351,8 @@ TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
   m.impl("linear_grad_weight", &fastconv::cuda::linear_grad_weight);
   m.impl("relu", &fastconv::cuda::relu);
   m.impl("relu_backward", &fastconv::cuda::relu_backward);
+  m.impl("leaky_relu", &fastconv::cuda::leaky_relu);
+  m.impl("leaky_relu_backward", &fastconv::cuda::leaky_relu_backward);
   m.impl("dropout", &fastconv::cuda::dropout);
   m.impl("max_pool2d", &fastconv::cuda::max_pool2d);
   m.impl("max_pool2d_backward", &fastconv::cuda::max_pool2d_backward);

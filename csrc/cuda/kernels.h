@@ -35,6 +35,10 @@ const char* error_string(int code);
 int relu_forward(DType dtype, const void* x, void* y, int64_t n, Stream stream);
 // dx = (y <= 0 ? 0 : dy), with y the forward result.
 int relu_backward(DType dtype, const void* dy, const void* y, void* dx, int64_t n, Stream stream);
+// y = (x > 0 ? x : x * slope); NaN propagates. n elements.
+int leaky_relu_forward(DType dtype, const void* x, void* y, int64_t n, double slope, Stream stream);
+// dx = (s > 0 ? dy : dy * slope), with s the forward input (or its result, when slope > 0).
+int leaky_relu_backward(DType dtype, const void* dy, const void* s, void* dx, int64_t n, double slope, Stream stream);
 
 // y = keep(i) ? x * 1 / (1 - p) : 0, keep(i) = uniform24(philox4x32_10(i / 4, *seed)[i % 4]) >= p
 // (csrc/philox.h): the CPU kernel's mask, bit for bit. `seed` points to one int64 in device memory.

@@ -1,9 +1,11 @@
-// relu.cu: y = max(x, 0) and its gradient dx = (y <= 0 ? 0 : dy), elementwise on the GPU.
+// relu.cu: y = max(x, 0) and its gradient dx = (y <= 0 ? 0 : dy), and LeakyReLU, elementwise on the GPU.
 //
 // Kernels:
-//   relu_forward_kernel<T>   y = (x < 0 ? 0 : x)
-//   relu_backward_kernel<T>  dx = (y <= 0 ? 0 : dy)
-// Both run the same grid-stride loop (elementwise below). When every pointer is 16-byte aligned,
+//   relu_forward_kernel<T>         y = (x < 0 ? 0 : x)
+//   relu_backward_kernel<T>        dx = (y <= 0 ? 0 : dy)
+//   leaky_relu_forward_kernel<T>   y = (x > 0 ? x : x * slope)
+//   leaky_relu_backward_kernel<T>  dx = (s > 0 ? dy : dy * slope), s the input (or the result, slope > 0)
+// All run the same grid-stride loop (elementwise below). When every pointer is 16-byte aligned,
 // each thread moves one 16-byte pack per step (4 floats, 2 doubles or 8 halves / bfloat16s: one
 // 128-bit load per input and one 128-bit store), and the n % pack elements of the tail are done one
 // by one; otherwise every element is done one by one. The comparison is made in acc_t<T> (exact for
@@ -31,6 +33,25 @@ struct ReluForward {
   template <typename T>
   __device__ __forceinline__ T operator()(T x) const {
     return to_acc(x) < acc_t<T>(0) ? from_acc<T>(acc_t<T>(0)) : x;
+  }
+};
+
+// LeakyReLU (the slope in acc_t<T>): x > 0 keeps x bit for bit, otherwise x * slope rounded once.
+struct LeakyForward {
+  double slope;
+  template <typename T>
+  __device__ __forceinline__ T operator()(T x) const {
+    const acc_t<T> v = to_acc(x);
+    return v > acc_t<T>(0) ? x : from_acc<T>(v * static_cast<acc_t<T>>(slope));
+  }
+};
+
+// dx = (s > 0 ? dy : dy * slope), s the forward input (or its result when slope > 0).
+struct LeakyBackward {
+  double slope;
+  template <typename T>
+  __device__ __forceinline__ T operator()(T s, T dy) const {
+    return to_acc(s) > acc_t<T>(0) ? dy : from_acc<T>(to_acc(dy) * static_cast<acc_t<T>>(slope));
   }
 };
 
@@ -79,7 +100,45 @@ __global__ void relu_backward_kernel(const T* __restrict__ y, const T* __restric
   elementwise<T>(ReluBackward{}, n, packed, dx, y, dy);
 }
 
+// One thread per 16-byte pack (or per element when unaligned), grid-stride.
+template <typename T>
+__global__ void leaky_relu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool packed,
+                                          double slope) {
+  elementwise<T>(LeakyForward{slope}, n, packed, y, x);
+}
+
+// One thread per 16-byte pack (or per element when unaligned), grid-stride.
+template <typename T>
+__global__ void leaky_relu_backward_kernel(const T* __restrict__ s, const T* __restrict__ dy, T* __restrict__ dx,
+                                           int64_t n, bool packed, double slope) {
+  elementwise<T>(LeakyBackward{slope}, n, packed, dx, s, dy);
+}
+
 }  // namespace
+
+int leaky_relu_forward(DType dtype, const void* x, void* y, int64_t n, double slope, Stream stream) {
+  if (n == 0) return 0;
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const bool packed = is_aligned(x, 16) && is_aligned(y, 16);
+    const int64_t work = packed ? ceil_div(n, Pack<T>::kSize) : n;
+    err = launch(leaky_relu_forward_kernel<T>, grid_1d(work, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(x), static_cast<T*>(y), n, packed, slope);
+  });
+  return err;
+}
+
+int leaky_relu_backward(DType dtype, const void* dy, const void* s, void* dx, int64_t n, double slope, Stream stream) {
+  if (n == 0) return 0;
+  int err = 0;
+  FC_DISPATCH(dtype, T, {
+    const bool packed = is_aligned(dy, 16) && is_aligned(s, 16) && is_aligned(dx, 16);
+    const int64_t work = packed ? ceil_div(n, Pack<T>::kSize) : n;
+    err = launch(leaky_relu_backward_kernel<T>, grid_1d(work, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(s), static_cast<const T*>(dy), static_cast<T*>(dx), n, packed, slope);
+  });
+  return err;
+}
 
 int relu_forward(DType dtype, const void* x, void* y, int64_t n, Stream stream) {
   if (n == 0) return 0;

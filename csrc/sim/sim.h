@@ -38,6 +38,8 @@ at::Tensor linear_grad_input(const at::Tensor& grad_output, const at::Tensor& we
 at::Tensor linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input);
 at::Tensor relu(const at::Tensor& input);
 at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result);
+at::Tensor leaky_relu(const at::Tensor& input, double negative_slope);
+at::Tensor leaky_relu_backward(const at::Tensor& grad_output, const at::Tensor& self, double negative_slope);
 at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed);
 std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                                               at::IntArrayRef stride, at::IntArrayRef padding,
