@@ -113,6 +113,13 @@ def _make_cases(batch):
         x = torch.randn(shape, generator=g)
         cases.append(Case("max_pool2d", f"{net} {tuple(shape)} k2", [x],
                           lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)))
+    # average pooling: a 3x3 stride-2 window with padding (AlexNet / ResNet style) and a global average
+    x = torch.randn(batch, 64, 32, 32, generator=g)
+    cases.append(Case("avg_pool2d", f"resnet {tuple(x.shape)} k3 s2 p1", [x], lambda x: FF.avg_pool2d(x, 3, 2, 1),
+                      lambda x: F.avg_pool2d(x, 3, 2, 1)))
+    x = torch.randn(batch, 256, 8, 8, generator=g)
+    cases.append(Case("adaptive_avg_pool2d", f"resnet {tuple(x.shape)} -> 1x1", [x],
+                      lambda x: FF.adaptive_avg_pool2d(x, 1), lambda x: F.adaptive_avg_pool2d(x, 1)))
     for net, fin, fout in [("mnist", 9216, 128), ("mnist", 128, 10), ("cifar", 2304, 512), ("cifar", 512, 10)]:
         x = torch.randn(batch, fin, generator=g)
         w = torch.randn(fout, fin, generator=g) / fin ** 0.5

@@ -390,6 +390,71 @@ inline PoolShape check_max_pool2d_backward(const at::Tensor& grad_output, const 
   return s;
 }
 
+// ----------------------------------------------------------------------------- avg_pool2d
+
+// avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override) with
+// torch's arguments (divisor_override 0: none), or, with `input_size`, the shape of its backward.
+inline AvgPoolShape check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                     int64_t divisor_override, const char* op = "avg_pool2d",
+                                     std::optional<at::IntArrayRef> input_size = std::nullopt) {
+  const bool backward = input_size.has_value();
+  check_floating(input, op, backward ? "grad_output" : "input");
+  check_dim(input, 4, op, backward ? "grad_output" : "input", backward ? "N, C, OH, OW" : "N, C, H, W");
+  const int64_t one[2] = {1, 1};
+  check_pool_window(kernel_size, stride, padding, one, op);
+  TORCH_CHECK_VALUE(divisor_override >= 0, "fastconv.", op, ": divisor_override must be positive (0: none), got ",
+                    divisor_override);
+  AvgPoolShape s{};
+  s.kh = kernel_size[0]; s.kw = kernel_size[1]; s.sh = stride[0]; s.sw = stride[1];
+  s.ph = padding[0]; s.pw = padding[1];
+  s.divisor_override = divisor_override;
+  s.count_include_pad = count_include_pad;
+  if (backward) {
+    TORCH_CHECK_VALUE(input_size->size() == 4 && (*input_size)[0] == input.size(0) && (*input_size)[1] == input.size(1),
+                      "fastconv.", op, ": input_size ", *input_size, " does not match grad_output ", input.sizes());
+    s.n = (*input_size)[0]; s.c = (*input_size)[1]; s.h = (*input_size)[2]; s.w = (*input_size)[3];
+  } else {
+    s.n = input.size(0); s.c = input.size(1); s.h = input.size(2); s.w = input.size(3);
+  }
+  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0 && s.c > 0, "fastconv.", op, ": input must have non-zero C, H and W, got ",
+                    backward ? *input_size : input.sizes());
+  s.oh = pool_out(s.h, s.kh, s.sh, s.ph, 1, ceil_mode);
+  s.ow = pool_out(s.w, s.kw, s.sw, s.pw, 1, ceil_mode);
+  TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.", op, ": the window (kernel_size ", kernel_size,
+                    ") does not fit the padded input ", s.h, "x", s.w);
+  if (backward)
+    TORCH_CHECK_VALUE(input.size(2) == s.oh && input.size(3) == s.ow, "fastconv.", op, ": grad_output ",
+                      input.sizes(), " is not the output of pooling an input of size ", *input_size);
+  return s;
+}
+
+// adaptive_avg_pool2d(input, output_size), or, with `input_size`, the shape of its backward.
+inline AvgPoolShape check_adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size,
+                                              const char* op = "adaptive_avg_pool2d",
+                                              std::optional<at::IntArrayRef> input_size = std::nullopt) {
+  const bool backward = input_size.has_value();
+  check_floating(input, op, backward ? "grad_output" : "input");
+  check_dim(input, 4, op, backward ? "grad_output" : "input", backward ? "N, C, OH, OW" : "N, C, H, W");
+  AvgPoolShape s{};
+  s.adaptive = true;
+  if (backward) {
+    TORCH_CHECK_VALUE(input_size->size() == 4 && (*input_size)[0] == input.size(0) && (*input_size)[1] == input.size(1),
+                      "fastconv.", op, ": input_size ", *input_size, " does not match grad_output ", input.sizes());
+    s.n = (*input_size)[0]; s.c = (*input_size)[1]; s.h = (*input_size)[2]; s.w = (*input_size)[3];
+    s.oh = input.size(2); s.ow = input.size(3);
+  } else {
+    TORCH_CHECK_VALUE(output_size.size() == 2 && output_size[0] >= 1 && output_size[1] >= 1, "fastconv.", op,
+                      ": output_size must be two positive ints, got ", output_size);
+    s.n = input.size(0); s.c = input.size(1); s.h = input.size(2); s.w = input.size(3);
+    s.oh = output_size[0]; s.ow = output_size[1];
+  }
+  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0 && s.c > 0, "fastconv.", op, ": input must have non-zero C, H and W, got ",
+                    backward ? *input_size : input.sizes());
+  TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.", op, ": output size must be positive, got ", s.oh, "x", s.ow);
+  return s;
+}
+
 // The message of an index outside its plane, found by any backend's backward.
 [[noreturn]] inline void max_pool2d_bad_index(int64_t index, int64_t plane) {
   TORCH_CHECK_INDEX(false, "fastconv.max_pool2d_backward: index ", index, " is outside the input plane of ", plane,

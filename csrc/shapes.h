@@ -38,6 +38,46 @@ struct PoolShape {
 };
 
 // linear: input [rows, in] (leading dimensions flattened), weight [out, in], output [rows, out].
+// Average pooling, input [n, c, h, w] -> output [n, c, oh, ow]: avg_pool2d (windows kh x kw, stride,
+// padding; the divisor the window's padded extent with count_include_pad, its extent inside the input
+// otherwise, or divisor_override) or adaptive_avg_pool2d (output row o averages input rows
+// [floor(o h / oh), ceil((o + 1) h / oh)), and so for columns). Window rows and columns are separable:
+// avg_pool_range gives each output row's (column's) input range and its factor of the divisor.
+struct AvgPoolShape {
+  int64_t n, c, h, w, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw;  // avg_pool2d only
+  int64_t divisor_override;       // 0: none
+  bool adaptive, count_include_pad;
+};
+
+// Input range [lo, hi) of output index o along one axis (in inputs, out outputs), and `size`, this
+// axis's factor of the divisor. constexpr: the CUDA kernels call it too (--expt-relaxed-constexpr).
+struct PoolRange {
+  int64_t lo, hi, size;
+};
+constexpr PoolRange avg_pool_range(int64_t o, int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, bool adaptive,
+                                   bool count_include_pad) {
+  if (adaptive) {
+    const int64_t lo = o * in / out, hi = ((o + 1) * in + out - 1) / out;
+    return PoolRange{lo, hi, hi - lo};
+  }
+  int64_t lo = o * s - p, hi = lo + k < in + p ? lo + k : in + p;
+  const int64_t padded = hi - lo;
+  lo = lo < 0 ? 0 : lo;
+  hi = hi < in ? hi : in;
+  return PoolRange{lo, hi, count_include_pad ? padded : hi - lo};
+}
+
+// The output indices whose ranges may hold input index i: [first, last], a superset (check each with
+// avg_pool_range); empty when first > last.
+constexpr PoolRange avg_pool_cover(int64_t i, int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, bool adaptive) {
+  int64_t first = adaptive ? i * out / in - 1 : (i + p - k) / s;  // (a negative numerator rounds up: still <=)
+  int64_t last = adaptive ? (i + 1) * out / in + 1 : (i + p) / s;
+  first = first < 0 ? 0 : first;
+  last = last < out - 1 ? last : out - 1;
+  return PoolRange{first, last, 0};
+}
+
 struct LinearShape {
   int64_t rows, in, out;
 };

@@ -12,7 +12,8 @@ import torch
 
 from .ops import REDUCTIONS, ops
 
-__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "cross_entropy", "linear",
+__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "avg_pool2d",
+           "adaptive_avg_pool2d", "cross_entropy", "linear",
            "dropout"]
 
 
@@ -165,6 +166,40 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if unbatched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     return (out, indices) if return_indices else out
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d: the divisor is the window's size with
+    the padding counted (count_include_pad) or not, or divisor_override."""
+    kernel_size = _pair(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
+        else _pair(stride, "stride")
+    if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(divisor_override, int)
+                                         or divisor_override <= 0):
+        raise ValueError(f"avg_pool2d: divisor_override must be a positive int or None, got {divisor_override!r}")
+    x, unbatched = _batched(input, 4, "avg_pool2d")
+    out = _format_like(ops.avg_pool2d(x, kernel_size, stride, _pair(padding, "padding"), bool(ceil_mode),
+                                      bool(count_include_pad), int(divisor_override or 0)), x)
+    return out.squeeze(0) if unbatched else out
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d: output_size an int or
+    a pair whose None entries keep the input's size; (1, 1) is a global average."""
+    x, unbatched = _batched(input, 4, "adaptive_avg_pool2d")
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    output_size = tuple(output_size)
+    if len(output_size) != 2:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size!r}")
+    size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+            raise ValueError(f"adaptive_avg_pool2d: output_size entries must be positive ints or None, "
+                             f"got {output_size!r}")
+    out = _format_like(ops.adaptive_avg_pool2d(x, size), x)
+    return out.squeeze(0) if unbatched else out
 
 
 def _legacy_reduction(size_average, reduce, reduction):

@@ -17,7 +17,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
+__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
 
 
 def _zeros_padding_only(layer):
@@ -75,6 +75,21 @@ class LeakyReLU(torch.nn.LeakyReLU):
 
     def forward(self, input):
         return F.leaky_relu(input, self.negative_slope, inplace=self.inplace)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    fastconv_op = "avg_pool2d"
+
+    def forward(self, input):
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    fastconv_op = "adaptive_avg_pool2d"
+
+    def forward(self, input):
+        return F.adaptive_avg_pool2d(input, self.output_size)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

@@ -254,6 +254,75 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
 
 torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)
 
+# ---------------------------------------------------------------- avg_pool2d, adaptive_avg_pool2d
+# The backward of each is linear in grad_output and its adjoint is the forward pooling: the backward
+# op's own gradient is the forward op applied to the incoming gradient, so double backward works.
+
+@torch.library.register_fake("fastconv::avg_pool2d")
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    n, c, h, w = input.shape
+    oh = pool_out(h, kernel_size[0], stride[0], padding[0], 1, ceil_mode)
+    ow = pool_out(w, kernel_size[1], stride[1], padding[1], 1, ceil_mode)
+    return input.new_empty((n, c, oh, ow))
+
+
+@torch.library.register_fake("fastconv::avg_pool2d_backward")
+def _avg_pool2d_backward_fake(grad_output, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override):
+    return grad_output.new_empty(input_size)
+
+
+@torch.library.register_fake("fastconv::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(input, output_size):
+    return input.new_empty((*input.shape[:2], *output_size))
+
+
+@torch.library.register_fake("fastconv::adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward_fake(grad_output, input_size):
+    return grad_output.new_empty(input_size)
+
+
+def _avg_pool2d_setup(ctx, inputs, output):
+    ctx.input_shape = inputs[0].shape
+    ctx.window = inputs[1:]  # kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+
+
+def _avg_pool2d_backward(ctx, grad):
+    return (ops.avg_pool2d_backward(grad, ctx.input_shape, *ctx.window),) + (None,) * 6
+
+
+def _avg_pool2d_backward_setup(ctx, inputs, output):
+    ctx.window = inputs[2:]
+
+
+def _avg_pool2d_backward_backward(ctx, g):
+    return (ops.avg_pool2d(g, *ctx.window),) + (None,) * 7
+
+
+def _adaptive_avg_pool2d_setup(ctx, inputs, output):
+    ctx.input_shape = inputs[0].shape
+
+
+def _adaptive_avg_pool2d_backward(ctx, grad):
+    return ops.adaptive_avg_pool2d_backward(grad, ctx.input_shape), None
+
+
+def _adaptive_avg_pool2d_backward_setup(ctx, inputs, output):
+    ctx.output_size = inputs[0].shape[2:]
+
+
+def _adaptive_avg_pool2d_backward_backward(ctx, g):
+    return ops.adaptive_avg_pool2d(g, ctx.output_size), None
+
+
+torch.library.register_autograd("fastconv::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_pool2d_setup)
+torch.library.register_autograd("fastconv::avg_pool2d_backward", _avg_pool2d_backward_backward,
+                                setup_context=_avg_pool2d_backward_setup)
+torch.library.register_autograd("fastconv::adaptive_avg_pool2d", _adaptive_avg_pool2d_backward,
+                                setup_context=_adaptive_avg_pool2d_setup)
+torch.library.register_autograd("fastconv::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_backward,
+                                setup_context=_adaptive_avg_pool2d_backward_setup)
+
 # ---------------------------------------------------------------- cross_entropy
 
 @torch.library.register_fake("fastconv::cross_entropy")

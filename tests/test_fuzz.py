@@ -554,6 +554,51 @@ def test_fuzz_relu(backend, fuzz_stats, case):
     _run(check_relu, backend, case, fuzz_stats)
 
 
+# ------------------------------------------------------------------ avg_pool2d, adaptive_avg_pool2d
+
+@st.composite
+def avg_pool2d_cases(draw):
+    adaptive = draw(st.booleans())
+    batch = draw(st.sampled_from([1, 2, 0, None]))
+    c = draw(st.integers(1, 4))
+    if adaptive:
+        size = [draw(st.integers(1, 12)), draw(st.integers(1, 12))]
+        out = (draw(st.one_of(st.none(), st.integers(1, 14))), draw(st.one_of(st.none(), st.integers(1, 14))))
+        args = dict(output_size=out if draw(st.booleans()) else (out[0] or 1))
+    else:
+        kernel = draw(_int_or_pair(1, 4))
+        kh, kw = _pair(kernel)
+        padding = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
+        size = [draw(st.integers(max(1, k - 2 * p), 12)) for k, p in zip((kh, kw), padding)]
+        args = dict(kernel_size=kernel, stride=draw(st.one_of(st.none(), _int_or_pair(1, 4))), padding=padding,
+                    ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
+                    divisor_override=draw(st.sampled_from([None, None, 1, 5])))
+    x_shape = (c, *size) if batch is None else (batch, c, *size)
+    return dict(x_shape=x_shape, adaptive=adaptive, args=args, dtype=draw(_dtypes),
+                x_layout=draw(st.sampled_from(layouts(len(x_shape)))),
+                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
+
+
+def check_avg_pool2d(backend, x_shape, adaptive, args, dtype, x_layout, g_layout, seed):
+    dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
+    ours, theirs = (FF.adaptive_avg_pool2d, F.adaptive_avg_pool2d) if adaptive else (FF.avg_pool2d, F.avg_pool2d)
+    with _on(backend) as device:
+        x = _tensor(_randn(gen, dtype), x_shape, x_layout, device)
+        ref = _torch_or_reject(lambda: theirs(x, **args))
+        out = ours(x, **args)
+        assert out.shape == ref.shape and out.dtype == ref.dtype, (tuple(out.shape), tuple(ref.shape))
+        terms = x_shape[-1] * x_shape[-2]  # at most a whole plane per window
+        torch.testing.assert_close(out, ref, **tol(dtype, terms), msg=lambda m: f"forward: {m}")
+        g = _tensor(_randn(gen, dtype), ref.shape, g_layout, device, requires_grad=False)
+        _compare_grads(out, ref, [x], ["input"], g, [tol(dtype, terms)])
+
+
+@fuzz
+@given(case=avg_pool2d_cases())
+def test_fuzz_avg_pool2d(backend, fuzz_stats, case):
+    _run(check_avg_pool2d, backend, case, fuzz_stats)
+
+
 # ------------------------------------------------------------------ leaky_relu
 
 @st.composite

@@ -121,6 +121,51 @@ at::Tensor leaky_relu_backward(const at::Tensor& grad_output, const at::Tensor& 
   return dx;
 }
 
+namespace {
+at::Tensor avg_pool_forward(const AvgPoolShape& s, const at::Tensor& input, const char* op) {
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options());
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(x, "input"), buf(y, "output"));
+  check_launch(kernels::avg_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), s, stream_of(x)), op);
+  return y;
+}
+
+at::Tensor avg_pool_backward(const AvgPoolShape& s, const at::Tensor& grad_output, const char* op) {
+  const at::Tensor dy = grad_output.contiguous();
+  at::Tensor dx = at::empty({s.n, s.c, s.h, s.w}, dy.options());
+  DeviceGuard guard(dy.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(dx, "grad_input"));
+  check_launch(kernels::avg_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), dx.mutable_data_ptr(), s, stream_of(dy)),
+               op);
+  return dx;
+}
+}  // namespace
+
+at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, bool ceil_mode, bool count_include_pad, int64_t divisor_override) {
+  return avg_pool_forward(
+      check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), input,
+      "avg_pool2d");
+}
+
+at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                               int64_t divisor_override) {
+  return avg_pool_backward(check_avg_pool2d(grad_output, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                            divisor_override, "avg_pool2d_backward", input_size),
+                           grad_output, "avg_pool2d_backward");
+}
+
+at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size) {
+  return avg_pool_forward(check_adaptive_avg_pool2d(input, output_size), input, "adaptive_avg_pool2d");
+}
+
+at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size) {
+  return avg_pool_backward(check_adaptive_avg_pool2d(grad_output, {}, "adaptive_avg_pool2d_backward", input_size),
+                           grad_output, "adaptive_avg_pool2d_backward");
+}
+
 at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
   check_dropout(input, p, seed);
   const at::Tensor x = input.contiguous(), s = seed.contiguous();
@@ -353,6 +398,10 @@ TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
   m.impl("relu_backward", &fastconv::cuda::relu_backward);
   m.impl("leaky_relu", &fastconv::cuda::leaky_relu);
   m.impl("leaky_relu_backward", &fastconv::cuda::leaky_relu_backward);
+  m.impl("avg_pool2d", &fastconv::cuda::avg_pool2d);
+  m.impl("avg_pool2d_backward", &fastconv::cuda::avg_pool2d_backward);
+  m.impl("adaptive_avg_pool2d", &fastconv::cuda::adaptive_avg_pool2d);
+  m.impl("adaptive_avg_pool2d_backward", &fastconv::cuda::adaptive_avg_pool2d_backward);
   m.impl("dropout", &fastconv::cuda::dropout);
   m.impl("max_pool2d", &fastconv::cuda::max_pool2d);
   m.impl("max_pool2d_backward", &fastconv::cuda::max_pool2d_backward);

@@ -55,6 +55,13 @@ int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, co
 int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolShape& g,
                         int64_t* bad, Stream stream);
 
+// Average pooling (avg_pool2d and adaptive_avg_pool2d, windows from avg_pool_range in csrc/shapes.h):
+// y = the window sums over their divisors.
+int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& g, Stream stream);
+// Its backward by gathering: each input element sums the gradients of the windows that cover it over
+// their divisors, in output order (deterministic, no atomics).
+int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, Stream stream);
+
 // Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = conv(x, w) + bias, then ReLU if `relu`
 // (the pre-activation is never written). bias may be null. Every GEMM launcher takes `tf32`: float32
 // operands are then rounded to tf32 and multiplied on tensor cores (float16 / bfloat16 always are).

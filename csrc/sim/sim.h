@@ -41,6 +41,13 @@ at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result
 at::Tensor leaky_relu(const at::Tensor& input, double negative_slope);
 at::Tensor leaky_relu_backward(const at::Tensor& grad_output, const at::Tensor& self, double negative_slope);
 at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed);
+at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, bool ceil_mode, bool count_include_pad, int64_t divisor_override);
+at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                               int64_t divisor_override);
+at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size);
+at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size);
 std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                               at::IntArrayRef dilation, bool ceil_mode);
