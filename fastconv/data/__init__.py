@@ -1,5 +1,5 @@
 """Datasets for fastconv's reference nets: MNIST and CIFAR-10 from local files (downloaded on
-request), or synthetic digits.
+request), or synthetic digits and shapes.
 
 The loaders read the standard distribution files from a local folder. With ``download=True``
 they fetch the missing ones first from public mirrors (:func:`fetch`: md5-verified, never a
@@ -7,10 +7,12 @@ partial file under a final name); otherwise they raise :class:`DatasetNotFoundEr
 ``FileNotFoundError``) saying which files go where. With no dataset at hand, ``load("synthetic")``
 generates a stand-in: procedurally drawn digits, 28 x 28 grayscale like MNIST but **not MNIST**
 (its ``name`` says so, ``synthetic`` is True and ``describe()`` says SYNTHETIC), so that examples
-and benchmarks can run end to end anywhere.
+and benchmarks can run end to end anywhere. ``load("synthetic-cifar")`` is the colour counterpart
+for the CIFAR-10 nets: procedurally drawn shapes (discs, rings, stripes, ...) on textured
+backgrounds, 32 x 32 RGB like CIFAR-10 but **not CIFAR-10**, labelled the same way.
 
     from fastconv import data
-    ds = data.load("mnist", "~/datasets", download=True)   # or "cifar10", or "synthetic"
+    ds = data.load("mnist", "~/datasets", download=True)   # or "cifar10", "synthetic", "synthetic-cifar"
     print(ds.describe())
     train_loader, test_loader = ds.loaders(batch_size=128)
 
@@ -52,16 +54,18 @@ from .errors import (ChecksumError, ChecksumWarning, DatasetFormatError, Dataset
 from .files import DATA_DIR_ENV, MD5, content_md5, md5sum
 from .mnist import DIGIT_CLASSES, IDX_UBYTE_1D, IDX_UBYTE_3D, MNIST_FILES, MNIST_MIRRORS, load_mnist, read_idx
 from .synthetic import generate_digits, synthetic_digits
+from .synthetic_shapes import SHAPE_CLASSES, generate_shapes, synthetic_cifar
 
 __all__ = [
     "Dataset", "load", "load_mnist", "load_cifar10", "synthetic_digits", "generate_digits",
+    "synthetic_cifar", "generate_shapes", "SHAPE_CLASSES",
     "read_idx", "fetch", "extract_tarball", "md5sum", "content_md5", "DatasetNotFoundError",
     "DatasetFormatError", "DownloadError", "UnsafeArchiveError", "ChecksumError", "ChecksumWarning",
     "NAMES", "MNIST_FILES", "MNIST_MIRRORS", "CIFAR10_FILES", "CIFAR10_TARBALL", "CIFAR10_MIRRORS",
     "MD5", "DATA_DIR_ENV", "add_arguments",
 ]
 
-NAMES = ("mnist", "cifar10", "synthetic")
+NAMES = ("mnist", "cifar10", "synthetic", "synthetic-cifar")
 
 # tracebacks and pickles name the errors where users import them from
 for _cls in (DatasetNotFoundError, DatasetFormatError, DownloadError, UnsafeArchiveError, ChecksumError,
@@ -74,7 +78,7 @@ def add_arguments(parser, choices=("synthetic", "mnist"), dataset_help: Optional
     """Adds the data options that the bench scripts and examples share to an argparse parser:
     ``--dataset`` (one of `choices`, default synthetic), ``--data-dir``, ``--download`` and
     ``--mirror`` (repeatable); their values are ``load``'s name, data_dir, download and mirrors."""
-    real = "/".join(c for c in choices if c != "synthetic")
+    real = "/".join(c for c in choices if not c.startswith("synthetic"))
     parser.add_argument("--dataset", choices=list(choices), default="synthetic", help=dataset_help)
     parser.add_argument("--data-dir", default=None,
                         help=f"folder with the {real} files (default ${DATA_DIR_ENV}, else ./data)")
@@ -87,18 +91,20 @@ def add_arguments(parser, choices=("synthetic", "mnist"), dataset_help: Optional
 def load(name: str, data_dir=None, *, download: bool = False, mirrors=None,
          train_size: Optional[int] = None, test_size: Optional[int] = None, seed: int = 0,
          verify: str = "warn") -> Dataset:
-    """Load dataset ``name``: "mnist", "cifar10" or "synthetic".
+    """Load dataset ``name``: "mnist", "cifar10", "synthetic" (the synthetic digits) or
+    "synthetic-cifar" (the synthetic shapes; also "synthetic_cifar", "syntheticcifar").
 
     ``data_dir``: the folder holding the files (see the module docstring for the layouts); None
-    means ``$FASTCONV_DATA`` if set, else ``./data``. Ignored for "synthetic".
+    means ``$FASTCONV_DATA`` if set, else ``./data``. Ignored for the synthetic datasets.
     ``download``: fetch the files that are missing from ``mirrors``, a list of URL prefixes each
     followed by the file's standard compressed name (default :data:`MNIST_MIRRORS` /
     :data:`CIFAR10_MIRRORS`). Files present are never fetched again (a corrupted one is reported
     as below, not replaced: delete it to fetch it again). Progress goes to stderr; when every
     mirror fails, :class:`DownloadError` lists each one's failure.
     ``train_size`` / ``test_size``: keep a random subset of that many images (deterministic by
-    ``seed``) for quick runs. For "synthetic" they are the numbers of images generated (default
-    60000 / 10000) and ``seed`` seeds the generator.
+    ``seed``) for quick runs. For "synthetic" and "synthetic-cifar" they are the numbers of images
+    generated (default 60000 / 10000 and 50000 / 10000, the sizes of MNIST and CIFAR-10) and
+    ``seed`` seeds the generator.
     ``verify``: md5 check of known files, "warn" (default), "strict" (mismatch is an error) or
     "off".
     """
@@ -112,4 +118,7 @@ def load(name: str, data_dir=None, *, download: bool = False, mirrors=None,
     if key in ("synthetic", "syntheticdigits", "synth"):
         return synthetic_digits(60000 if train_size is None else train_size,
                                 10000 if test_size is None else test_size, seed=seed)
+    if key in ("syntheticcifar", "syntheticcifar10"):
+        return synthetic_cifar(50000 if train_size is None else train_size,
+                               10000 if test_size is None else test_size, seed=seed)
     raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(NAMES)}")
