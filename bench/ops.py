@@ -113,6 +113,11 @@ def _make_cases(batch):
         x = torch.randn(shape, generator=g)
         cases.append(Case("max_pool2d", f"{net} {tuple(shape)} k2", [x],
                           lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)))
+    # AlexNet's local response normalization (n = 5, k = 2) on the scaled AlexNet's first activations
+    x = torch.randn(batch, 32, 32, 32, generator=g)
+    cases.append(Case("local_response_norm", f"alexnet {tuple(x.shape)} n5", [x],
+                      lambda x: FF.local_response_norm(x, 5, 1e-4, 0.75, 2.0),
+                      lambda x: F.local_response_norm(x, 5, 1e-4, 0.75, 2.0)))
     # average pooling: a 3x3 stride-2 window with padding (AlexNet / ResNet style) and a global average
     x = torch.randn(batch, 64, 32, 32, generator=g)
     cases.append(Case("avg_pool2d", f"resnet {tuple(x.shape)} k3 s2 p1", [x], lambda x: FF.avg_pool2d(x, 3, 2, 1),

@@ -12,6 +12,7 @@
 #include <c10/util/StringUtil.h>
 
 #include <cstdint>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -452,6 +453,41 @@ inline AvgPoolShape check_adaptive_avg_pool2d(const at::Tensor& input, at::IntAr
   TORCH_CHECK_VALUE(s.h > 0 && s.w > 0 && s.c > 0, "fastconv.", op, ": input must have non-zero C, H and W, got ",
                     backward ? *input_size : input.sizes());
   TORCH_CHECK_VALUE(s.oh >= 1 && s.ow >= 1, "fastconv.", op, ": output size must be positive, got ", s.oh, "x", s.ow);
+  return s;
+}
+
+// ----------------------------------------------------------------------- local_response_norm
+
+// local_response_norm(input, size, alpha, beta, k): input (N, C, *) with at least 3 dimensions; the
+// backward's tensors (grad_output, output, scale) have the input's shape, dtype and device.
+inline LrnShape check_local_response_norm(const at::Tensor& input, int64_t size, double alpha, double beta, double k,
+                                          const char* op = "local_response_norm") {
+  check_floating(input, op, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 3, "fastconv.", op, ": input must have at least 3 dimensions (N, C, *), got shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(size >= 1, "fastconv.", op, ": size must be a positive int, got ", size);
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && std::isfinite(beta) && std::isfinite(k), "fastconv.", op,
+                    ": alpha, beta and k must be finite, got ", alpha, ", ", beta, ", ", k);
+  LrnShape s{};
+  s.n = input.size(0);
+  s.c = input.size(1);
+  s.inner = input.numel() / std::max<int64_t>(1, s.n * s.c);
+  if (s.n * s.c == 0) s.inner = 0;
+  s.size = size; s.alpha = alpha; s.beta = beta; s.k = k;
+  return s;
+}
+
+inline LrnShape check_local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                   const at::Tensor& output, const at::Tensor& scale, int64_t size,
+                                                   double alpha, double beta) {
+  const char* op = "local_response_norm_backward";
+  const LrnShape s = check_local_response_norm(input, size, alpha, beta, 0.0, op);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{grad_output, "grad_output"},
+                                {output, "output"}, {scale, "scale"}}) {
+    check_pair_args(input, "input", t, name, op);
+    TORCH_CHECK_VALUE(t.sizes() == input.sizes(), "fastconv.", op, ": ", name, " ", t.sizes(), " and input ",
+                      input.sizes(), " must have the same shape");
+  }
   return s;
 }
 

@@ -51,6 +51,10 @@ TORCH_LIBRARY(fastconv, m) {
         "int[2] padding, bool ceil_mode, bool count_include_pad, int divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor");
+  // (output, scale): scale = k + alpha * mean of the window's squares, kept for the backward
+  m.def("local_response_norm(Tensor input, int size, float alpha, float beta, float k) -> (Tensor, Tensor)");
+  m.def("local_response_norm_backward(Tensor grad_output, Tensor input, Tensor output, Tensor scale, int size, "
+        "float alpha, float beta) -> Tensor");
   m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
         "float label_smoothing) -> (Tensor, Tensor)");
   m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "

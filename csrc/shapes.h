@@ -78,6 +78,14 @@ constexpr PoolRange avg_pool_cover(int64_t i, int64_t in, int64_t out, int64_t k
   return PoolRange{first, last, 0};
 }
 
+// Local response normalization across channels (torch's definition), input [n, c, inner] (inner: the
+// spatial positions): s[c] = k + alpha * (sum of x[c']^2 over c' in [c - size / 2, c + (size - 1) / 2]
+// within [0, c)) / size, y[c] = x[c] / s[c]^beta.
+struct LrnShape {
+  int64_t n, c, inner, size;
+  double alpha, beta, k;
+};
+
 struct LinearShape {
   int64_t rows, in, out;
 };

@@ -5,7 +5,7 @@
     fastconv.convert(model, inplace=True)         # or convert the model itself
 
 Converted classes (exact types only): torch.nn.Conv2d, Conv1d, ReLU, LeakyReLU, MaxPool2d, AvgPool2d,
-AdaptiveAvgPool2d, Linear, Dropout and CrossEntropyLoss. Each becomes the fastconv.nn class of the same name, built with the same constructor
+AdaptiveAvgPool2d, LocalResponseNorm, Linear, Dropout and CrossEntropyLoss. Each becomes the fastconv.nn class of the same name, built with the same constructor
 arguments and then given the torch layer's whole state: its Parameter and buffer objects, training
 flag, hooks and any attribute set on it. Device and dtype therefore stay what they were, the
 ``state_dict`` keys and values do not change, and outputs and gradients are torch's up to

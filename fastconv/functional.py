@@ -13,7 +13,7 @@ import torch
 from .ops import REDUCTIONS, ops
 
 __all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "avg_pool2d",
-           "adaptive_avg_pool2d", "cross_entropy", "linear",
+           "adaptive_avg_pool2d", "local_response_norm", "cross_entropy", "linear",
            "dropout"]
 
 
@@ -200,6 +200,19 @@ def adaptive_avg_pool2d(input, output_size):
                              f"got {output_size!r}")
     out = _format_like(ops.adaptive_avg_pool2d(x, size), x)
     return out.squeeze(0) if unbatched else out
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalization across channels, as torch.nn.functional.local_response_norm (AlexNet's
+    normalization): input (N, C, *) divided by (k + alpha * the mean of the squares over `size`
+    neighbouring channels) ** beta."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"local_response_norm: size must be a positive int, got {size!r}")
+    if input.dim() < 3:
+        raise ValueError(f"local_response_norm: expected 3 or more dimensions (N, C, *), got {input.dim()}-D "
+                         f"with shape {tuple(input.shape)}")
+    out, _ = ops.local_response_norm(input, size, float(alpha), float(beta), float(k))
+    return _format_like(out, input)
 
 
 def _legacy_reduction(size_average, reduce, reduction):

@@ -69,13 +69,17 @@ def lenet5(layers=fnn, in_shape=(1, 28, 28), num_classes=10):
 
 
 def alexnet(layers=fnn, in_shape=(3, 32, 32), num_classes=10):
-    """AlexNet's shape (Krizhevsky et al., 2012: five convolutions with max-pooling after the 1st,
-    2nd and 5th, then three dense layers with dropout), with channels and kernels scaled for 32x32."""
+    """AlexNet's shape (Krizhevsky et al., 2012: five convolutions, local response normalization after
+    the 1st and 2nd with the paper's k = 2, n = 5, alpha = 1e-4, beta = 0.75, max-pooling after the 1st,
+    2nd and 5th, then three dense layers with dropout in the first two), with channels and kernels
+    scaled for 32x32."""
     c, h, w = in_shape
     flat = 64 * _pooled(h, 3) * _pooled(w, 3)
     return torch.nn.Sequential(
-        layers.Conv2d(c, 32, 5, padding=2), layers.ReLU(), layers.MaxPool2d(2),
-        layers.Conv2d(32, 64, 5, padding=2), layers.ReLU(), layers.MaxPool2d(2),
+        layers.Conv2d(c, 32, 5, padding=2), layers.ReLU(), layers.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+        layers.MaxPool2d(2),
+        layers.Conv2d(32, 64, 5, padding=2), layers.ReLU(), layers.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+        layers.MaxPool2d(2),
         layers.Conv2d(64, 96, 3, padding=1), layers.ReLU(),
         layers.Conv2d(96, 96, 3, padding=1), layers.ReLU(),
         layers.Conv2d(96, 64, 3, padding=1), layers.ReLU(), layers.MaxPool2d(2),

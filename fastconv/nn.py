@@ -17,7 +17,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
+__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "LocalResponseNorm", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
 
 
 def _zeros_padding_only(layer):
@@ -90,6 +90,13 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 
     def forward(self, input):
         return F.adaptive_avg_pool2d(input, self.output_size)
+
+
+class LocalResponseNorm(torch.nn.LocalResponseNorm):
+    fastconv_op = "local_response_norm"
+
+    def forward(self, input):
+        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

@@ -254,6 +254,40 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
 
 torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)
 
+# ---------------------------------------------------------------- local_response_norm
+
+@torch.library.register_fake("fastconv::local_response_norm")
+def _local_response_norm_fake(input, size, alpha, beta, k):
+    return (torch.empty_like(input, memory_format=torch.contiguous_format),
+            torch.empty_like(input, memory_format=torch.contiguous_format))
+
+
+@torch.library.register_fake("fastconv::local_response_norm_backward")
+def _local_response_norm_backward_fake(grad_output, input, output, scale, size, alpha, beta):
+    _same_device("local_response_norm_backward", grad_output=grad_output, input=input, output=output, scale=scale)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _local_response_norm_setup(ctx, inputs, output):
+    input, size, alpha, beta, _k = inputs
+    out, scale = output
+    ctx.window = (size, alpha, beta)
+    ctx.mark_non_differentiable(scale)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, out, scale)
+
+
+def _local_response_norm_backward(ctx, grad, _grad_scale):
+    if grad is None:
+        return (None,) * 5
+    input, out, scale = ctx.saved_tensors
+    return ops.local_response_norm_backward(grad, input, out, scale, *ctx.window), None, None, None, None
+
+
+torch.library.register_autograd("fastconv::local_response_norm", _local_response_norm_backward,
+                                setup_context=_local_response_norm_setup)
+
+
 # ---------------------------------------------------------------- avg_pool2d, adaptive_avg_pool2d
 # The backward of each is linear in grad_output and its adjoint is the forward pooling: the backward
 # op's own gradient is the forward op applied to the incoming gradient, so double backward works.
@@ -472,6 +506,7 @@ def _no_double_backward(op):
 
 torch.library.register_autograd("fastconv::max_pool2d_backward", _no_double_backward("max_pool2d"))
 torch.library.register_autograd("fastconv::cross_entropy_backward", _no_double_backward("cross_entropy"))
+torch.library.register_autograd("fastconv::local_response_norm_backward", _no_double_backward("local_response_norm"))
 
 
 # ---------------------------------------------------------------- autocast

@@ -599,6 +599,36 @@ def test_fuzz_avg_pool2d(backend, fuzz_stats, case):
     _run(check_avg_pool2d, backend, case, fuzz_stats)
 
 
+# ------------------------------------------------------------------ local_response_norm
+
+@st.composite
+def local_response_norm_cases(draw):
+    dims = draw(st.integers(3, 5))
+    shape = (draw(st.integers(0, 3)), draw(st.integers(1, 9)), *[draw(st.integers(1, 6)) for _ in range(dims - 2)])
+    return dict(shape=shape, size=draw(st.integers(1, 7)), alpha=draw(st.sampled_from([1e-4, 0.1, 1.0])),
+                beta=draw(st.sampled_from([0.75, 0.5, 1.3])), k=draw(st.sampled_from([1.0, 2.0, 0.5])),
+                dtype=draw(_dtypes), x_layout=draw(st.sampled_from(layouts(len(shape)))),
+                g_layout=draw(st.sampled_from(layouts(len(shape)))), seed=draw(_seeds))
+
+
+def check_local_response_norm(backend, shape, size, alpha, beta, k, dtype, x_layout, g_layout, seed):
+    dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
+    with _on(backend) as device:
+        x = _tensor(_randn(gen, dtype), shape, x_layout, device)
+        ref = _torch_or_reject(lambda: F.local_response_norm(x, size, alpha, beta, k))  # torch: no 5-D views
+        out = FF.local_response_norm(x, size, alpha, beta, k)
+        assert out.shape == ref.shape and out.dtype == ref.dtype, (tuple(out.shape), tuple(ref.shape))
+        torch.testing.assert_close(out, ref, **tol(dtype, size), msg=lambda m: f"forward: {m}")
+        g = _tensor(_randn(gen, dtype), ref.shape, g_layout, device, requires_grad=False)
+        _compare_grads(out, ref, [x], ["input"], g, [tol(dtype, 4 * size)])
+
+
+@fuzz
+@given(case=local_response_norm_cases())
+def test_fuzz_local_response_norm(backend, fuzz_stats, case):
+    _run(check_local_response_norm, backend, case, fuzz_stats)
+
+
 # ------------------------------------------------------------------ leaky_relu
 
 @st.composite

@@ -166,6 +166,34 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntAr
                            grad_output, "adaptive_avg_pool2d_backward");
 }
 
+std::tuple<at::Tensor, at::Tensor> local_response_norm(const at::Tensor& input, int64_t size, double alpha,
+                                                       double beta, double k) {
+  const LrnShape s = check_local_response_norm(input, size, alpha, beta, k);
+  const at::Tensor x = input.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options()), scale = at::empty(x.sizes(), x.options());
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(x, "input"), buf(y, "output"), buf(scale, "scale"));
+  check_launch(kernels::lrn_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), scale.mutable_data_ptr(), s,
+                                    stream_of(x)),
+               "local_response_norm");
+  return {y, scale};
+}
+
+at::Tensor local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                        const at::Tensor& output, const at::Tensor& scale, int64_t size, double alpha,
+                                        double beta) {
+  const LrnShape s = check_local_response_norm_backward(grad_output, input, output, scale, size, alpha, beta);
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), y = output.contiguous(),
+                   sc = scale.contiguous();
+  at::Tensor dx = at::empty(x.sizes(), x.options());
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(y, "output"), buf(sc, "scale"), buf(dx, "grad_input"));
+  check_launch(kernels::lrn_backward(dtype_of(x), dy.const_data_ptr(), x.const_data_ptr(), y.const_data_ptr(),
+                                     sc.const_data_ptr(), dx.mutable_data_ptr(), s, stream_of(x)),
+               "local_response_norm_backward");
+  return dx;
+}
+
 at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
   check_dropout(input, p, seed);
   const at::Tensor x = input.contiguous(), s = seed.contiguous();
@@ -398,6 +426,8 @@ TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
   m.impl("relu_backward", &fastconv::cuda::relu_backward);
   m.impl("leaky_relu", &fastconv::cuda::leaky_relu);
   m.impl("leaky_relu_backward", &fastconv::cuda::leaky_relu_backward);
+  m.impl("local_response_norm", &fastconv::cuda::local_response_norm);
+  m.impl("local_response_norm_backward", &fastconv::cuda::local_response_norm_backward);
   m.impl("avg_pool2d", &fastconv::cuda::avg_pool2d);
   m.impl("avg_pool2d_backward", &fastconv::cuda::avg_pool2d_backward);
   m.impl("adaptive_avg_pool2d", &fastconv::cuda::adaptive_avg_pool2d);

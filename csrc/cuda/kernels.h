@@ -62,6 +62,12 @@ int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& 
 // their divisors, in output order (deterministic, no atomics).
 int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, Stream stream);
 
+// Local response normalization across channels: y and scale (k + alpha * the window's mean square).
+int lrn_forward(DType dtype, const void* x, void* y, void* scale, const LrnShape& g, Stream stream);
+// Its backward from the forward's input, output and scale.
+int lrn_backward(DType dtype, const void* dy, const void* x, const void* y, const void* scale, void* dx,
+                 const LrnShape& g, Stream stream);
+
 // Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = conv(x, w) + bias, then ReLU if `relu`
 // (the pre-activation is never written). bias may be null. Every GEMM launcher takes `tf32`: float32
 // operands are then rounded to tf32 and multiplied on tensor cores (float16 / bfloat16 always are).

@@ -47,6 +47,11 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef in
                                at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                int64_t divisor_override);
 at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size);
+std::tuple<at::Tensor, at::Tensor> local_response_norm(const at::Tensor& input, int64_t size, double alpha, double beta,
+                                                       double k);
+at::Tensor local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                        const at::Tensor& output, const at::Tensor& scale, int64_t size, double alpha,
+                                        double beta);
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size);
 std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                                               at::IntArrayRef stride, at::IntArrayRef padding,
