@@ -104,7 +104,7 @@ def test_ops_without_matplotlib_and_tqdm(tmp_path, run_bare):
     results = json.loads((tmp_path / "ops.json").read_text())
     assert {r["op"] for r in results["ops"]} == {"relu", "leaky_relu"}  # --only: names containing "relu"
     assert not (tmp_path / "ops.png").exists()
-    assert "ops: 1/2 case (50%)" in proc.stderr and "ETA" in proc.stderr
+    assert "ops: 1/3 case (33%)" in proc.stderr and "ETA" in proc.stderr
 
 
 def test_grid_without_matplotlib_and_tqdm(tmp_path, run_bare):
