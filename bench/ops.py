@@ -113,6 +113,12 @@ def _make_cases(batch):
         x = torch.randn(shape, generator=g)
         cases.append(Case("max_pool2d", f"{net} {tuple(shape)} k2", [x],
                           lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)))
+    # batch normalization in training (a ResNet / airbench block's activations)
+    x = torch.randn(batch, 64, 32, 32, generator=g)
+    w, b = torch.rand(64, generator=g) + 0.5, torch.randn(64, generator=g)
+    cases.append(Case("batch_norm", f"resnet {tuple(x.shape)} train", [x, w, b],
+                      lambda x, w, b: FF.batch_norm(x, None, None, w, b, training=True),
+                      lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)))
     # AlexNet's local response normalization (n = 5, k = 2) on the scaled AlexNet's first activations
     x = torch.randn(batch, 32, 32, 32, generator=g)
     cases.append(Case("local_response_norm", f"alexnet {tuple(x.shape)} n5", [x],

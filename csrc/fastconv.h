@@ -456,6 +456,92 @@ inline AvgPoolShape check_adaptive_avg_pool2d(const at::Tensor& input, at::IntAr
   return s;
 }
 
+// ----------------------------------------------------------------------------- batch_norm
+
+// batch_norm(input, weight, bias, running_mean, running_var, training, eps): input (N, C, *); the
+// optional per-channel tensors of size C, the input's dtype and device; the running statistics both or
+// neither, needed when not training; more than one value per channel when training.
+inline BatchNormShape check_batch_norm(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& running_mean,
+                                       const std::optional<at::Tensor>& running_var, bool training, double eps) {
+  const char* op = "batch_norm";
+  check_floating(input, op, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 2, "fastconv.batch_norm: input must have at least 2 dimensions (N, C, *), got shape ",
+                    input.sizes());
+  BatchNormShape s{};
+  s.n = input.size(0);
+  s.c = input.size(1);
+  s.inner = s.n * s.c == 0 ? 0 : input.numel() / (s.n * s.c);
+  s.eps = eps;
+  s.training = training;
+  auto per_channel = [&](const std::optional<at::Tensor>& t, const char* name) {
+    if (!t || !t->defined()) return false;
+    check_pair_args(input, "input", *t, name, op);
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == s.c, "fastconv.batch_norm: ", name, " must have one value per "
+                      "channel (", s.c, "), got shape ", t->sizes());
+    return true;
+  };
+  s.has_weight = per_channel(weight, "weight");
+  s.has_bias = per_channel(bias, "bias");
+  const bool has_mean = per_channel(running_mean, "running_mean"), has_var = per_channel(running_var, "running_var");
+  TORCH_CHECK_VALUE(has_mean == has_var, "fastconv.batch_norm: running_mean and running_var must both be given or "
+                    "both be None");
+  TORCH_CHECK_VALUE(training || has_mean, "fastconv.batch_norm: running_mean and running_var are needed when not "
+                    "training");
+  TORCH_CHECK_VALUE(!training || s.count() > 1 || input.numel() == 0, "fastconv.batch_norm: expected more than 1 "
+                    "value per channel when training, got input of shape ", input.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "fastconv.batch_norm: eps must be finite and >= 0, got ", eps);
+  return s;
+}
+
+// batch_norm_backward(grad_output, input, weight, mean, invstd, training): mean and invstd are the
+// forward's (batch statistics when training, the running ones otherwise).
+inline BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                const std::optional<at::Tensor>& weight, const at::Tensor& mean,
+                                                const at::Tensor& invstd, bool training) {
+  const char* op = "batch_norm_backward";
+  check_pair_args(input, "input", grad_output, "grad_output", op);
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "fastconv.", op, ": grad_output ", grad_output.sizes(),
+                    " and input ", input.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(input.dim() >= 2, "fastconv.", op, ": input must have at least 2 dimensions, got shape ",
+                    input.sizes());
+  BatchNormShape s{};
+  s.n = input.size(0);
+  s.c = input.size(1);
+  s.inner = s.n * s.c == 0 ? 0 : input.numel() / (s.n * s.c);
+  s.training = training;
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{mean, "mean"}, {invstd, "invstd"}}) {
+    check_pair_args(input, "input", t, name, op);
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == s.c, "fastconv.", op, ": ", name, " must have one value per channel (",
+                      s.c, "), got shape ", t.sizes());
+  }
+  if (weight && weight->defined()) {
+    check_pair_args(input, "input", *weight, "weight", op);
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == s.c, "fastconv.", op, ": weight must have one value per "
+                      "channel (", s.c, "), got shape ", weight->sizes());
+    s.has_weight = true;
+  }
+  return s;
+}
+
+// batch_norm_update_stats(running_mean, running_var, mean, var, momentum): four tensors of C values.
+inline int64_t check_batch_norm_update_stats(const at::Tensor& running_mean, const at::Tensor& running_var,
+                                             const at::Tensor& mean, const at::Tensor& var, double momentum) {
+  const char* op = "batch_norm_update_stats";
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{running_var, "running_var"}, {mean, "mean"},
+                                {var, "var"}}) {
+    check_pair_args(running_mean, "running_mean", t, name, op);
+    TORCH_CHECK_VALUE(t.sizes() == running_mean.sizes() && t.dim() == 1, "fastconv.", op, ": ", name, " ", t.sizes(),
+                      " and running_mean ", running_mean.sizes(), " must be the same 1-D shape");
+  }
+  TORCH_CHECK_VALUE(running_mean.dim() == 1, "fastconv.", op, ": running_mean must be 1-D, got ", running_mean.sizes());
+  TORCH_CHECK_VALUE(running_mean.is_contiguous() && running_var.is_contiguous(), "fastconv.", op,
+                    ": running_mean and running_var must be contiguous (they are updated in place)");
+  TORCH_CHECK_VALUE(std::isfinite(momentum), "fastconv.", op, ": momentum must be finite, got ", momentum);
+  return running_mean.size(0);
+}
+
 // ----------------------------------------------------------------------- local_response_norm
 
 // local_response_norm(input, size, alpha, beta, k): input (N, C, *) with at least 3 dimensions; the

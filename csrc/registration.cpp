@@ -51,6 +51,15 @@ TORCH_LIBRARY(fastconv, m) {
         "int[2] padding, bool ceil_mode, bool count_include_pad, int divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor");
+  // (output, mean, invstd, var): the statistics used (the batch's when training, else the running ones);
+  // var is the unbiased batch variance that the running statistics take when training
+  m.def("batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+        "bool training, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, Tensor invstd, "
+        "bool training) -> (Tensor, Tensor, Tensor)");
+  // running = (1 - momentum) * running + momentum * batch, in place
+  m.def("batch_norm_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+        "float momentum) -> ()");
   // (output, scale): scale = k + alpha * mean of the window's squares, kept for the backward
   m.def("local_response_norm(Tensor input, int size, float alpha, float beta, float k) -> (Tensor, Tensor)");
   m.def("local_response_norm_backward(Tensor grad_output, Tensor input, Tensor output, Tensor scale, int size, "

@@ -86,6 +86,14 @@ struct LrnShape {
   double alpha, beta, k;
 };
 
+// Batch normalization per channel over the batch and every other dimension: input [n, c, inner].
+struct BatchNormShape {
+  int64_t n, c, inner;
+  double eps;
+  bool training, has_weight, has_bias;
+  constexpr int64_t count() const { return n * inner; }  // values per channel (constexpr: CUDA calls it too)
+};
+
 struct LinearShape {
   int64_t rows, in, out;
 };

@@ -5,7 +5,7 @@
     fastconv.convert(model, inplace=True)         # or convert the model itself
 
 Converted classes (exact types only): torch.nn.Conv2d, Conv1d, ReLU, LeakyReLU, MaxPool2d, AvgPool2d,
-AdaptiveAvgPool2d, LocalResponseNorm, Linear, Dropout and CrossEntropyLoss. Each becomes the fastconv.nn class of the same name, built with the same constructor
+AdaptiveAvgPool2d, LocalResponseNorm, BatchNorm2d, Linear, Dropout and CrossEntropyLoss. Each becomes the fastconv.nn class of the same name, built with the same constructor
 arguments and then given the torch layer's whole state: its Parameter and buffer objects, training
 flag, hooks and any attribute set on it. Device and dtype therefore stay what they were, the
 ``state_dict`` keys and values do not change, and outputs and gradients are torch's up to
@@ -87,8 +87,8 @@ def _unsupported(layer, op):
         return f"padding_mode={layer.padding_mode!r} (fastconv pads with zeros only)"
     tensors = [t for t in list(layer.parameters(recurse=False)) + list(layer.buffers(recurse=False))
                if t is not None]
-    for t in tensors:
-        if t.dtype not in _DTYPES:
+    for t in tensors:  # (integer buffers are counters, such as BatchNorm's num_batches_tracked)
+        if (t.is_floating_point() or t.is_complex()) and t.dtype not in _DTYPES:
             return f"dtype {t.dtype} (fastconv computes in float16, bfloat16, float32 and float64)"
     for t in tensors:
         if not _has_kernels(op, t.device):

@@ -13,7 +13,7 @@ import torch
 from .ops import REDUCTIONS, ops
 
 __all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "avg_pool2d",
-           "adaptive_avg_pool2d", "local_response_norm", "cross_entropy", "linear",
+           "adaptive_avg_pool2d", "local_response_norm", "batch_norm", "cross_entropy", "linear",
            "dropout"]
 
 
@@ -200,6 +200,23 @@ def adaptive_avg_pool2d(input, output_size):
                              f"got {output_size!r}")
     out = _format_like(ops.adaptive_avg_pool2d(x, size), x)
     return out.squeeze(0) if unbatched else out
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalization, as torch.nn.functional.batch_norm: when training, the batch's statistics
+    normalise the input and running_mean / running_var (if given) are updated in place,
+    running = (1 - momentum) * running + momentum * batch (the unbiased variance); otherwise the running
+    statistics normalise it. For momentum=None (a cumulative average) use fastconv.nn.BatchNorm2d,
+    which counts the batches."""
+    if momentum is None:
+        raise ValueError("batch_norm: momentum=None (a cumulative average) needs the number of batches seen; "
+                         "fastconv.nn.BatchNorm2d(momentum=None) keeps it, or pass 1 / batches yourself")
+    out, mean, _invstd, var = ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
+                                             float(eps))
+    if training and running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            ops.batch_norm_update_stats(running_mean, running_var, mean, var, float(momentum))
+    return _format_like(out, input)
 
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):

@@ -17,7 +17,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "LocalResponseNorm", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
+__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "LocalResponseNorm", "BatchNorm2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
 
 
 def _zeros_padding_only(layer):
@@ -90,6 +90,26 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 
     def forward(self, input):
         return F.adaptive_avg_pool2d(input, self.output_size)
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d on fastconv's kernels: the same constructor, parameters, buffers
+    (running_mean, running_var, num_batches_tracked) and state_dict keys, and torch's rules for which
+    statistics are used and how the running ones follow (momentum, or the cumulative average for
+    momentum=None; no running statistics with track_running_stats=False)."""
+    fastconv_op = "batch_norm"
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # batch statistics when training, or when there are no running ones to use
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
+                            self.weight, self.bias, batch_stats, factor, self.eps)
 
 
 class LocalResponseNorm(torch.nn.LocalResponseNorm):

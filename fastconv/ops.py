@@ -254,6 +254,52 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
 
 torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)
 
+# ---------------------------------------------------------------- batch_norm
+
+@torch.library.register_fake("fastconv::batch_norm")
+def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, eps):
+    _same_device("batch_norm", input=input, weight=weight, bias=bias, running_mean=running_mean,
+                 running_var=running_var)
+    c = input.shape[1]
+    return (torch.empty_like(input, memory_format=torch.contiguous_format), input.new_empty((c,)),
+            input.new_empty((c,)), input.new_empty((c,)))
+
+
+@torch.library.register_fake("fastconv::batch_norm_backward")
+def _batch_norm_backward_fake(grad_output, input, weight, mean, invstd, training):
+    _same_device("batch_norm_backward", grad_output=grad_output, input=input, weight=weight, mean=mean, invstd=invstd)
+    c = input.shape[1]
+    return torch.empty_like(input, memory_format=torch.contiguous_format), input.new_empty((c,)), input.new_empty((c,))
+
+
+@torch.library.register_fake("fastconv::batch_norm_update_stats")
+def _batch_norm_update_stats_fake(running_mean, running_var, mean, var, momentum):
+    _same_device("batch_norm_update_stats", running_mean=running_mean, running_var=running_var, mean=mean, var=var)
+
+
+def _batch_norm_setup(ctx, inputs, output):
+    input, weight, bias, _running_mean, _running_var, training, _eps = inputs
+    _out, mean, invstd, var = output
+    ctx.training = training
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    ctx.mark_non_differentiable(mean, invstd, var)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, weight, mean, invstd)
+
+
+def _batch_norm_backward(ctx, grad, _g_mean, _g_invstd, _g_var):
+    if grad is None:
+        return (None,) * 7
+    input, weight, mean, invstd = ctx.saved_tensors
+    grad_input, grad_weight, grad_bias = ops.batch_norm_backward(grad, input, weight, mean, invstd, ctx.training)
+    return (grad_input if ctx.needs_input_grad[0] else None,
+            grad_weight if ctx.has_weight and ctx.needs_input_grad[1] else None,
+            grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None, None, None, None, None)
+
+
+torch.library.register_autograd("fastconv::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup)
+
+
 # ---------------------------------------------------------------- local_response_norm
 
 @torch.library.register_fake("fastconv::local_response_norm")
@@ -507,6 +553,7 @@ def _no_double_backward(op):
 torch.library.register_autograd("fastconv::max_pool2d_backward", _no_double_backward("max_pool2d"))
 torch.library.register_autograd("fastconv::cross_entropy_backward", _no_double_backward("cross_entropy"))
 torch.library.register_autograd("fastconv::local_response_norm_backward", _no_double_backward("local_response_norm"))
+torch.library.register_autograd("fastconv::batch_norm_backward", _no_double_backward("batch_norm"))
 
 
 # ---------------------------------------------------------------- autocast

@@ -89,7 +89,7 @@ def test_every_supported_layer_becomes_fastconv():
         if is_fastconv(m):
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     # the ReLU of each Block is one module used twice: converted once
-    assert counts == {"Conv2d": 5, "Conv1d": 1, "ReLU": 4, "MaxPool2d": 2, "Dropout": 1, "Linear": 1,
+    assert counts == {"Conv2d": 5, "Conv1d": 1, "ReLU": 4, "MaxPool2d": 2, "Dropout": 1, "Linear": 1, "BatchNorm2d": 1,
                       "CrossEntropyLoss": 1}
 
 

@@ -471,6 +471,7 @@ OPS = {
     "leaky_relu": (lambda L: (_specials(r(4, 6)),) if L == "contiguous" else (r(6, 4).t(),),
                    lambda x: FF.leaky_relu(x, 0.2)),
     "max_pool2d": (lambda L: _conv_inputs(L)[:1], lambda x: FF.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
+    "batch_norm": (lambda L: _conv_inputs(L)[:1], lambda x: FF.batch_norm(x, None, None, training=True)),
     "local_response_norm": (lambda L: _conv_inputs(L)[:1], lambda x: FF.local_response_norm(x, 3, 0.1, 0.75, 2.0)),
     "avg_pool2d": (lambda L: _conv_inputs(L)[:1], lambda x: FF.avg_pool2d(x, 3, 2, 1, ceil_mode=True)),
     "adaptive_avg_pool2d": (lambda L: _conv_inputs(L)[:1], lambda x: FF.adaptive_avg_pool2d(x, (3, 2))),
@@ -479,7 +480,8 @@ OPS = {
                       lambda x, target, w: FF.cross_entropy(x, target, weight=w, label_smoothing=0.1)),
     "dropout": (lambda L: (r(5, 8) if L == "contiguous" else r(8, 5).t(),), lambda x: FF.dropout(x, 0.5)),
 }
-IMAGE_OPS = ("conv2d", "conv2d_fused_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm")
+IMAGE_OPS = ("conv2d", "conv2d_fused_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
+             "batch_norm")
 
 
 @pytest.mark.parametrize("op, layout", [(op, layout) for op in OPS

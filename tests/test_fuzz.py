@@ -599,6 +599,49 @@ def test_fuzz_avg_pool2d(backend, fuzz_stats, case):
     _run(check_avg_pool2d, backend, case, fuzz_stats)
 
 
+# ------------------------------------------------------------------ batch_norm
+
+@st.composite
+def batch_norm_cases(draw):
+    dims = draw(st.integers(2, 5))
+    shape = (draw(st.integers(2, 4)), draw(st.integers(1, 6)), *[draw(st.integers(1, 6)) for _ in range(dims - 2)])
+    training = draw(st.booleans())
+    return dict(shape=shape, training=training, affine=draw(st.booleans()),
+                running=draw(st.booleans()) if training else True, momentum=draw(st.sampled_from([0.1, 0.5, 1.0])),
+                eps=draw(st.sampled_from([1e-5, 1e-3])), dtype=draw(_dtypes),
+                x_layout=draw(st.sampled_from(layouts(len(shape)))),
+                g_layout=draw(st.sampled_from(layouts(len(shape)))), seed=draw(_seeds))
+
+
+def check_batch_norm(backend, shape, training, affine, running, momentum, eps, dtype, x_layout, g_layout, seed):
+    dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
+    with _on(backend) as device:
+        x = _tensor(_randn(gen, dtype), shape, x_layout, device)
+        c = shape[1]
+        w = torch.randn(c, generator=gen, dtype=dtype).to(device).requires_grad_() if affine else None
+        b = torch.randn(c, generator=gen, dtype=dtype).to(device).requires_grad_() if affine else None
+        rm = torch.randn(c, generator=gen, dtype=dtype).to(device) if running else None
+        rv = (torch.rand(c, generator=gen, dtype=dtype) + 0.5).to(device) if running else None
+        rm2, rv2 = (rm.clone(), rv.clone()) if running else (None, None)
+        ref = _torch_or_reject(lambda: F.batch_norm(x, rm2, rv2, w, b, training, momentum, eps))
+        out = FF.batch_norm(x, rm, rv, w, b, training, momentum, eps)
+        terms = math.prod(shape) // c
+        torch.testing.assert_close(out, ref, **tol(dtype, terms), msg=lambda m: f"forward: {m}")
+        if running:
+            torch.testing.assert_close(rm, rm2, **tol(dtype, terms), msg=lambda m: f"running_mean: {m}")
+            torch.testing.assert_close(rv, rv2, **tol(dtype, terms), msg=lambda m: f"running_var: {m}")
+        g = _tensor(_randn(gen, dtype), ref.shape, g_layout, device, requires_grad=False)
+        leaves = [x] + ([w, b] if affine else [])
+        _compare_grads(out, ref, leaves, ["input", "weight", "bias"][:len(leaves)], g,
+                       [tol(dtype, 4 * terms)] * len(leaves))
+
+
+@fuzz
+@given(case=batch_norm_cases())
+def test_fuzz_batch_norm(backend, fuzz_stats, case):
+    _run(check_batch_norm, backend, case, fuzz_stats)
+
+
 # ------------------------------------------------------------------ local_response_norm
 
 @st.composite

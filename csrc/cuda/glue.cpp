@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -164,6 +165,65 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size) {
   return avg_pool_backward(check_adaptive_avg_pool2d(grad_output, {}, "adaptive_avg_pool2d_backward", input_size),
                            grad_output, "adaptive_avg_pool2d_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps) {
+  const BatchNormShape s = check_batch_norm(input, weight, bias, running_mean, running_var, training, eps);
+  const at::Tensor x = input.contiguous(), w = contiguous_or_none(weight), b = contiguous_or_none(bias),
+                   rm = contiguous_or_none(running_mean), rv = contiguous_or_none(running_var);
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor mean = at::empty({s.c}, x.options()), invstd = at::empty({s.c}, x.options()),
+             var = at::empty({s.c}, x.options());
+  if (s.training && s.count() == 0) {  // no values: statistics undefined, nothing to normalise
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    invstd.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {y, mean, invstd, var};
+  }
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(rm, "running_mean"), buf(rv, "running_var"),
+             buf(y, "output"), buf(mean, "mean"), buf(invstd, "invstd"), buf(var, "var"));
+  check_launch(kernels::batch_norm_forward(dtype_of(x), x.const_data_ptr(), ptr_or_null(w), ptr_or_null(b),
+                                           ptr_or_null(rm), ptr_or_null(rv), y.mutable_data_ptr(),
+                                           mean.mutable_data_ptr(), invstd.mutable_data_ptr(), var.mutable_data_ptr(),
+                                           s, stream_of(x)),
+               "batch_norm");
+  return {y, mean, invstd, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input,
+                                                                   const std::optional<at::Tensor>& weight,
+                                                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                                                   bool training) {
+  const BatchNormShape s = check_batch_norm_backward(grad_output, input, weight, mean, invstd, training);
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = contiguous_or_none(weight),
+                   mu = mean.contiguous(), is = invstd.contiguous();
+  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor dw = at::zeros({s.c}, x.options()), db = at::zeros({s.c}, x.options());
+  DeviceGuard guard(x.device());
+  FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(w, "weight"), buf(mu, "mean"), buf(is, "invstd"),
+             buf(dx, "grad_input"), buf(dw, "grad_weight"), buf(db, "grad_bias"));
+  check_launch(kernels::batch_norm_backward(dtype_of(x), dy.const_data_ptr(), x.const_data_ptr(), ptr_or_null(w),
+                                            mu.const_data_ptr(), is.const_data_ptr(), dx.mutable_data_ptr(),
+                                            dw.mutable_data_ptr(), db.mutable_data_ptr(), s, stream_of(x)),
+               "batch_norm_backward");
+  return {dx, dw, db};
+}
+
+void batch_norm_update_stats(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                             const at::Tensor& var, double momentum) {
+  const int64_t C = check_batch_norm_update_stats(running_mean, running_var, mean, var, momentum);
+  const at::Tensor m = mean.contiguous(), v = var.contiguous();
+  DeviceGuard guard(running_mean.device());
+  FC_BUFFERS(buf(running_mean, "running_mean"), buf(running_var, "running_var"), buf(m, "mean"), buf(v, "var"));
+  check_launch(kernels::batch_norm_update_stats(dtype_of(m), running_mean.mutable_data_ptr(),
+                                                running_var.mutable_data_ptr(), m.const_data_ptr(), v.const_data_ptr(),
+                                                C, momentum, stream_of(m)),
+               "batch_norm_update_stats");
 }
 
 std::tuple<at::Tensor, at::Tensor> local_response_norm(const at::Tensor& input, int64_t size, double alpha,
@@ -426,6 +486,9 @@ TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
   m.impl("relu_backward", &fastconv::cuda::relu_backward);
   m.impl("leaky_relu", &fastconv::cuda::leaky_relu);
   m.impl("leaky_relu_backward", &fastconv::cuda::leaky_relu_backward);
+  m.impl("batch_norm", &fastconv::cuda::batch_norm);
+  m.impl("batch_norm_backward", &fastconv::cuda::batch_norm_backward);
+  m.impl("batch_norm_update_stats", &fastconv::cuda::batch_norm_update_stats);
   m.impl("local_response_norm", &fastconv::cuda::local_response_norm);
   m.impl("local_response_norm_backward", &fastconv::cuda::local_response_norm_backward);
   m.impl("avg_pool2d", &fastconv::cuda::avg_pool2d);

@@ -62,6 +62,17 @@ int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& 
 // their divisors, in output order (deterministic, no atomics).
 int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, Stream stream);
 
+// Batch normalization: the statistics (batch or running, csrc/shapes.h BatchNormShape) into mean,
+// invstd and var (unbiased when training), then y. w, b, rm, rv may be null where absent.
+int batch_norm_forward(DType dtype, const void* x, const void* w, const void* b, const void* rm, const void* rv,
+                       void* y, void* mean, void* invstd, void* var, const BatchNormShape& g, Stream stream);
+// Its backward: dweight, dbias (per-channel sums) and dx. w may be null.
+int batch_norm_backward(DType dtype, const void* dy, const void* x, const void* w, const void* mean,
+                        const void* invstd, void* dx, void* dw, void* db, const BatchNormShape& g, Stream stream);
+// running = (1 - momentum) running + momentum batch, in place, for `channels` values.
+int batch_norm_update_stats(DType dtype, void* rm, void* rv, const void* mean, const void* var, int64_t channels,
+                            double momentum, Stream stream);
+
 // Local response normalization across channels: y and scale (k + alpha * the window's mean square).
 int lrn_forward(DType dtype, const void* x, void* y, void* scale, const LrnShape& g, Stream stream);
 // Its backward from the forward's input, output and scale.

@@ -47,6 +47,17 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef in
                                at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                int64_t divisor_override);
 at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input,
+                                                                   const std::optional<at::Tensor>& weight,
+                                                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                                                   bool training);
+void batch_norm_update_stats(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                             const at::Tensor& var, double momentum);
 std::tuple<at::Tensor, at::Tensor> local_response_norm(const at::Tensor& input, int64_t size, double alpha, double beta,
                                                        double k);
 at::Tensor local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
