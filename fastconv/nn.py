@@ -17,7 +17,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "LocalResponseNorm", "BatchNorm2d", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
+__all__ = ["Conv2d", "Conv1d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "LocalResponseNorm", "BatchNorm2d", "fold_batch_norm", "Linear", "Dropout", "CrossEntropyLoss", "fuse_conv_relu"]
 
 
 def _zeros_padding_only(layer):
@@ -186,3 +186,38 @@ def fuse_conv_relu(model: torch.nn.Module) -> torch.nn.Module:
                     conv.fused_pool = pool
                     module._modules[names[i + 2]] = torch.nn.Identity()
     return model
+
+
+def fold_batch_norm(model):
+    """Folds, for inference, every BatchNorm2d that directly follows a Conv2d in an nn.Sequential (torch.nn
+    or fastconv.nn layers) into that convolution: per output channel o, with s = gamma / sqrt(var + eps)
+    from the running statistics, weight[o] *= s and bias[o] = (bias[o] - mean) * s + beta (a bias is added
+    where the convolution had none). The BatchNorm becomes an nn.Identity, so its state_dict entries go.
+    The model must be in eval mode (training would use batch statistics). Returns the model."""
+    if model.training:
+        raise RuntimeError("fold_batch_norm: the model is in training mode; call model.eval() first (the fold "
+                           "uses the running statistics, which only inference uses)")
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError(f"fold_batch_norm: {second!r} has no running statistics (track_running_stats=False)")
+            with torch.no_grad():
+                scale = (bn.running_var + bn.eps).rsqrt()
+                if bn.weight is not None:
+                    scale = scale * bn.weight
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                new_bias = (bias - bn.running_mean) * scale + (bn.bias if bn.bias is not None else 0)
+                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+                if conv.bias is None:
+                    conv.bias = torch.nn.Parameter(new_bias)
+                else:
+                    conv.bias.copy_(new_bias)
+            module._modules[second] = torch.nn.Identity()
+    return model
+
