@@ -521,20 +521,24 @@ def relu_cases(draw):
                 g_layout=draw(st.sampled_from(layouts(len(shape)))), seed=draw(_seeds))
 
 
-def check_relu(backend, shape, specials, dtype, x_layout, g_layout, seed):
-    dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
-
+def _kinked_sample(gen, dtype, specials):
+    """A sampler of |x| > 1e-3 values (gradients compared away from the kink at 0), with NaN, +-inf and +-0
+    at random places when `specials`."""
     def sample(s):
         v = torch.randn(s, generator=gen, dtype=dtype)
-        v = torch.where(v < 0, v - 1e-3, v + 1e-3)  # |x| > 1e-3: the gradient is compared away from the kink
-        if specials:  # NaN, +-inf and +-0 at random places
+        v = torch.where(v < 0, v - 1e-3, v + 1e-3)
+        if specials:
             pick = torch.randint(0, 4 * len(_SPECIALS), s, generator=gen)
             for i, value in enumerate(_SPECIALS):
                 v[pick == i] = value
         return v
+    return sample
 
+
+def check_relu(backend, shape, specials, dtype, x_layout, g_layout, seed):
+    dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
     with _on(backend) as device:
-        x = _tensor(sample, shape, x_layout, device)
+        x = _tensor(_kinked_sample(gen, dtype, specials), shape, x_layout, device)
         ref = F.relu(x)
         out = FF.relu(x)
         assert out.shape == ref.shape and out.dtype == ref.dtype, (tuple(out.shape), tuple(ref.shape), out.dtype)
@@ -683,18 +687,8 @@ def leaky_relu_cases(draw):
 
 def check_leaky_relu(backend, shape, specials, dtype, x_layout, g_layout, seed, slope):
     dtype, gen = _dtype(dtype), torch.Generator().manual_seed(seed)
-
-    def sample(s):
-        v = torch.randn(s, generator=gen, dtype=dtype)
-        v = torch.where(v < 0, v - 1e-3, v + 1e-3)  # |x| > 1e-3: away from the kink
-        if specials:  # NaN, +-inf and +-0 at random places
-            pick = torch.randint(0, 4 * len(_SPECIALS), s, generator=gen)
-            for i, value in enumerate(_SPECIALS):
-                v[pick == i] = value
-        return v
-
     with _on(backend) as device:
-        x = _tensor(sample, shape, x_layout, device)
+        x = _tensor(_kinked_sample(gen, dtype, specials), shape, x_layout, device)
         ref = F.leaky_relu(x, slope)
         out = FF.leaky_relu(x, slope)
         assert out.shape == ref.shape and out.dtype == ref.dtype, (tuple(out.shape), tuple(ref.shape), out.dtype)

@@ -21,13 +21,32 @@
 namespace fastconv::cpu {
 namespace {
 
+// Rows k_lo .. k_hi of one NR-column panel of a row-major B: d[k][0..NR) = s_k[0..nr) (zero-padded), with
+// s_k = src + k * ld; whole panels as two vectors a row.
+template <typename T>
+inline void copy_panel_rows(const T* src, int64_t ld, int nr, int64_t k_lo, int64_t k_hi, T* __restrict__ d) {
+  constexpr int NR = Tile<T>::NR, W = Tile<T>::W;
+  using V = typename Tile<T>::V;
+  for (int64_t k = k_lo; k < k_hi; ++k) {
+    const T* s = src + k * ld;
+    if (nr == NR) {
+      V v0, v1;
+      std::memcpy(&v0, s, sizeof(V));
+      std::memcpy(&v1, s + W, sizeof(V));
+      std::memcpy(d + k * NR, &v0, sizeof(V));
+      std::memcpy(d + k * NR + W, &v1, sizeof(V));
+    } else {
+      for (int j = 0; j < NR; ++j) d[k * NR + j] = j < nr ? s[j] : T(0);
+    }
+  }
+}
+
 // Packs B (K x N, B[k][n] = b[k * b_rs + n * b_cs]) once into zero-padded NR-column panels
 // bp[p][k][0..NR), so that every block of C then reads contiguous panels (a strided B would also
 // map its rows, ldb apart, into a few L1 sets). One pass over B, reading along its contiguous axis.
 template <typename T>
 void pack_b_panels(const T* b, int64_t K, int64_t N, int64_t b_rs, int64_t b_cs, T* bp) {
-  constexpr int NR = Tile<T>::NR, W = Tile<T>::W;
-  using V = typename Tile<T>::V;
+  constexpr int NR = Tile<T>::NR;
   const int64_t panels = ceil_div(N, NR);
   if (b_rs == 1) {  // B is the transpose of a row-major matrix (ld b_cs): W x W block transposes
     at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / (K * NR)), [&](int64_t begin, int64_t end) {
@@ -42,22 +61,8 @@ void pack_b_panels(const T* b, int64_t K, int64_t N, int64_t b_rs, int64_t b_cs,
   at::parallel_for(0, kblocks, std::max<int64_t>(1, 16384 / (KB * N)), [&](int64_t begin, int64_t end) {
     for (int64_t kb = begin; kb < end; ++kb) {
       const int64_t k_lo = kb * KB, k_hi = std::min(K, k_lo + KB);
-      for (int64_t p = 0; p < panels; ++p) {
-        T* __restrict__ d = bp + p * K * NR;
-        const int nr = (int)std::min<int64_t>(NR, N - p * NR);
-        for (int64_t k = k_lo; k < k_hi; ++k) {
-          const T* s = b + k * b_rs + p * NR;
-          if (nr == NR) {  // copy NR-long runs as two vectors
-            V v0, v1;
-            std::memcpy(&v0, s, sizeof(V));
-            std::memcpy(&v1, s + W, sizeof(V));
-            std::memcpy(d + k * NR, &v0, sizeof(V));
-            std::memcpy(d + k * NR + W, &v1, sizeof(V));
-          } else {
-            for (int j = 0; j < NR; ++j) d[k * NR + j] = j < nr ? s[j] : T(0);
-          }
-        }
-      }
+      for (int64_t p = 0; p < panels; ++p)
+        copy_panel_rows(b + p * NR, b_rs, (int)std::min<int64_t>(NR, N - p * NR), k_lo, k_hi, bp + p * K * NR);
     }
   });
 }
@@ -168,8 +173,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_c
 template <typename T>
 void gemm_packing_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
                     int64_t b_rs, int64_t b_cs, T* c, const T* col_bias) {
-  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR, W = Tile<T>::W;
-  using V = typename Tile<T>::V;
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   // Few rows, a short K and many columns (the grad input and weight gradient of a first linear layer:
   // 128 x 128 -> 9216, B and C 4.7 MB each): one block of C per NB columns holds every row, so each
   // block of B serves one block of C only. Each block then packs its own columns of B (row-major B)
@@ -185,22 +189,9 @@ void gemm_packing_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, i
       T* bp = scratch<T>(2, NB * std::max<int64_t>(K, 1));
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t n_lo = blk * NB, n_hi = std::min(N, n_lo + NB);
-        for (int64_t p = 0; p * NR < n_hi - n_lo; ++p) {  // panels [k][NR] of columns n_lo + p NR ..
-          const int nr = (int)std::min<int64_t>(NR, n_hi - n_lo - p * NR);
-          T* __restrict__ d = bp + p * K * NR;
-          for (int64_t k = 0; k < K; ++k) {
-            const T* s = b + k * b_rs + n_lo + p * NR;
-            if (nr == NR) {
-              V v0, v1;
-              std::memcpy(&v0, s, sizeof(V));
-              std::memcpy(&v1, s + W, sizeof(V));
-              std::memcpy(d + k * NR, &v0, sizeof(V));
-              std::memcpy(d + k * NR + W, &v1, sizeof(V));
-            } else {
-              for (int j = 0; j < NR; ++j) d[k * NR + j] = j < nr ? s[j] : T(0);
-            }
-          }
-        }
+        for (int64_t p = 0; p * NR < n_hi - n_lo; ++p)  // panels [k][NR] of columns n_lo + p NR ..
+          copy_panel_rows(b + n_lo + p * NR, b_rs, (int)std::min<int64_t>(NR, n_hi - n_lo - p * NR), int64_t(0), K,
+                          bp + p * K * NR);
         gemm_block_rows(N, K, a, a_rs, a_cs, bp, c, N, col_bias, int64_t(0), M, n_lo, n_hi, int64_t(0), K, kcb,
                         edge_a, n_lo);
       }
