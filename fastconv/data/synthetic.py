@@ -197,6 +197,33 @@ def _rasterise(segs: np.ndarray, params: np.ndarray, pixel_noise: np.ndarray) ->
     return out
 
 
+def seeded_blocks(n: int, seed: int, split: str, stream: tuple = ()):
+    """Validates a request for ``n`` synthetic images of ``split`` and yields, per independently seeded
+    block of _BLOCK images, (start, m, rng, labels): the block's first image, its image count, its
+    generator (seeded by (seed, split, block) + ``stream``) and its labels, every 10 consecutive ones the
+    10 classes in a random order. Shared by the synthetic digits and the synthetic shapes. The request is
+    checked at the call, before any block is drawn."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    split_id = ("train", "test").index(split)
+
+    def blocks():
+        for b, start in enumerate(range(0, n, _BLOCK)):
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), split_id, b, *stream]))
+            labels = rng.permuted(np.tile(np.arange(10), (_BLOCK // 10, 1)), axis=1).reshape(-1)
+            yield start, min(_BLOCK, n - start), rng, labels
+    return blocks()
+
+
+def check_sizes(train_size, test_size):
+    """A clear error unless both sizes are positive ints."""
+    for what, v in (("train_size", train_size), ("test_size", test_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{what} must be a positive int, got {v!r}")
+
+
 def generate_digits(n: int, seed: int = 0, split: str = "train") -> tuple:
     """``n`` synthetic digit images (uint8 n x 1 x 28 x 28) and labels (int64), SYNTHETIC, not MNIST.
 
@@ -205,18 +232,10 @@ def generate_digits(n: int, seed: int = 0, split: str = "train") -> tuple:
     consecutive labels are the 10 classes in a random order: the classes are balanced exactly
     whenever n is a multiple of 10.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    blocks = seeded_blocks(n, seed, split)  # validates n and split first
     images = np.empty((n, 1, _SIZE, _SIZE), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
-    split_id = ("train", "test").index(split)
-
-    for b, start in enumerate(range(0, n, _BLOCK)):
-        m = min(_BLOCK, n - start)
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), split_id, b]))
-        block_labels = rng.permuted(np.tile(np.arange(10), (_BLOCK // 10, 1)), axis=1).reshape(-1)
+    for start, m, rng, block_labels in blocks:
         segs, params, pixel_noise = _block_segments(block_labels[:m], rng)
         images[start:start + m, 0] = _rasterise(segs, params, pixel_noise)
         labels[start:start + m] = block_labels[:m]
@@ -229,9 +248,7 @@ def synthetic_digits(train_size: int = 60000, test_size: int = 10000, seed: int 
     Train and test images come from independent streams of the same generator. Generation runs on
     one core: about 5 s for the default 60,000 + 10,000 images.
     """
-    for what, v in (("train_size", train_size), ("test_size", test_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{what} must be a positive int, got {v!r}")
+    check_sizes(train_size, test_size)
     train_x, train_y = generate_digits(train_size, seed, "train")
     test_x, test_y = generate_digits(test_size, seed, "test")
     return Dataset(
