@@ -213,6 +213,18 @@ inline ConvShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
   return g;
 }
 
+// The epilogue activation of conv2d / conv2d_pool from their `relu` and `negative_slope` arguments:
+// relu=False is none, a zero slope ReLU, any other LeakyReLU. The slope must be finite and >= 0:
+// the backward of a fused activation reads its gradient off the sign of the output, which is the
+// input's sign only then (apply leaky_relu separately for a negative slope).
+inline Activation check_activation(bool relu, double negative_slope, const char* op) {
+  if (!relu) return Activation{};
+  TORCH_CHECK_VALUE(std::isfinite(negative_slope) && negative_slope >= 0, "fastconv.", op,
+                    ": a fused leaky ReLU needs a finite negative_slope >= 0 (its backward reads the sign of "
+                    "the output), got ", negative_slope, "; apply fastconv.functional.leaky_relu separately");
+  return negative_slope == 0 ? Activation{Activation::relu, 0.0} : Activation{Activation::leaky_relu, negative_slope};
+}
+
 // conv2d_grad_input(grad_output, weight, input_size, ...) and conv2d_grad_weight(grad_output, input,
 // weight_size, ...): `other` (named `other_name`) is the op's tensor argument besides grad_output; the
 // convolution's input and weight sizes come from it and from the size argument.

@@ -22,12 +22,13 @@ bool set_allow_tf32(bool enabled) { return g_allow_tf32.exchange(enabled); }
 }  // namespace fastconv
 
 TORCH_LIBRARY(fastconv, m) {
+  // relu=True applies an activation in the epilogue: ReLU, or LeakyReLU where negative_slope > 0.
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
-        "int[2] dilation, int groups, bool relu=False) -> Tensor");
-  // conv2d (with its ReLU) followed by max-pooling of its output by non-overlapping pool[0] x pool[1]
+        "int[2] dilation, int groups, bool relu=False, float negative_slope=0.0) -> Tensor");
+  // conv2d (with its activation) followed by max-pooling of its output by non-overlapping pool[0] x pool[1]
   // windows, in one op: returns the pooled output and the indices of the maxima in the conv output planes.
   m.def("conv2d_pool(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
-        "int groups, bool relu, int[2] pool) -> (Tensor, Tensor)");
+        "int groups, bool relu, int[2] pool, float negative_slope=0.0) -> (Tensor, Tensor)");
   m.def("conv2d_grad_input(Tensor grad_output, Tensor weight, SymInt[4] input_size, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups) -> Tensor");
   m.def("conv2d_grad_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, int[2] stride, "

@@ -30,6 +30,15 @@ struct ConvShape {
   int64_t k_gemm() const { return cin_g() * kh * kw; }  // reduction length of one output value
 };
 
+// The activation a convolution applies to its outputs in its epilogue (the op's `relu` and
+// `negative_slope` arguments): none, ReLU (x < 0 ? 0 : x) or LeakyReLU (x > 0 ? x : x * slope),
+// each as the unfused op computes it, so NaN stays NaN and a fused result equals an unfused one.
+struct Activation {
+  enum Kind : int32_t { none = 0, relu = 1, leaky_relu = 2 };
+  Kind kind = none;
+  double slope = 0;  // of leaky_relu
+};
+
 // A 2-D max-pool: input [n, c, h, w] -> output (and indices) [n, c, oh, ow]; window kh x kw,
 // stride, symmetric padding ph / pw, dilation.
 struct PoolShape {

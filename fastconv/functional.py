@@ -12,7 +12,7 @@ import torch
 
 from .ops import REDUCTIONS, ops
 
-__all__ = ["conv2d", "conv2d_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "avg_pool2d",
+__all__ = ["conv2d", "conv2d_relu", "conv2d_leaky_relu", "conv2d_relu_pool", "conv1d", "relu", "leaky_relu", "max_pool2d", "avg_pool2d",
            "adaptive_avg_pool2d", "local_response_norm", "batch_norm", "cross_entropy", "linear",
            "dropout"]
 
@@ -70,14 +70,15 @@ def _batched(input, dims, op):
                      f"got {input.dim()}-D with shape {tuple(input.shape)}")
 
 
-def _conv2d(input, weight, bias, stride, padding, dilation, groups, relu, name):
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, relu, name, negative_slope=0.0):
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     if weight.dim() != 4:
         raise ValueError(f"fastconv.{name}: weight must be 4-D (C_out, C_in / groups, kH, kW), "
                          f"got shape {tuple(weight.shape)}")
     pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
     x, unbatched = _batched(input, 4, "conv2d")
-    out = _format_like(ops.conv2d(x, weight, bias, stride, pad, dilation, groups, relu), x, weight)
+    out = ops.conv2d(x, weight, bias, stride, pad, dilation, groups, relu, float(negative_slope))
+    out = _format_like(out, x, weight)
     return out.squeeze(0) if unbatched else out
 
 
@@ -92,18 +93,29 @@ def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, group
     return _conv2d(input, weight, bias, stride, padding, dilation, groups, True, "conv2d_relu")
 
 
-def conv2d_relu_pool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2, relu=True):
+def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01):
+    """leaky_relu(conv2d(input, weight, bias, ...), negative_slope) in one op, the LeakyReLU in the
+    convolution's epilogue. negative_slope must be >= 0: backward reads the activation's derivative off the
+    sign of the output. In float32 and float64 the result is bit for bit that of the two ops; in float16 /
+    bfloat16 the activation is applied before the one rounding to 16 bits (the two ops round twice)."""
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, True, "conv2d_leaky_relu",
+                   negative_slope)
+
+
+def conv2d_relu_pool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2, relu=True,
+                     negative_slope=0.0):
     """max_pool2d(relu(conv2d(input, weight, bias, ...)), pool) in one op, ``pool`` being the window
     and the stride (no padding, floor mode): the CPU kernel pools each slice of the batch while its
     convolution output is still in cache, so the full-size pre-pool activation is never written.
-    ``relu=False`` leaves the ReLU out. Same results, bit for bit, as the three ops one after the other."""
+    ``relu=False`` leaves the ReLU out; ``negative_slope > 0`` makes it a LeakyReLU. Same results, bit for bit,
+    as the three ops one after the other (float16 / bfloat16 with a LeakyReLU: see conv2d_leaky_relu)."""
     stride, dilation, pool = _pair(stride, "stride"), _pair(dilation, "dilation"), _pair(pool, "pool")
     if weight.dim() != 4:
         raise ValueError(f"fastconv.conv2d_relu_pool: weight must be 4-D (C_out, C_in / groups, kH, kW), "
                          f"got shape {tuple(weight.shape)}")
     pad = _conv_padding(padding, weight.shape[2:], dilation, stride)
     x, unbatched = _batched(input, 4, "conv2d_relu_pool")
-    out, _ = ops.conv2d_pool(x, weight, bias, stride, pad, dilation, groups, bool(relu), pool)
+    out, _ = ops.conv2d_pool(x, weight, bias, stride, pad, dilation, groups, bool(relu), pool, float(negative_slope))
     out = _format_like(out, x, weight)
     return out.squeeze(0) if unbatched else out
 

@@ -6,10 +6,11 @@ initialisation, ``state_dict`` keys and ``repr`` are torch's by construction: a 
 Only ``forward`` changes. ``fastconv_op`` names the op whose kernels a layer runs; fastconv.convert
 replaces each torch.nn class by the fastconv.nn class that subclasses it and names one.
 
-``fuse_conv_relu(model)`` fuses every Conv2d directly followed by a ReLU inside an nn.Sequential:
-the convolution applies the ReLU in its kernel's epilogue (``fastconv.functional.conv2d_relu``), so
-the pre-activation tensor is never written nor read back, and the ReLU becomes an nn.Identity
-(parameter names and ``state_dict`` keys do not change). A MaxPool2d with non-overlapping windows
+``fuse_conv_relu(model)`` fuses every Conv2d directly followed by a ReLU, or a LeakyReLU with a slope
+>= 0, inside an nn.Sequential: the convolution applies the activation in its kernel's epilogue
+(``fastconv.functional.conv2d_relu``, ``conv2d_leaky_relu``), so the pre-activation tensor is never
+written nor read back, and the activation becomes an nn.Identity (parameter names and ``state_dict``
+keys do not change). A MaxPool2d with non-overlapping windows
 right after such a Conv2d + ReLU is fused too (``fastconv.functional.conv2d_relu_pool``): the pre-pool
 activation is never written either. ``fastconv.models.build`` fuses its nets.
 """
@@ -28,8 +29,9 @@ def _zeros_padding_only(layer):
 
 class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d on fastconv's kernels. ``fused_relu = True`` (set by fuse_conv_relu) makes it
-    compute relu(conv2d(x)) in one kernel; ``fused_pool = (kh, kw)`` as well (also set by
-    fuse_conv_relu) max-pools that by non-overlapping kh x kw windows in the same op."""
+    compute relu(conv2d(x)) in one kernel, or leaky_relu(conv2d(x), s) with ``fused_negative_slope = s``
+    (s > 0); ``fused_pool = (kh, kw)`` as well (also set by fuse_conv_relu) max-pools that by
+    non-overlapping kh x kw windows in the same op."""
 
     fastconv_op = "conv2d"
 
@@ -37,19 +39,23 @@ class Conv2d(torch.nn.Conv2d):
         super().__init__(*args, **kwargs)
         _zeros_padding_only(self)
         self.fused_relu = False
+        self.fused_negative_slope = 0.0
         self.fused_pool = None
 
     def _conv_forward(self, input, weight, bias):
-        if getattr(self, "fused_pool", None) is not None:  # (absent from a Conv2d pickled before it existed)
-            return F.conv2d_relu_pool(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                                      self.fused_pool, relu=self.fused_relu)
-        conv = F.conv2d_relu if self.fused_relu else F.conv2d
-        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        # (fused_pool and fused_negative_slope are absent from a Conv2d pickled before they existed)
+        slope = getattr(self, "fused_negative_slope", 0.0)
+        args = (input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if getattr(self, "fused_pool", None) is not None:
+            return F.conv2d_relu_pool(*args, self.fused_pool, relu=self.fused_relu, negative_slope=slope)
+        if not self.fused_relu:
+            return F.conv2d(*args)
+        return F.conv2d_leaky_relu(*args, negative_slope=slope) if slope else F.conv2d_relu(*args)
 
     def extra_repr(self):
-        pool = getattr(self, "fused_pool", None)
-        return (super().extra_repr() + (", relu=fused" if self.fused_relu else "")
-                + (f", max_pool={tuple(pool)} fused" if pool is not None else ""))
+        pool, slope = getattr(self, "fused_pool", None), getattr(self, "fused_negative_slope", 0.0)
+        act = "" if not self.fused_relu else f", leaky_relu({slope})=fused" if slope else ", relu=fused"
+        return super().extra_repr() + act + (f", max_pool={tuple(pool)} fused" if pool is not None else "")
 
 
 class Conv1d(torch.nn.Conv1d):
@@ -163,28 +169,47 @@ def _fusable_pool(layer):
 
 
 def fuse_conv_relu(model: torch.nn.Module) -> torch.nn.Module:
-    """Fuses, in place, each fastconv.nn.Conv2d that is directly followed by a ReLU (torch's or
-    fastconv's) in an nn.Sequential anywhere in `model`: the Conv2d gets ``fused_relu = True`` and
-    the ReLU is replaced by an nn.Identity. A MaxPool2d right after that ReLU whose windows do not
-    overlap (stride = kernel size, no padding, dilation 1, floor mode) is fused as well: the Conv2d
-    gets ``fused_pool`` and the MaxPool2d becomes an nn.Identity. Returns `model`. Forward hooks on a
-    fused ReLU or MaxPool2d are lost with it; everything else (parameters, state_dict keys, results)
-    is unchanged."""
+    """Fuses, in place, each fastconv.nn.Conv2d that is directly followed by a ReLU, or a LeakyReLU whose
+    negative_slope is >= 0 (torch's or fastconv's), in an nn.Sequential anywhere in `model`: the Conv2d gets
+    ``fused_relu = True`` (and the LeakyReLU's slope as ``fused_negative_slope``) and the activation is
+    replaced by an nn.Identity. A LeakyReLU with a negative slope stays as it is (the fused backward reads
+    the derivative off the output's sign). nn.Identity layers in between are skipped (fold_batch_norm leaves
+    one where a BatchNorm2d was, so Conv2d -> BatchNorm2d -> LeakyReLU fuses once folded for inference).
+    A MaxPool2d right after that activation whose windows do not overlap (stride = kernel size, no
+    padding, dilation 1, floor mode) is fused as well: the Conv2d gets ``fused_pool`` and the MaxPool2d
+    becomes an nn.Identity. Returns `model`. Forward hooks on a fused activation or MaxPool2d are lost
+    with it; everything else (parameters, state_dict keys, results) is unchanged."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fastconv.nn.fuse_conv_relu: expected a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         if not isinstance(module, torch.nn.Sequential):
             continue
-        names = list(module._modules)
-        for i, (first, second) in enumerate(zip(names, names[1:])):
-            conv, relu = module._modules[first], module._modules[second]
-            if isinstance(conv, Conv2d) and not conv.fused_relu and type(relu) in (torch.nn.ReLU, ReLU):
-                conv.fused_relu = True
-                module._modules[second] = torch.nn.Identity()
-                pool = _fusable_pool(module._modules[names[i + 2]]) if i + 2 < len(names) else None
-                if pool is not None and getattr(conv, "fused_pool", None) is None:
-                    conv.fused_pool = pool
-                    module._modules[names[i + 2]] = torch.nn.Identity()
+        layers = module._modules
+        names = list(layers)
+
+        def after(k):  # the index of the first layer after k that is not an nn.Identity (len(names) if none)
+            k += 1
+            while k < len(names) and type(layers[names[k]]) is torch.nn.Identity:
+                k += 1
+            return k
+
+        for i, name in enumerate(names):
+            conv, j = layers[name], after(i)
+            if not isinstance(conv, Conv2d) or conv.fused_relu or j == len(names):
+                continue
+            act = layers[names[j]]
+            if type(act) in (torch.nn.ReLU, ReLU):
+                conv.fused_relu, conv.fused_negative_slope = True, 0.0
+            elif type(act) in (torch.nn.LeakyReLU, LeakyReLU) and act.negative_slope >= 0:
+                conv.fused_relu, conv.fused_negative_slope = True, float(act.negative_slope)
+            else:
+                continue
+            layers[names[j]] = torch.nn.Identity()
+            k = after(j)
+            pool = _fusable_pool(layers[names[k]]) if k < len(names) else None
+            if pool is not None and getattr(conv, "fused_pool", None) is None:
+                conv.fused_pool = pool
+                layers[names[k]] = torch.nn.Identity()
     return model
 
 
@@ -193,7 +218,8 @@ def fold_batch_norm(model):
     or fastconv.nn layers) into that convolution: per output channel o, with s = gamma / sqrt(var + eps)
     from the running statistics, weight[o] *= s and bias[o] = (bias[o] - mean) * s + beta (a bias is added
     where the convolution had none). The BatchNorm becomes an nn.Identity, so its state_dict entries go.
-    The model must be in eval mode (training would use batch statistics). Returns the model."""
+    The model must be in eval mode (training would use batch statistics). Returns the model; a
+    fuse_conv_relu after it fuses the activations that now follow the convolutions."""
     if model.training:
         raise RuntimeError("fold_batch_norm: the model is in training mode; call model.eval() first (the fold "
                            "uses the running statistics, which only inference uses)")

@@ -8,6 +8,8 @@ and the backward ops of convolution, linear, ReLU and dropout are differentiable
 bilinear in their inputs), so double backward through them works; through max-pooling and
 cross-entropy it raises a clear error rather than silently returning wrong numbers.
 """
+import math
+
 import torch
 
 ops = torch.ops.fastconv
@@ -42,9 +44,28 @@ def _same_device(op, **tensors):
 
 # ---------------------------------------------------------------- conv2d
 
+def _check_activation(op, relu, negative_slope):
+    """The C++ check of a fused activation (csrc/fastconv.h check_activation), for the fake kernels."""
+    if relu and not (math.isfinite(negative_slope) and negative_slope >= 0):
+        raise ValueError(f"fastconv.{op}: a fused leaky ReLU needs a finite negative_slope >= 0 (its backward reads "
+                         f"the sign of the output), got {negative_slope}; apply fastconv.functional.leaky_relu "
+                         "separately")
+
+
+def _activation_backward(grad, result, relu, negative_slope):
+    """The gradient through a fused activation, from its output: with a slope >= 0 the output has the
+    sign of the pre-activation, so ReLU's and LeakyReLU's backward read it off the output."""
+    if not relu:
+        return grad
+    if negative_slope == 0:
+        return ops.relu_backward(grad, result)
+    return ops.leaky_relu_backward(grad, result, negative_slope)
+
+
 @torch.library.register_fake("fastconv::conv2d")
-def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=False):
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu=False, negative_slope=0.0):
     _same_device("conv2d", input=input, weight=weight, bias=bias)
+    _check_activation("conv2d", relu, negative_slope)
     n, _, h, w = input.shape
     c_out, _, kh, kw = weight.shape
     oh = _window_out(h, padding[0], padding[1], kh, dilation[0], stride[0])
@@ -70,9 +91,10 @@ def _bias_grad_fake(grad_output, channel_dim):
 
 
 def _conv2d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, relu = inputs
+    input, weight, bias, stride, padding, dilation, groups, relu, *slope = inputs
     ctx.conv_args = (stride, padding, dilation, groups)
     ctx.relu = relu
+    ctx.negative_slope = slope[0] if slope else 0.0
     ctx.has_bias = bias is not None
     ctx.save_for_backward(input, weight, output if relu else None)
 
@@ -92,36 +114,37 @@ def _conv_grads(ctx, grad, input, weight):
 
 def _conv2d_backward(ctx, grad):
     input, weight, result = ctx.saved_tensors
-    if ctx.relu:
-        grad = ops.relu_backward(grad, result)
-    return *_conv_grads(ctx, grad, input, weight), None, None, None, None, None
+    grad = _activation_backward(grad, result, ctx.relu, ctx.negative_slope)
+    return *_conv_grads(ctx, grad, input, weight), None, None, None, None, None, None
 
 
 torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
 
-# ---------------------------------------------------------------- conv2d_pool (conv2d + ReLU + max-pool)
+# ---------------------------------------------------------------- conv2d_pool (conv2d + activation + max-pool)
 
 @torch.library.register_fake("fastconv::conv2d_pool")
-def _conv2d_pool_fake(input, weight, bias, stride, padding, dilation, groups, relu, pool):
-    conv = _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu)
+def _conv2d_pool_fake(input, weight, bias, stride, padding, dilation, groups, relu, pool, negative_slope=0.0):
+    _check_activation("conv2d_pool", relu, negative_slope)
+    conv = _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, negative_slope)
     n, c, oh, ow = conv.shape
     shape = (n, c, oh // pool[0], ow // pool[1])
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
 @torch.library.impl("fastconv::conv2d_pool", "CUDA")
-def _conv2d_pool_cuda(input, weight, bias, stride, padding, dilation, groups, relu, pool):
+def _conv2d_pool_cuda(input, weight, bias, stride, padding, dilation, groups, relu, pool, negative_slope=0.0):
     # the CUDA kernels of the two ops, one after the other (the CPU kernel fuses them)
-    conv = ops.conv2d(input, weight, bias, stride, padding, dilation, groups, relu)
+    conv = ops.conv2d(input, weight, bias, stride, padding, dilation, groups, relu, negative_slope)
     return ops.max_pool2d(conv, pool, pool, (0, 0), (1, 1), False)
 
 
 def _conv2d_pool_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, relu, pool = inputs
+    input, weight, bias, stride, padding, dilation, groups, relu, pool, *slope = inputs
     out, indices = output
     ctx.conv_args = (stride, padding, dilation, groups)
     ctx.pool = pool
     ctx.relu = relu
+    ctx.negative_slope = slope[0] if slope else 0.0
     ctx.has_bias = bias is not None
     ctx.conv_shape = (input.shape[0], weight.shape[0],
                       _window_out(input.shape[2], padding[0], padding[1], weight.shape[2], dilation[0], stride[0]),
@@ -133,14 +156,13 @@ def _conv2d_pool_setup(ctx, inputs, output):
 
 def _conv2d_pool_backward(ctx, grad, _grad_indices):
     if grad is None:
-        return (None,) * 9
+        return (None,) * 10
     input, weight, out, indices = ctx.saved_tensors
-    # relu'(pre-activation) at a window's maximum is (pooled output > 0): the ReLU's backward runs on
-    # the pooled gradient, before it is scattered to the maxima
-    if ctx.relu:
-        grad = ops.relu_backward(grad, out)
+    # the activation's derivative at a window's maximum is read off the pooled output (its sign): the
+    # activation's backward runs on the pooled gradient, before it is scattered to the maxima
+    grad = _activation_backward(grad, out, ctx.relu, ctx.negative_slope)
     grad = ops.max_pool2d_backward(grad, indices, ctx.conv_shape, ctx.pool, ctx.pool, (0, 0), (1, 1))
-    return *_conv_grads(ctx, grad, input, weight), None, None, None, None, None, None
+    return *_conv_grads(ctx, grad, input, weight), None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("fastconv::conv2d_pool", _conv2d_pool_backward, setup_context=_conv2d_pool_setup)

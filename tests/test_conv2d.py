@@ -271,27 +271,73 @@ FUSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv_relu"])
+# the epilogue activations: (relu, negative_slope) of the op; a slope above 1 is allowed too
+ACTIVATIONS = [pytest.param(False, 0.0, id="conv"), pytest.param(True, 0.0, id="conv_relu"),
+               pytest.param(True, 0.1, id="conv_leaky_relu"), pytest.param(True, 1.5, id="conv_leaky_relu_steep")]
+
+
+def _torch_activation(y, relu, slope):
+    return y if not relu else F.relu(y) if slope == 0 else F.leaky_relu(y, slope)
+
+
+@pytest.mark.parametrize("relu, slope", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", FUSED_CASES)
-def test_conv2d_op_fused_relu(backend, cfg, dtype, relu):
+def test_conv2d_op_fused_relu(backend, cfg, dtype, relu, slope):
     xs, ws, stride, padding, dilation, groups = cfg
     x = torch.randn(xs, dtype=dtype, device=backend.device, requires_grad=True)
     w = torch.randn(ws, dtype=dtype, device=backend.device, requires_grad=True)
     b = torch.randn(ws[0], dtype=dtype, device=backend.device, requires_grad=True)
 
     def fc(x, w, b):
-        return ops.conv2d(x, w, b, stride, padding, dilation, groups, relu)
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, relu, slope)
 
     def ref(x, w, b):
-        y = _torch_conv_asym(x, w, b, stride, padding, dilation, groups)
-        return F.relu(y) if relu else y
+        return _torch_activation(_torch_conv_asym(x, w, b, stride, padding, dilation, groups), relu, slope)
 
     out = fc(x.detach(), w.detach(), b.detach())
-    if relu:  # the test is only meaningful if some outputs are clipped and some are not
-        assert (out == 0).any() and (out > 0).any()
+    if relu:  # the test is only meaningful if some outputs are clipped (or scaled) and some are not
+        assert ((out == 0) if slope == 0 else (out < 0)).any() and (out > 0).any()
     c = ConvCase(xs, ws, dict(groups=groups))
     _check_against_torch(fc, ref, (x, w, b), conv_terms(ws), _grad_terms(c, out.shape), dtype)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1, 1.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", FUSED_CASES)
+def test_conv2d_fused_activation_same_bits_as_two_ops(backend, cfg, dtype, slope):
+    """The fused ReLU / LeakyReLU gives fastconv's conv2d then relu / leaky_relu bit for bit, output and
+    gradients (the activation is computed as its own kernel computes it; NaN stays NaN)."""
+    xs, ws, stride, padding, dilation, groups = cfg
+    x = backend.randn(*xs, dtype=dtype).requires_grad_()
+    w = backend.randn(*ws, dtype=dtype).requires_grad_()
+    b = backend.randn(ws[0], dtype=dtype).requires_grad_()
+    with torch.no_grad():
+        b[0] = float("nan")  # a NaN pre-activation in every pixel of channel 0
+    args = (stride, padding, dilation, groups)
+    out = ops.conv2d(x, w, b, *args, True, slope)
+    y = ops.conv2d(x, w, b, *args)
+    ref = ops.relu(y) if slope == 0 else ops.leaky_relu(y, slope)
+    assert_bitwise_equal(out, ref)
+    assert out[:, 0].isnan().all()
+    dy = torch.randn_like(out)
+    for g, r in zip(torch.autograd.grad(out, (x, w, b), dy), torch.autograd.grad(ref, (x, w, b), dy)):
+        assert_bitwise_equal(g, r)
+
+
+@pytest.mark.parametrize("slope", [-0.1, float("nan"), float("inf")])
+def test_conv2d_fused_activation_refuses_bad_slopes(backend, slope):
+    x, w = backend.randn(1, 2, 5, 5), backend.randn(3, 2, 3, 3)
+    args = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+    for device in (backend.device, "meta"):
+        with pytest.raises(ValueError, match="fused leaky ReLU needs a finite negative_slope >= 0"):
+            ops.conv2d(x.to(device), w.to(device), None, *args, True, slope)
+        with pytest.raises(ValueError, match="fused leaky ReLU needs a finite negative_slope >= 0"):
+            ops.conv2d_pool(x.to(device), w.to(device), None, *args, True, [2, 2], slope)
+    with pytest.raises(ValueError, match="fused leaky ReLU needs a finite negative_slope >= 0"):
+        FF.conv2d_leaky_relu(x, w, negative_slope=slope)
+    # without the activation the slope is not looked at, and a negative one is fine unfused
+    assert ops.conv2d(x, w, None, *args, False, slope).shape == (1, 3, 3, 3)
 
 
 # ------------------------------------------------------------------ gradcheck and opcheck
@@ -301,20 +347,22 @@ GRADCHECK_CASES = [
     pytest.param(((2, 2, 7, 6), (2, 2, 2, 3), (2, 1), (0, 1, 2, 0), (2, 1), 1, False), id="stride_dil_asym"),
     pytest.param(((1, 4, 5, 5), (4, 2, 3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 2, False), id="groups2"),
     pytest.param(((1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="fused_relu"),
+    pytest.param(((1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.2), id="fused_leaky_relu"),
 ]
 
 
 @pytest.mark.parametrize("cfg", GRADCHECK_CASES)
 def test_conv2d_gradcheck(backend, cfg):
-    xs, ws, stride, padding, dilation, groups, relu = cfg
+    xs, ws, stride, padding, dilation, groups, act = cfg
+    relu, slope = bool(act), (0.0 if isinstance(act, bool) else act)  # act: False, True (ReLU) or a slope
     x = backend.randn(*xs, dtype=torch.float64, requires_grad=True)
     w = backend.randn(*ws, dtype=torch.float64, requires_grad=True)
     b = backend.randn(ws[0], dtype=torch.float64, requires_grad=True)
     if relu:  # keep pre-activations away from the kink
         y = ops.conv2d(x, w, b, stride, padding, dilation, groups, False)
         assert y.abs().min() > 1e-3
-    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride, padding, dilation, groups, relu),
-                                    (x, w, b))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: ops.conv2d(x, w, b, stride, padding, dilation, groups, relu, slope), (x, w, b))
 
 
 def test_conv2d_functional_gradcheck(backend):
@@ -324,13 +372,13 @@ def test_conv2d_functional_gradcheck(backend):
     assert torch.autograd.gradcheck(lambda x, w, b: FF.conv2d(x, w, b, padding="same", dilation=(2, 1)), (x, w, b))
 
 
-@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv_relu"])
-def test_opcheck_conv2d(backend, relu):
+@pytest.mark.parametrize("relu, slope", ACTIVATIONS[:3])
+def test_opcheck_conv2d(backend, relu, slope):
     x = backend.randn(1, 2, 4, 5, requires_grad=True)
     w = backend.randn(3, 2, 2, 3, requires_grad=True)
     b = backend.randn(3, requires_grad=True)
-    torch.library.opcheck(ops.conv2d, (x, w, b, [1, 2], [1, 0, 1, 1], [1, 1], 1, relu))
-    torch.library.opcheck(ops.conv2d, (x, w, None, [2, 1], [0, 0, 0, 0], [1, 2], 1, relu))
+    torch.library.opcheck(ops.conv2d, (x, w, b, [1, 2], [1, 0, 1, 1], [1, 1], 1, relu, slope))
+    torch.library.opcheck(ops.conv2d, (x, w, None, [2, 1], [0, 0, 0, 0], [1, 2], 1, relu, slope))
 
 
 def test_opcheck_conv2d_grads(backend):

@@ -25,19 +25,22 @@ CASES = [
 ]
 
 
-def _reference(x, w, b, kwargs, pool, relu=True):
+def _reference(x, w, b, kwargs, pool, relu=True, negative_slope=0.0):
     y = F.conv2d(x, w, b, **kwargs)
-    return F.max_pool2d(F.relu(y) if relu else y, pool)
+    if relu:
+        y = F.leaky_relu(y, negative_slope) if negative_slope else F.relu(y)
+    return F.max_pool2d(y, pool)
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.1], ids=["relu", "leaky_relu"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs, ws, kwargs, pool", CASES)
-def test_matches_torch(backend, xs, ws, kwargs, pool, dtype):
+def test_matches_torch(backend, xs, ws, kwargs, pool, dtype, slope):
     x = backend.randn(*xs, dtype=dtype).requires_grad_()
     w = backend.randn(*ws, dtype=dtype).requires_grad_()
     b = backend.randn(ws[0], dtype=dtype).requires_grad_()
-    out = FF.conv2d_relu_pool(x, w, b, pool=pool, **kwargs)
-    ref = _reference(x, w, b, kwargs, pool)
+    out = FF.conv2d_relu_pool(x, w, b, pool=pool, negative_slope=slope, **kwargs)
+    ref = _reference(x, w, b, kwargs, pool, negative_slope=slope)
     torch.testing.assert_close(out, ref, **tol(dtype, conv_terms(ws)))
     dy = torch.randn_like(ref)
     grads = torch.autograd.grad(out, (x, w, b), dy)
@@ -46,22 +49,27 @@ def test_matches_torch(backend, xs, ws, kwargs, pool, dtype):
         torch.testing.assert_close(g, r, **tol(dtype, 64 * ws[0] * 9), msg=lambda m: f"gradient {i}: {m}")
 
 
-@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("relu, slope", [(True, 0.0), (False, 0.0), (True, 0.2)], ids=["relu", "none", "leaky_relu"])
 @pytest.mark.parametrize("xs, ws, kwargs, pool", CASES)
-def test_same_bits_as_the_three_ops(backend, xs, ws, kwargs, pool, relu):
-    """Output, indices and every gradient are those of fastconv's conv2d(relu), max_pool2d, one after
-    the other."""
+def test_same_bits_as_the_three_ops(backend, xs, ws, kwargs, pool, relu, slope):
+    """Output, indices and every gradient are those of fastconv's conv2d (with its activation), max_pool2d,
+    one after the other."""
     x = backend.randn(*xs).requires_grad_()
     w = backend.randn(*ws).requires_grad_()
-    b = backend.randn(ws[0]).requires_grad_()
+    b = backend.randn(ws[0])
+    if slope:  # a negative bias of 2.5 standard deviations of the sums: some windows are all negative
+        b -= 2.5 * (ws[1] * ws[2] * ws[3]) ** 0.5
+    b.requires_grad_()
     stride = FF._pair(kwargs.get("stride", 1), "stride")
     dilation = FF._pair(kwargs.get("dilation", 1), "dilation")
     pad = FF._conv_padding(kwargs.get("padding", 0), ws[2:], dilation, stride)
     args = (stride, pad, dilation, kwargs.get("groups", 1))
-    out, idx = ops.conv2d_pool(x, w, b, *args, relu, pool)
-    ref, ref_idx = ops.max_pool2d(ops.conv2d(x, w, b, *args, relu), pool, pool, (0, 0), (1, 1), False)
+    out, idx = ops.conv2d_pool(x, w, b, *args, relu, pool, slope)
+    ref, ref_idx = ops.max_pool2d(ops.conv2d(x, w, b, *args, relu, slope), pool, pool, (0, 0), (1, 1), False)
     assert_bitwise_equal(out, ref)
     assert torch.equal(idx, ref_idx)
+    if slope:
+        assert (out < 0).any()  # some windows are all negative: the slope's gradient is exercised
     dy = torch.randn_like(out)
     for g, r in zip(torch.autograd.grad(out, (x, w, b), dy), torch.autograd.grad(ref, (x, w, b), dy)):
         assert_bitwise_equal(g, r)
@@ -97,11 +105,13 @@ def test_gradcheck(backend):
     w = backend.randn(4, 3, 3, 3, dtype=torch.float64).requires_grad_()
     b = backend.randn(4, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: FF.conv2d_relu_pool(*a, padding=1), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: FF.conv2d_relu_pool(*a, padding=1, negative_slope=0.3), (x, w, b))
 
 
 def test_opcheck(backend):
     x, w, b = backend.randn(2, 3, 8, 7), backend.randn(4, 3, 3, 3), backend.randn(4)
     torch.library.opcheck(ops.conv2d_pool, (x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, [2, 2]))
+    torch.library.opcheck(ops.conv2d_pool, (x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, [2, 2], 0.1))
     torch.library.opcheck(ops.conv2d_pool,
                           (x.requires_grad_(), w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False, [2, 3]))
 

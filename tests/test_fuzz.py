@@ -20,6 +20,7 @@ reproduces it outside pytest, from the repository root:
 The session ends with one line per property ("fuzz: conv2d [cpu] 100 examples in 1.2 s ...").
 """
 import contextlib
+import functools
 import math
 import os
 import time
@@ -216,32 +217,43 @@ def conv2d_cases(draw):
                 dilation=dilation, groups=groups, dtype=draw(_dtypes),
                 x_layout=draw(st.sampled_from(layouts(len(x_shape)))),
                 w_layout=draw(st.sampled_from(layouts(4))), b_layout=draw(st.sampled_from(layouts(1))),
-                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds))
+                g_layout=draw(st.sampled_from(layouts(len(x_shape)))), seed=draw(_seeds),
+                act=draw(st.sampled_from([None, 0.0, 0.1, 1.5])))  # the fused activation: none, ReLU, LeakyReLU
 
 
 def _asym(padding):
     return isinstance(padding, tuple) and len(padding) == 4
 
 
-def _torch_conv2d(x, w, b, stride, padding, dilation, groups):
-    """F.conv2d; with padding (top, bottom, left, right), F.conv2d of the zero-padded input."""
+def _torch_conv2d(x, w, b, stride, padding, dilation, groups, act=None):
+    """F.conv2d; with padding (top, bottom, left, right), F.conv2d of the zero-padded input; then ReLU
+    (act 0) or LeakyReLU (act > 0) where act is not None."""
     if _asym(padding):
         top, bottom, left, right = padding
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)
-    return F.conv2d(x, w, b, stride, padding, dilation, groups)
+        y = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)
+    else:
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    return y if act is None else F.relu(y) if act == 0 else F.leaky_relu(y, act)
 
 
-def _fastconv_conv2d(x, w, b, stride, padding, dilation, groups):
-    """FF.conv2d; with padding (top, bottom, left, right), which FF.conv2d does not take, the op itself."""
+def _fastconv_conv2d(x, w, b, stride, padding, dilation, groups, act=None):
+    """FF.conv2d (FF.conv2d_relu, FF.conv2d_leaky_relu with act); with padding (top, bottom, left, right),
+    which FF does not take, the op itself."""
     if _asym(padding):
-        return torch.ops.fastconv.conv2d(x, w, b, _pair(stride), padding, _pair(dilation), groups)
-    return FF.conv2d(x, w, b, stride, padding, dilation, groups)
+        return torch.ops.fastconv.conv2d(x, w, b, _pair(stride), padding, _pair(dilation), groups, act is not None,
+                                         act or 0.0)
+    if act is None:
+        return FF.conv2d(x, w, b, stride, padding, dilation, groups)
+    if act == 0:
+        return FF.conv2d_relu(x, w, b, stride, padding, dilation, groups)
+    return FF.conv2d_leaky_relu(x, w, b, stride, padding, dilation, groups, negative_slope=act)
 
 
 def check_conv2d(backend, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype, x_layout, w_layout,
-                 b_layout, g_layout, seed):
-    _check_conv(_torch_conv2d, _fastconv_conv2d, backend, x_shape, w_shape, bias, stride, padding, dilation, groups,
-                dtype, x_layout, w_layout, b_layout, g_layout, seed)
+                 b_layout, g_layout, seed, act=None):
+    _check_conv(functools.partial(_torch_conv2d, act=act), functools.partial(_fastconv_conv2d, act=act), backend,
+                x_shape, w_shape, bias, stride, padding, dilation, groups, dtype, x_layout, w_layout, b_layout,
+                g_layout, seed)
 
 
 def _check_conv(torch_fn, fc_fn, backend, x_shape, w_shape, bias, stride, padding, dilation, groups, dtype,

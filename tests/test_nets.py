@@ -75,3 +75,10 @@ def test_fold_batch_norm_matches_eval(layers):
     folded = fnn.fold_batch_norm(net)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(folded(x), want, rtol=1e-4, atol=1e-4)
+    if layers is fnn:  # once folded, each Conv2d -> LeakyReLU(0.1) (and the max-pool after three) fuses
+        fused = fnn.fuse_conv_relu(folded)
+        convs = [m for m in fused.modules() if isinstance(m, fnn.Conv2d)]
+        assert [m.fused_negative_slope for m in convs if m.fused_relu] == [0.1] * 8
+        assert sum(m.fused_pool is not None for m in convs) == 3
+        assert not any(isinstance(m, (torch.nn.LeakyReLU, torch.nn.MaxPool2d)) for m in fused.modules())
+        torch.testing.assert_close(fused(x), want, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,6 @@
 """fastconv.nn layers are drop-in twins of their torch.nn namesakes, alone and in whole networks."""
+import copy
+
 import pytest
 import torch
 
@@ -174,6 +176,30 @@ def test_fuse_conv_relu_marks_pairs_and_keeps_state_dict_keys():
     assert "max_pool=(2, 2) fused" in repr(net[0]) and "max_pool" not in repr(net[3])
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         fnn.fuse_conv_relu("net")
+
+
+def test_fuse_conv_relu_takes_leaky_relu_and_skips_identities(backend):
+    """A LeakyReLU with a slope >= 0 fuses like a ReLU (its slope kept), an nn.Identity between the
+    layers does not stop the fusion, a negative slope is left unfused; results and gradients unchanged."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(fnn.Conv2d(3, 4, 3), torch.nn.LeakyReLU(0.1), torch.nn.Identity(), fnn.MaxPool2d(2),
+                              fnn.Conv2d(4, 4, 3, padding=1), fnn.LeakyReLU(-0.2), fnn.Conv2d(4, 2, 1),
+                              torch.nn.Identity(), fnn.LeakyReLU(0.0), fnn.Conv2d(2, 2, 1), fnn.LeakyReLU(3.0))
+    net = net.to(backend.device)
+    ref = copy.deepcopy(net)
+    fnn.fuse_conv_relu(net)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "Identity", "Identity", "Identity", "Conv2d", "LeakyReLU",
+                                               "Conv2d", "Identity", "Identity", "Conv2d", "Identity"]
+    assert [(m.fused_relu, m.fused_negative_slope) for m in net if isinstance(m, fnn.Conv2d)] == [
+        (True, 0.1), (False, 0.0), (True, 0.0), (True, 3.0)]
+    assert net[0].fused_pool == (2, 2)
+    assert "leaky_relu(0.1)=fused" in repr(net[0]) and "relu=fused" in repr(net[6])
+    x = backend.randn(2, 3, 12, 11).requires_grad_()
+    out, want = net(x), ref(x)
+    assert (want < 0).any()
+    torch.testing.assert_close(out, want)
+    dy = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, dy)[0], torch.autograd.grad(want, x, dy)[0])
 
 
 @pytest.mark.sim_unchecked

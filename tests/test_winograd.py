@@ -93,11 +93,15 @@ def test_winograd_matches_torch(winograd, c):
     torch.testing.assert_close(dw, rw, **tol(torch.float32, math.prod(ref.shape) // ref.shape[1]))
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.1], ids=["relu", "leaky_relu"])
 @pytest.mark.parametrize("c", CASES[:3])
-def test_winograd_fused_relu(winograd, c):
+def test_winograd_fused_relu(winograd, c, slope):
     x, w, b = _inputs(c)
-    y = ops.conv2d(x, w, b, [1, 1], list(c.padding), [1, 1], c.groups, True)
-    torch.testing.assert_close(y, _torch_conv(x, w, b, c.padding, c.groups).relu(), **tol(torch.float32, c.w[1] * 9))
+    y = ops.conv2d(x, w, b, [1, 1], list(c.padding), [1, 1], c.groups, True, slope)
+    ref = torch.nn.functional.leaky_relu(_torch_conv(x, w, b, c.padding, c.groups), slope)
+    torch.testing.assert_close(y, ref, **tol(torch.float32, c.w[1] * 9))
+    unfused = ops.conv2d(x, w, b, [1, 1], list(c.padding), [1, 1], c.groups)
+    assert_bitwise_equal(y, ops.leaky_relu(unfused, slope) if slope else ops.relu(unfused))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -97,10 +97,11 @@ int panel_segments(int64_t j0, int64_t J, int64_t Wp, int64_t OW, Segment* segs)
   return n;
 }
 
-// d[0..len) (= or +=) a[0..len) + bias, then ReLU if asked: whole vectors held in registers (one pass over
-// d), and the last partial vector as a masked load and store where AVX-512 has masks, else one by one.
+// d[0..len) (= or +=) a[0..len) + bias, then the activation `act`: whole vectors held in registers (one
+// pass over d), and the last partial vector as a masked load and store where AVX-512 has masks, else one
+// by one.
 template <typename T>
-inline void store_run(const T* __restrict__ a, T* __restrict__ d, int len, T bias, bool load_c, bool relu) {
+inline void store_run(const T* __restrict__ a, T* __restrict__ d, int len, T bias, bool load_c, const Act<T>& act) {
   using V = typename Tile<T>::V;
   constexpr int W = Tile<T>::W;
   const V zero{};
@@ -114,7 +115,7 @@ inline void store_run(const T* __restrict__ a, T* __restrict__ d, int len, T bia
       std::memcpy(&c, d + l, sizeof(V));
       v += c;
     }
-    if (relu) v = v < zero ? zero : v;
+    v = act(v);
     std::memcpy(d + l, &v, sizeof(V));
   }
   if (l == len) return;
@@ -124,13 +125,13 @@ inline void store_run(const T* __restrict__ a, T* __restrict__ d, int len, T bia
     if constexpr (std::is_same_v<T, float>) {
       __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + l), _mm512_set1_ps(bias));
       if (load_c) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, d + l));
-      if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+      v = act(v);
       _mm512_mask_storeu_ps(d + l, k, v);
       return;
     } else if constexpr (std::is_same_v<T, double>) {
       __m512d v = _mm512_add_pd(_mm512_maskz_loadu_pd((__mmask8)k, a + l), _mm512_set1_pd(bias));
       if (load_c) v = _mm512_add_pd(v, _mm512_maskz_loadu_pd((__mmask8)k, d + l));
-      if (relu) v = _mm512_max_pd(v, _mm512_setzero_pd());
+      v = act(v);
       _mm512_mask_storeu_pd(d + l, (__mmask8)k, v);
       return;
     }
@@ -140,21 +141,20 @@ inline void store_run(const T* __restrict__ a, T* __restrict__ d, int len, T bia
   for (; l < len; ++l) {
     T v = a[l] + bias;
     if (load_c) v += d[l];
-    if (relu) v = v < T(0) ? T(0) : v;
-    d[l] = v;
+    d[l] = act(v);
   }
 }
 
 // Writes (or, with load_c, adds) the valid runs of an MR x NR tile into M planes; on the last
-// k-block adds the bias and applies ReLU.
+// k-block adds the bias and applies the activation.
 template <typename T>
 void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int nseg, T* __restrict__ c,
-                    int64_t plane, bool load_c, bool last, const T* row_bias, bool relu) {
+                    int64_t plane, bool load_c, bool last, const T* row_bias, const Act<T>& act) {
   constexpr int NR = Tile<T>::NR;
   for (int i = 0; i < mr; ++i) {
     const T bias = last && row_bias ? row_bias[i] : T(0);
     for (int s = 0; s < nseg; ++s)
-      store_run(acc + i * NR + segs[s].t, c + i * plane + segs[s].dst, segs[s].len, bias, load_c, last && relu);
+      store_run(acc + i * NR + segs[s].t, c + i * plane + segs[s].dst, segs[s].len, bias, load_c, last ? act : Act<T>{});
   }
 }
 
@@ -166,7 +166,7 @@ void store_segments(const T* __restrict__ acc, int mr, const Segment* segs, int 
 // otherwise they tile the padded-pitch grid without gaps, wasting only the Wp - OW pad columns.
 template <typename T>
 void direct_conv_image(const T* xpad, const int64_t* off, const T* a_packed, int64_t M, int64_t K, int64_t OH,
-                       int64_t OW, int64_t Wp, T* out, const T* row_bias, bool relu, int64_t p_begin,
+                       int64_t OW, int64_t Wp, T* out, const T* row_bias, const Act<T>& act, int64_t p_begin,
                        int64_t p_end, bool row_panels) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t J = OH * Wp, m_panels = ceil_div(M, MR), per_row = ceil_div(OW, NR);
@@ -193,7 +193,7 @@ void direct_conv_image(const T* xpad, const int64_t* off, const T* a_packed, int
         const int mr = (int)std::min<int64_t>(MR, M - ip * MR);
         micro_kernel<T>(kc, PackedA<T>{a_packed + (ip * K + k0) * MR}, ShiftedB<T>{xpad + j0, off + k0}, acc);
         store_segments(acc, mr, segs, nseg, out + ip * MR * OH * OW, OH * OW, kb > 0, kb == nkb - 1,
-                       row_bias ? row_bias + ip * MR : nullptr, relu);
+                       row_bias ? row_bias + ip * MR : nullptr, act);
       }
     }
   }
@@ -318,7 +318,7 @@ constexpr int64_t kRowPanelMaxK = 64;
 template <typename T>
 void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, int64_t C, int64_t H, int64_t W,
                        int64_t top, int64_t left, int64_t sh, int64_t sw, const T* a, int64_t M, int64_t K, T* dst,
-                       int64_t channels_dst, int64_t OH, int64_t OW, const T* bias, bool relu) {
+                       int64_t channels_dst, int64_t OH, int64_t OW, const T* bias, const Act<T>& act) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t Hp = phase_extent(OH, g.kh, g.dh, sh), Wp = phase_extent(OW, g.kw, g.dw, sw);
   const int64_t m_panels = ceil_div(M, MR), slack = NR + (g.kw - 1) * g.dw + 1;
@@ -334,7 +334,7 @@ void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, i
       const int64_t sp = item % splits, gi = (item / splits) % g.groups, n = item / (splits * g.groups);
       phase_planes(src + (n * channels_src + gi * C) * H * W, C, H, W, top, left, sh, sw, Hp, Wp, pad, slack);
       direct_conv_image(pad, off.data(), a + gi * m_panels * K * MR, M, K, OH, OW, Wp,
-                        dst + (n * channels_dst + gi * M) * OH * OW, bias ? bias + gi * M : nullptr, relu,
+                        dst + (n * channels_dst + gi * M) * OH * OW, bias ? bias + gi * M : nullptr, act,
                         sp * panels / splits, (sp + 1) * panels / splits, row_panels);
     }
   });
@@ -357,7 +357,7 @@ void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
         }
   direct_conv_batch(g, dy, g.c_out, g.cout_g(), g.oh, g.ow, (g.kh - 1) * g.dh - g.pt, (g.kw - 1) * g.dw - g.pl,
                     int64_t(1), int64_t(1), a.data(), M, K, dx, g.c_in, g.h, g.w, static_cast<const T*>(nullptr),
-                    false);
+                    Act<T>{});
 }
 
 // Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch
@@ -488,20 +488,20 @@ class ForwardPlan {
   }
 
   // The outputs of images [n0, n0 + count) of x, into `count` images of C_out x OH x OW at out.
-  void run(const T* x, int64_t n0, int64_t count, const T* bias, bool relu, T* out) const {
+  void run(const T* x, int64_t n0, int64_t count, const T* bias, const Activation& act, T* out) const {
     const ConvShape& g = g_;
     const T* xs = x + n0 * g.c_in * g.h * g.w;
     if constexpr (std::is_same_v<T, float>) {
       if (winograd_) {
         winograd::conv_batch(count, g.groups, xs, g.cin_g(), weights_.data(), g.cout_g(), out,
-                             winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, relu);
+                             winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, Act<float>(act));
         return;
       }
     }
     ConvShape slice = g;
     slice.n = count;
     direct_conv_batch(slice, xs, g.c_in, g.cin_g(), g.h, g.w, g.pt, g.pl, g.sh, g.sw, weights_.data(), g.cout_g(),
-                      g.k_gemm(), out, g.c_out, g.oh, g.ow, bias, relu);
+                      g.k_gemm(), out, g.c_out, g.oh, g.ow, bias, Act<T>(act));
   }
 
  private:
@@ -518,7 +518,7 @@ void grad_input_winograd(const ConvShape& g, const T* dy, const T* w, T* dx) {
     const auto u = winograd::transform_weights<float>(
         g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * C + c) * M + m) * 9 + 8 - r]; });
     winograd::conv_batch(g.n, g.groups, dy, C, u.data(), M, dx,
-                         winograd::Planes{g.c_out, g.oh, g.ow, 2 - g.pt, 2 - g.pl, g.c_in, g.h, g.w}, nullptr, false);
+                         winograd::Planes{g.c_out, g.oh, g.ow, 2 - g.pt, 2 - g.pl, g.c_in, g.h, g.w}, nullptr, Act<float>{});
   }
 }
 
@@ -588,8 +588,9 @@ inline int64_t weight_grad_chunks(int64_t n) { return std::min<int64_t>(n, 8); }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      bool relu) {
+                      bool relu, double negative_slope) {
   const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const Activation act = check_activation(relu, negative_slope, "conv2d");
   return in_float32(
       [&](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
         at::Tensor out = cpu::empty({g.n, g.c_out, g.oh, g.ow}, input.options());
@@ -597,7 +598,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d", [&] {
           ForwardPlan<scalar_t>(g, w.const_data_ptr<scalar_t>())
-              .run(x.const_data_ptr<scalar_t>(), 0, g.n, b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu,
+              .run(x.const_data_ptr<scalar_t>(), 0, g.n, b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, act,
                    out.mutable_data_ptr<scalar_t>());
         });
         return out;
@@ -673,13 +674,13 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
 // convolution's outputs are rounded to it before they are pooled, as conv2d's 16-bit output would be:
 // the maxima (and so the indices) are those of the unfused ops.
 template <typename T>
-void conv_pool(const ConvShape& g, const PoolShape& ps, const T* x, const T* w, const T* bias, bool relu, T* stage,
+void conv_pool(const ConvShape& g, const PoolShape& ps, const T* x, const T* w, const T* bias, const Activation& act, T* stage,
                int64_t slice, T* out, int64_t* idx, std::optional<at::ScalarType> rounding) {
   const ForwardPlan<T> plan(g, w);
   const int64_t plane = g.oh * g.ow, pooled = ps.oh * ps.ow;
   for (int64_t n0 = 0; n0 < g.n; n0 += slice) {
     const int64_t count = std::min(slice, g.n - n0);
-    plan.run(x, n0, count, bias, relu, stage);
+    plan.run(x, n0, count, bias, act, stage);
     if (rounding) {
       const int64_t total = count * g.c_out * plane;
       if (*rounding == at::kBFloat16)
@@ -698,8 +699,9 @@ void conv_pool(const ConvShape& g, const PoolShape& ps, const T* x, const T* w, 
 std::tuple<at::Tensor, at::Tensor> conv2d_pool_cpu(const at::Tensor& input, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                                   bool relu, at::IntArrayRef pool) {
+                                                   bool relu, at::IntArrayRef pool, double negative_slope) {
   const auto shapes = check_conv2d_pool(input, weight, bias, stride, padding, dilation, groups, pool);
+  const Activation act = check_activation(relu, negative_slope, "conv2d_pool");
   const ConvShape& g = shapes.first;
   const PoolShape& ps = shapes.second;
   const std::optional<at::ScalarType> rounding =
@@ -716,7 +718,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_pool_cpu(const at::Tensor& input, cons
         at::Tensor stage = cpu::empty({slice, g.c_out, g.oh, g.ow}, input.options());
         AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_pool", [&] {
           conv_pool<scalar_t>(g, ps, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                              b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, relu,
+                              b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, act,
                               stage.mutable_data_ptr<scalar_t>(), slice, out.mutable_data_ptr<scalar_t>(),
                               idx.mutable_data_ptr<int64_t>(), rounding);
         });
@@ -729,9 +731,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_pool_cpu(const at::Tensor& input, cons
 std::tuple<at::Tensor, at::Tensor> conv2d_pool_sim(const at::Tensor& input, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                                   bool relu, at::IntArrayRef pool) {
+                                                   bool relu, at::IntArrayRef pool, double negative_slope) {
   check_conv2d_pool(input, weight, bias, stride, padding, dilation, groups, pool);
-  const at::Tensor y = sim::conv2d(input, weight, bias, stride, padding, dilation, groups, relu);
+  const at::Tensor y = sim::conv2d(input, weight, bias, stride, padding, dilation, groups, relu, negative_slope);
   const int64_t zero[2] = {0, 0}, one[2] = {1, 1};
   return sim::max_pool2d(y, pool, pool, zero, one, false);
 }

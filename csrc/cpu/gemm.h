@@ -34,6 +34,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "shapes.h"
+
 namespace fastconv::cpu {
 
 // FASTCONV_WIDE_TILES=1 selects the AVX-512 tiling on any machine (the compiler splits the 64-byte
@@ -127,7 +129,25 @@ template <typename T>
 struct Epilogue {
   const T* row_bias = nullptr;  // bias[m], added to row m (conv: one per output channel)
   const T* col_bias = nullptr;  // bias[n], added to column n (linear: one per output feature)
-  bool relu = false;
+};
+
+// A convolution's epilogue activation (shapes.h), applied to a scalar or a vector of T (GCC vectors,
+// __m256 / __m512 included) as relu and leaky_relu's own kernels compute it: ReLU as v < 0 ? 0 : v,
+// LeakyReLU as v > 0 ? v : v * slope. Both keep NaN (max instructions would not).
+template <typename T>
+struct Act {
+  Activation::Kind kind = Activation::none;
+  T slope = 0;
+  Act() = default;
+  explicit Act(const Activation& a) : kind(a.kind), slope(static_cast<T>(a.slope)) {}
+  explicit operator bool() const { return kind != Activation::none; }
+  template <typename V>
+  V operator()(V v) const {
+    const V zero{};
+    if (kind == Activation::relu) return v < zero ? zero : v;
+    if (kind == Activation::leaky_relu) return v > zero ? v : v * slope;
+    return v;
+  }
 };
 
 // Operand sources of the micro-kernel. A gives one scalar a(k, i) per row i < MR, B gives the two
@@ -192,7 +212,7 @@ inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_o
   }
 }
 
-// C[0..mr)[0..nr) (= or +=) acc, then bias and ReLU if this is the last k-block. Full-width
+// C[0..mr)[0..nr) (= or +=) acc, then the bias if this is the last k-block. Full-width
 // tiles take the vector path (two vectors a row); edge tiles a scalar one.
 template <typename T>
 inline void store_tile(const T* __restrict__ acc, int mr, int nr, T* __restrict__ c, int64_t ldc,
@@ -221,11 +241,6 @@ inline void store_tile(const T* __restrict__ acc, int mr, int nr, T* __restrict_
         const T rb = ep.row_bias ? ep.row_bias[m0 + i] : T(0);
         v0 += rb + cb0;
         v1 += rb + cb1;
-        if (ep.relu) {
-          const V zero{};
-          v0 = v0 < zero ? zero : v0;
-          v1 = v1 < zero ? zero : v1;
-        }
       }
       std::memcpy(crow, &v0, sizeof(V));
       std::memcpy(crow + W, &v1, sizeof(V));
@@ -241,7 +256,6 @@ inline void store_tile(const T* __restrict__ acc, int mr, int nr, T* __restrict_
       T v = arow[j] + rb;
       if (load_c) v += crow[j];
       if (last && ep.col_bias) v += ep.col_bias[n0 + j];
-      if (last && ep.relu) v = v < T(0) ? T(0) : v;
       crow[j] = v;
     }
   }

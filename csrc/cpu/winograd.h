@@ -280,18 +280,14 @@ inline void tile_outputs(const Grid& g, int64_t t0, int64_t t_end, int64_t image
 }
 
 template <int NR>
-inline void transform_scatter(const float* __restrict__ m, float bias, bool relu, float* __restrict__ base,
+inline void transform_scatter(const float* __restrict__ m, float bias, const Act<float>& act, float* __restrict__ base,
                               const TileOut<NR>& to) {
   for (int h = 0; h < NR / 8 && 8 * h < to.lanes; ++h) {
     V8 in[kXi], tmp[kOut * kIn], y[kOut * kOut];
     for (int k = 0; k < kXi; ++k) std::memcpy(&in[k], m + k * NR + 8 * h, sizeof(V8));
     for (int l = 0; l < kIn; ++l) output_1d(in + l, kIn, tmp + l, kIn);
     for (int i = 0; i < kOut; ++i) output_1d(tmp + i * kIn, 1, y + i * kOut, 1);
-    const V8 zero{};
-    for (int k = 0; k < kOut * kOut; ++k) {
-      y[k] += bias;
-      if (relu) y[k] = y[k] < zero ? zero : y[k];
-    }
+    for (int k = 0; k < kOut * kOut; ++k) y[k] = act(y[k] + bias);
     const int here = std::min(8, to.lanes - 8 * h);
     for (int kb = 0; kb < 2; ++kb) {
       V8* rows = y + 8 * kb;  // tile rows 2 kb, 2 kb + 1
@@ -316,9 +312,9 @@ inline void transform_scatter(const float* __restrict__ m, float bias, bool relu
 
 // A stride-1 3x3 convolution of a batch by Winograd F(4x4, 3x3): for every image and group, the
 // group's C planes of `src` zero-padded and cropped as `pl` says, convolved with the group's
-// transformed filters u (transform_weights, M rows) into its M planes of `dst`, with bias and ReLU.
+// transformed filters u (transform_weights, M rows) into its M planes of `dst`, with bias and activation.
 inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, const float* u, int64_t M,
-                       float* dst, const Planes& pl, const float* bias, bool relu) {
+                       float* dst, const Planes& pl, const float* bias, const Act<float>& act) {
   using T = float;
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   static_assert(NR % 8 == 0, "a panel is whole 8-lane blocks");
@@ -371,7 +367,7 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
         TileOut<NR> to;
         tile_outputs(grid, t0, tiles, pl.channels_out * pl.OH * pl.OW, pl.OH, pl.OW, to);
         for (int64_t co = 0; co < M; ++co)
-          transform_scatter<NR>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), relu,
+          transform_scatter<NR>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), act,
                                 dst + (n0 * pl.channels_out + gi * M + co) * pl.OH * pl.OW, to);
       }
     }

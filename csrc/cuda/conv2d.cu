@@ -32,7 +32,7 @@ struct ConvForward {
   const T* bias;
   T* y;
   ConvShape s;
-  bool relu;
+  Activation act;
   int64_t M, N, K, groups;
 
   struct Row {
@@ -60,7 +60,9 @@ struct ConvForward {
     const int64_t co = g * N + n;
     const int pixels = int(s.oh * s.ow), img = int(m) / pixels;
     if (bias) v += to_acc(bias[co]);
-    if (relu) v = v < A(0) ? A(0) : v;  // NaN stays NaN, as in the CPU kernel
+    // as the relu and leaky_relu kernels compute them: NaN stays NaN, as in the CPU kernel
+    if (act.kind == Activation::relu) v = v < A(0) ? A(0) : v;
+    else if (act.kind == Activation::leaky_relu) v = v > A(0) ? v : v * A(act.slope);
     y[(img * s.c_out + co) * pixels + (int(m) - img * pixels)] = from_acc<T>(v);
   }
 };
@@ -176,11 +178,11 @@ __global__ void __launch_bounds__(256) bias_grad_kernel(const T* __restrict__ dy
 }  // namespace
 
 int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
-                   bool relu, bool tf32, Stream stream) {
+                   Activation act, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
     ConvForward<T> p{static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                     static_cast<T*>(y), s, relu, s.n * s.oh * s.ow, s.c_out / s.groups,
+                     static_cast<T*>(y), s, act, s.n * s.oh * s.ow, s.c_out / s.groups,
                      s.c_in / s.groups * s.kh * s.kw, s.groups};
     p.b_vec = gemm::aligned_rows(p.w, p.K);
     err = gemm::run(p, 1, tf32, stream);

@@ -280,9 +280,11 @@ at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
 }  // namespace
 
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool relu) {
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool relu,
+                  double negative_slope) {
   const char* op = "conv2d";
   const ConvShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const Activation act = check_activation(relu, negative_slope, op);
   at::Tensor y = at::empty({s.n, s.c_out, s.oh, s.ow}, input.options());
   if (y.numel() == 0) return y;
   check_gemm_size(s.n * s.oh * s.ow, s.cout_g(), s.k_gemm(), op);
@@ -290,7 +292,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
   check_launch(kernels::conv2d_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), s, relu, allow_tf32(), stream_of(x)),
+                                       y.mutable_data_ptr(), s, act, allow_tf32(), stream_of(x)),
                op);
   return y;
 }

@@ -79,11 +79,11 @@ int lrn_forward(DType dtype, const void* x, void* y, void* scale, const LrnShape
 int lrn_backward(DType dtype, const void* dy, const void* x, const void* y, const void* scale, void* dx,
                  const LrnShape& g, Stream stream);
 
-// Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = conv(x, w) + bias, then ReLU if `relu`
-// (the pre-activation is never written). bias may be null. Every GEMM launcher takes `tf32`: float32
+// Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = act(conv(x, w) + bias), `act` none, ReLU or
+// LeakyReLU (shapes.h; the pre-activation is never written). bias may be null. Every GEMM launcher takes `tf32`: float32
 // operands are then rounded to tf32 and multiplied on tensor cores (float16 / bfloat16 always are).
 int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
-                   bool relu, bool tf32, Stream stream);
+                   Activation act, bool tf32, Stream stream);
 // dx = the transposed convolution of dy with w.
 int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool tf32,
                       Stream stream);
