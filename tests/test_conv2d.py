@@ -511,3 +511,52 @@ def test_conv2d_relu_is_relu_of_conv2d(backend, dtype):
     theirs = torch.autograd.grad(ref, (x, w, b), g)
     for a, e in zip(ours, theirs):
         torch.testing.assert_close(a, e, **tol(dtype, 200))
+
+
+# ------------------------------------------------------------------ the im2col blocks of small maps
+
+# (input, weight, stride, (top, bottom, left, right), dilation, groups): small outputs, where the automatic
+# choice takes the im2col path (FASTCONV_CPU_SMALLMAP), with strides (phase planes), dilation, groups, odd
+# plane sizes (image boundaries inside a panel), a 1x1 kernel and a batch that is not a whole number of blocks
+SMALL_MAPS = [
+    pytest.param(((37, 24, 4, 4), (40, 24, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1), id="4x4_pad1_37_images"),
+    pytest.param(((9, 16, 3, 5), (12, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2), id="3x5_groups2"),
+    pytest.param(((5, 8, 9, 9), (16, 8, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1), id="stride2"),
+    pytest.param(((4, 6, 7, 8), (10, 6, 2, 3), (1, 3), (1, 0, 2, 1), (2, 1), 1), id="asym_stride_dilation"),
+    pytest.param(((19, 32, 2, 2), (24, 32, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1), id="1x1_2x2"),
+    pytest.param(((6, 20, 8, 8), (30, 20, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1), id="8x8_pad1"),
+]
+
+
+@pytest.mark.backends("cpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", SMALL_MAPS)
+def test_small_map_im2col_path_matches_torch_and_the_direct_path(monkeypatch, cfg, dtype):
+    """The im2col blocks (forced on) and the per-image direct path (forced off): both torch's results in
+    forward, grad input and grad weight, with ReLU and LeakyReLU epilogues; bitwise the same run after run."""
+    xs, ws, stride, padding, dilation, groups = cfg
+    x, w, b = torch.randn(xs, dtype=dtype), torch.randn(ws, dtype=dtype), torch.randn(ws[0], dtype=dtype)
+    monkeypatch.setenv("FASTCONV_CPU_CONV", "gemm")  # (3x3 stride-1 float32 would otherwise be Winograd)
+    ref = _torch_conv_asym(x, w, b, stride, padding, dilation, groups)
+    dy = torch.randn_like(ref)
+    args = (stride, padding, dilation, groups)
+    results = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("FASTCONV_CPU_SMALLMAP", path)
+        got = [ops.conv2d(x, w, b, *args, True, slope) for slope in (0.0, 0.1)] + [
+            ops.conv2d(x, w, b, *args), ops.conv2d_grad_input(dy, w, list(xs), *args),
+            ops.conv2d_grad_weight(dy, x, list(ws), *args)]
+        again = ops.conv2d_grad_weight(dy, x, list(ws), *args)
+        assert_bitwise_equal(again, got[-1])
+        results[path] = got
+        c = ConvCase(xs, ws, dict(groups=groups))
+        torch.testing.assert_close(got[0], F.relu(ref), **tol(dtype, conv_terms(ws)))
+        torch.testing.assert_close(got[1], F.leaky_relu(ref, 0.1), **tol(dtype, conv_terms(ws)))
+        torch.testing.assert_close(got[2], ref, **tol(dtype, conv_terms(ws)))
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        gx, gw = torch.autograd.grad(_torch_conv_asym(xr, wr, b, stride, padding, dilation, groups), (xr, wr), dy)
+        terms = _grad_terms(c, ref.shape)
+        torch.testing.assert_close(got[3], gx, **tol(dtype, terms[0]))
+        torch.testing.assert_close(got[4], gw, **tol(dtype, terms[1]))
+    for a, d in zip(results["1"], results["0"]):
+        torch.testing.assert_close(a, d, **tol(dtype, 4 * conv_terms(ws)))

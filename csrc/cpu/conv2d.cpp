@@ -310,6 +310,125 @@ inline int64_t phase_extent(int64_t out, int64_t k, int64_t d, int64_t s) { retu
 // layers (K = 9, 27), where the stores of split panels cost as much as the FMAs.
 constexpr int64_t kRowPanelMaxK = 64;
 
+// ---------------------------------------------------------------- small maps: im2col over a block of images
+//
+// On a small output (8x8, 4x4, 2x2 maps of 128-256 channels: the late layers of YOLO- and ResNet-style
+// nets) the padded-pitch panels of direct_conv_image waste most of their lanes: a 4x4 output on a pitch
+// of 6 is 24 pixels, one NR = 32 panel of which 16 lanes are kept. There the im2col columns of a block of
+// S images are built first, [K][S * OH * OW] with every pixel valid (row pitch `ld`), and the GEMM runs
+// over them: the B operand of the forward and grad input, the A rows of the grad weight.
+
+// Whether the padded-pitch panels of one image waste more than a quarter of their lanes (FASTCONV_CPU_SMALLMAP=1
+// or 0 forces the im2col path on or off, for tests and measurements).
+template <typename T>
+bool use_im2col_blocks(int64_t OH, int64_t OW, int64_t Wp) {
+  const char* e = std::getenv("FASTCONV_CPU_SMALLMAP");  // (read per call, as FASTCONV_CPU_CONV: tests set it)
+  if (e && *e) return std::atoi(e) > 0;
+  constexpr int NR = Tile<T>::NR;
+  return 4 * OH * OW < 3 * ceil_div(OH * Wp, NR) * NR;
+}
+
+// Images per block of the im2col path, for n images: enough for about `cols` columns (the grad
+// weight's reduction depth), at most 1 MiB of columns (they stay in L2), then evened out over the
+// blocks n needs (16 images in blocks of 14 would leave a block of 2).
+template <typename T>
+int64_t im2col_block_images(int64_t K, int64_t P, int64_t n, int64_t cols = 256) {
+  const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 20) / (int64_t)sizeof(T) / std::max<int64_t>(K * P, 1));
+  n = std::max<int64_t>(n, 1);
+  const int64_t s = std::clamp<int64_t>(ceil_div(cols, P), 1, std::min(cap, n));
+  return ceil_div(n, ceil_div(n, s));
+}
+
+// The row pitch of a block's columns: W lanes of slack after each row (im2col_block over-copies).
+template <typename T>
+int64_t im2col_pitch(int64_t cols) { return round_up<T>(cols, Tile<T>::W) + Tile<T>::W; }
+
+// col[k][s * P + oh * OW + ow] (row pitch ld) = tap k of output (oh, ow) of image s, for the S images
+// whose C planes (of H x W) start at src + s * image_stride: each image's phase planes go to `pad`
+// (padded by top / left; `off` = shift_table over them), then every (tap, output row) is one run of OW
+// values. Runs are copied as whole vectors, later runs overwriting what an earlier one wrote past its
+// end, and the row slack (im2col_pitch) taking what the last one does: one vector load and store for
+// a run of a small map. The slack is zeroed last (the panels of the last columns read into it).
+template <typename T>
+void im2col_block(const T* src, int64_t image_stride, int64_t S, int64_t C, int64_t H, int64_t W, int64_t top,
+                  int64_t left, int64_t sh, int64_t sw, int64_t Hp, int64_t Wp, const int64_t* off, int64_t K,
+                  int64_t OH, int64_t OW, T* pad, int64_t slack, T* __restrict__ col, int64_t ld) {
+  using V = typename Tile<T>::V;
+  constexpr int L = Tile<T>::W;
+  const int64_t P = OH * OW;
+  for (int64_t s = 0; s < S; ++s) {
+    phase_planes(src + s * image_stride, C, H, W, top, left, sh, sw, Hp, Wp, pad, slack);
+    for (int64_t k = 0; k < K; ++k) {
+      const T* __restrict__ from = pad + off[k];
+      T* __restrict__ to = col + k * ld + s * P;
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t i = 0; i < OW; i += L) {
+          V v;
+          std::memcpy(&v, from + oh * Wp + i, sizeof(V));
+          std::memcpy(to + oh * OW + i, &v, sizeof(V));
+        }
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) std::memset(col + k * ld + S * P, 0, sizeof(T) * (ld - S * P));  // the slack
+}
+
+// The runs of pixels [j0, j0 + NR) of a block of images of P pixels each, in the output (image s at
+// s * image_stride, pixel p at p): one per image the panel touches.
+template <typename T>
+int block_segments(int64_t j0, int64_t J, int64_t P, int64_t image_stride, Segment* segs) {
+  constexpr int NR = Tile<T>::NR;
+  int n = 0;
+  for (int64_t j = j0, end = std::min(j0 + NR, J); j < end;) {
+    const int64_t s = j / P, len = std::min(end, (s + 1) * P) - j;
+    segs[n++] = Segment{(int)(j - j0), (int)len, s * image_stride + (j - s * P)};
+    j += len;
+  }
+  return n;
+}
+
+// direct_conv_batch on small maps: per (block of S images, group), im2col_block, then every NR-pixel
+// panel of the block's columns times every A panel, stored image by image (block_segments).
+template <typename T>
+void im2col_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, int64_t C, int64_t H, int64_t W,
+                       int64_t top, int64_t left, int64_t sh, int64_t sw, const T* a, int64_t M, int64_t K, T* dst,
+                       int64_t channels_dst, int64_t OH, int64_t OW, const T* bias, const Act<T>& act) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR, L = Tile<T>::W;
+  const int64_t Hp = phase_extent(OH, g.kh, g.dh, sh), Wp = phase_extent(OW, g.kw, g.dw, sw), P = OH * OW;
+  const int64_t m_panels = ceil_div(M, MR), slack = (g.kw - 1) * g.dw + 2 * L;
+  const std::vector<int64_t> off = shift_table(C, g.kh, g.kw, g.dh, g.dw, sh, sw, Hp, Wp);
+  const int64_t S = im2col_block_images<T>(K, P, g.n), blocks = ceil_div(g.n, S);
+  // k-blocks as the direct path's (k-blocks of 128-1024 measured within 4% of each other on 128 -> 256
+  // at 4x4, the deepest fastest: fewer passes over the output)
+  const int64_t nkb = std::max<int64_t>(1, ceil_div(K, kDirectKC)), kcb = ceil_div(std::max<int64_t>(K, 1), nkb);
+  const double flops = 2.0 * M * K * S * P;
+  at::parallel_for(0, blocks * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
+    T* pad = scratch<T>(3, C * sh * sw * Hp * Wp + slack);
+    const int64_t ld = im2col_pitch<T>(S * P);
+    T* col = scratch<T>(5, std::max<int64_t>(K, 1) * ld);
+    alignas(64) T acc[MR * NR];
+    Segment segs[NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item % g.groups, n0 = item / g.groups * S, count = std::min(S, g.n - n0), J = count * P;
+      im2col_block(src + (n0 * channels_src + gi * C) * H * W, channels_src * H * W, count, C, H, W, top, left, sh,
+                   sw, Hp, Wp, off.data(), K, OH, OW, pad, slack, col, ld);
+      T* out = dst + (n0 * channels_dst + gi * M) * P;
+      for (int64_t j0 = 0; j0 < J; j0 += NR) {
+        const int nseg = block_segments<T>(j0, J, P, channels_dst * P, segs);
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          const int64_t k0 = kb * kcb, kc = std::clamp<int64_t>(K - k0, 0, kcb);
+          for (int64_t ip = 0; ip < m_panels; ++ip) {
+            const int mr = (int)std::min<int64_t>(MR, M - ip * MR);
+            micro_kernel<T>(kc, PackedA<T>{a + (gi * m_panels + ip) * K * MR + k0 * MR},
+                            StridedB<T>{col + k0 * ld + j0, ld}, acc);
+            store_segments(acc, mr, segs, nseg, out + ip * MR * P, P, kb > 0, kb == nkb - 1,
+                           bias ? bias + gi * M + ip * MR : nullptr, act);
+          }
+        }
+      }
+    }
+  });
+}
+
 // A convolution of a batch by direct_conv_image: for every image, group and split of the output's pixel
 // panels, copy the group's C planes of `src` (channels_src planes of H x W an image), padded by (top,
 // left), into phase planes of Hp x Wp (phase_planes; with unit stride, the padded planes), then multiply
@@ -321,6 +440,10 @@ void direct_conv_batch(const ConvShape& g, const T* src, int64_t channels_src, i
                        int64_t channels_dst, int64_t OH, int64_t OW, const T* bias, const Act<T>& act) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int64_t Hp = phase_extent(OH, g.kh, g.dh, sh), Wp = phase_extent(OW, g.kw, g.dw, sw);
+  if (use_im2col_blocks<T>(OH, OW, Wp)) {
+    im2col_conv_batch(g, src, channels_src, C, H, W, top, left, sh, sw, a, M, K, dst, channels_dst, OH, OW, bias, act);
+    return;
+  }
   const int64_t m_panels = ceil_div(M, MR), slack = NR + (g.kw - 1) * g.dw + 1;
   const std::vector<int64_t> off = shift_table(C, g.kh, g.kw, g.dh, g.dw, sh, sw, Hp, Wp);
   // (with Wp == OW, a 1-wide kernel, the padded-pitch grid has no dropped columns and a panel is one run)
@@ -374,44 +497,91 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
   const std::vector<int64_t> off = shift_table(g.cin_g(), g.kh, g.kw, g.dh, g.dw, g.sh, g.sw, Hp, Wp);
   std::vector<T, AlignedAllocator<T>> sums(nchunks * g.groups * K * CoP);
   const double flops = 2.0 * M * K * J * g.n / nchunks;
+  // small maps (use_im2col_blocks): blocks of S images, their im2col columns `col` of pitch ld
+  const int64_t P = g.oh * g.ow, ld_images = ceil_div(g.n, nchunks);  // (the largest chunk)
+  const int64_t S = im2col_block_images<T>(K, P, ld_images, 512), ld = im2col_pitch<T>(S * P);
+  const bool blocks = use_im2col_blocks<T>(g.oh, g.ow, Wp);
+  const int64_t J_max = blocks ? S * P : J;
   at::parallel_for(0, nchunks * g.groups, grain_for(flops), [&](int64_t begin, int64_t end) {
-    const int64_t slack = (g.kw - 1) * g.dw + 1;  // the last rows' taps read up to this far past the planes
+    // the last rows' taps read up to this far past the planes (im2col_block: a vector more)
+    const int64_t slack = (g.kw - 1) * g.dw + 1 + (blocks ? 2 * Tile<T>::W : 0);
     T* xpad = scratch<T>(3, g.cin_g() * g.sh * g.sw * Hp * Wp + slack);
-    T* d = scratch<T>(0, c_panels * J * NR);
-    T* dypad = scratch<T>(1, M * J);
+    T* d = scratch<T>(0, c_panels * J_max * NR);
+    T* dypad = scratch<T>(1, M * J_max);
+    T* col = blocks ? scratch<T>(5, std::max<int64_t>(K, 1) * ld) : nullptr;
     alignas(64) T acc[MR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t gi = item % g.groups, chunk = item / g.groups;
       T* c = sums.data() + item * K * CoP;  // item == chunk * groups + gi
-      std::memset(c, 0, sizeof(T) * K * CoP);
-      for (int64_t n = chunk * g.n / nchunks; n < (chunk + 1) * g.n / nchunks; ++n) {
+      // dW^T[k][co] += sum_{j < jlen} A[k][j] B[j][co]: A's rows are rows[k] + j (shifted image rows, or
+      // im2col rows), B is dY transposed into the NR-channel panels of d (jlen pixels each). The item's
+      // first block of pixels writes every tile of c (no zeroing first), the others add to them.
+      bool fresh = true;
+      auto accumulate = [&](auto&& row_of, int64_t jlen) {
+        for (int64_t j0 = 0; j0 < jlen; j0 += kDirectJB) {
+          const int64_t jl = std::min(kDirectJB, jlen - j0);
+          for (int64_t cp = 0; cp < c_panels; ++cp)
+            for (int64_t kp = 0; kp < k_panels; ++kp) {
+              const int mr = (int)std::min<int64_t>(MR, K - kp * MR);
+              RowsA<T> rows;
+              for (int i = 0; i < MR; ++i) rows.row[i] = row_of(i < mr ? kp * MR + i : 0) + j0;
+              micro_kernel<T>(jl, rows, PackedB<T>{d + (cp * jlen + j0) * NR}, acc);
+              store_tile<T>(acc, mr, NR, c + kp * MR * CoP + cp * NR, CoP, !fresh, false, Epilogue<T>{}, 0, 0);
+            }
+          fresh = false;
+        }
+      };
+      const int64_t n_lo = chunk * g.n / nchunks, n_hi = (chunk + 1) * g.n / nchunks;
+      if (blocks) {  // small maps: im2col over blocks of S images, every pixel a valid one
+        for (int64_t n0 = n_lo; n0 < n_hi; n0 += S) {
+          const int64_t count = std::min(S, n_hi - n0), Jb = count * P;
+          im2col_block(x + (n0 * g.c_in + gi * g.cin_g()) * g.h * g.w, g.c_in * g.h * g.w, count, g.cin_g(), g.h,
+                       g.w, g.pt, g.pl, g.sh, g.sw, Hp, Wp, off.data(), K, g.oh, g.ow, xpad, slack, col, ld);
+          for (int64_t s = 0; s < count; ++s)
+            for (int64_t co = 0; co < M; ++co)
+              copy_run(dypad + co * Jb + s * P, dy + ((n0 + s) * g.c_out + gi * M + co) * P, P);
+          pack_transposed_panels(dypad, M, Jb, Jb, d);
+          accumulate([&](int64_t k) { return col + k * ld; }, Jb);
+        }
+        continue;
+      }
+      for (int64_t n = n_lo; n < n_hi; ++n) {
         phase_planes(x + (n * g.c_in + gi * g.cin_g()) * g.h * g.w, g.cin_g(), g.h, g.w, g.pt, g.pl, g.sh, g.sw, Hp,
                      Wp, xpad, slack);
         // dY' = the gradient on the padded pitch (zero in the dropped columns), transposed into panels
         pad_planes(dy + (n * g.c_out + gi * M) * g.oh * g.ow, M, g.oh, g.ow, int64_t(0), int64_t(0), g.oh, Wp,
                    dypad, int64_t(0));
         pack_transposed_panels(dypad, M, J, J, d);
-        for (int64_t j0 = 0; j0 < J; j0 += kDirectJB) {
-          const int64_t jl = std::min(kDirectJB, J - j0);
-          for (int64_t cp = 0; cp < c_panels; ++cp)
-            for (int64_t kp = 0; kp < k_panels; ++kp) {
-              const int mr = (int)std::min<int64_t>(MR, K - kp * MR);
-              RowsA<T> rows;
-              for (int i = 0; i < MR; ++i) rows.row[i] = xpad + j0 + (i < mr ? off[kp * MR + i] : 0);
-              micro_kernel<T>(jl, rows, PackedB<T>{d + (cp * J + j0) * NR}, acc);
-              store_tile<T>(acc, mr, NR, c + kp * MR * CoP + cp * NR, CoP, true, false, Epilogue<T>{}, 0, 0);
-            }
-        }
+        accumulate([&](int64_t k) { return xpad + off[k]; }, J);
       }
     }
   });
-  at::parallel_for(0, g.groups * K, std::max<int64_t>(1, 32768 / (M * nchunks)), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {  // row = gi * K + k
-      const int64_t gi = row / K, k = row % K;
-      for (int64_t co = 0; co < M; ++co) {
-        T s = 0;
-        for (int64_t ch = 0; ch < nchunks; ++ch) s += sums[((ch * g.groups + gi) * K + k) * CoP + co];
-        dw[(gi * M + co) * K + k] = s;
+  // the chunks' sums added in chunk order, a W x W block (rows k, lanes co) at a time in vectors, then
+  // transposed so that each output channel's W values of k go out as one run
+  using V = typename Tile<T>::V;
+  constexpr int W = Tile<T>::W;
+  const int64_t kblocks = ceil_div(K, W), cblocks = ceil_div(M, W);
+  at::parallel_for(0, g.groups * kblocks, std::max<int64_t>(1, 32768 / (W * M * nchunks)), [&](int64_t begin,
+                                                                                                int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item / kblocks, k0 = item % kblocks * W;
+      const int kn = (int)std::min<int64_t>(W, K - k0);
+      for (int64_t cb = 0; cb < cblocks; ++cb) {
+        const int64_t co0 = cb * W;
+        V rows[W];
+        for (int r = 0; r < W; ++r) {
+          V acc{};
+          if (r < kn)
+            for (int64_t ch = 0; ch < nchunks; ++ch) {
+              V v;
+              std::memcpy(&v, sums.data() + ((ch * g.groups + gi) * K + k0 + r) * CoP + co0, sizeof(V));
+              acc += v;
+            }
+          rows[r] = acc;
+        }
+        transpose_block<T>(rows);
+        for (int c = 0; c < W && co0 + c < M; ++c)
+          std::memcpy(dw + (gi * M + co0 + c) * K + k0, &rows[c], sizeof(T) * kn);
       }
     }
   });

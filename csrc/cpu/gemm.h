@@ -108,7 +108,7 @@ T* scratch(int slot, int64_t elems) {
   return static_cast<T*>(b.p);
 }
 
-// std::vector storage aligned to 64 bytes (packed weights).
+// std::vector storage aligned to 64 bytes (packed weights), not zero-filled.
 template <typename T>
 struct AlignedAllocator {
   using value_type = T;
@@ -121,6 +121,12 @@ struct AlignedAllocator {
     return static_cast<T*>(p);
   }
   void deallocate(T* p, size_t) { std::free(p); }
+  // Elements are default-initialised (arithmetic ones left as they are, not zeroed): every user writes
+  // what it later reads, and zeroing megabytes of packed weights first measured a few percent of a call.
+  template <typename U>
+  void construct(U* p) { ::new (static_cast<void*>(p)) U; }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) { ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...); }
   template <typename U>
   bool operator==(const AlignedAllocator<U>&) const { return true; }
 };
@@ -176,6 +182,12 @@ template <typename T>
 struct PackedB {
   const T* __restrict__ p;
   const T* at(int64_t k) const { return p + k * Tile<T>::NR; }
+};
+template <typename T>
+struct StridedB {  // B[k][j] = p[k * ld + j]: rows of a matrix read where they lie
+  const T* p;
+  int64_t ld;
+  const T* at(int64_t k) const { return p + k * ld; }
 };
 template <typename T>
 struct ShiftedB {

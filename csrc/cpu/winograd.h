@@ -71,7 +71,8 @@ inline void output_1d(const X* m, int s, X* y, int ys) {
   y[3 * ys] = n12 + 8 * n34 + m5;
 }
 
-// u = G g
+// u = G g (true divisions: products with rounded reciprocals pushed one output of test_winograd past
+// its float32 tolerance)
 template <typename X>
 inline void weight_1d(const X* g, int s, X* u, int us) {
   const X g0 = g[0], g1 = g[s], g2 = g[2 * s];
@@ -123,16 +124,23 @@ template <typename T, typename Weight>
 std::vector<T, AlignedAllocator<T>> transform_weights(int64_t groups, int64_t M, int64_t C, Weight w) {
   constexpr int MR = Tile<T>::MR;
   const int64_t m_panels = ceil_div(M, MR);
-  std::vector<T, AlignedAllocator<T>> u(groups * kXi * m_panels * C * MR, T(0));
-  at::parallel_for(0, groups * M, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+  std::vector<T, AlignedAllocator<T>> u(groups * kXi * m_panels * C * MR);
+  // a panel of MR filters at a time, one filter per lane of a vector (the same operations as on scalars,
+  // so the same bits): the MR values of each point go out as one contiguous run, and each of the 36
+  // point streams is written sequentially
+  typedef T VW __attribute__((vector_size(8 * sizeof(T))));
+  static_assert(MR <= 8, "a panel's filters fit the lanes");
+  at::parallel_for(0, groups * m_panels, std::max<int64_t>(1, 512 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
-      const int64_t gi = row / M, m = row % M;
+      const int64_t gi = row / m_panels, ip = row % m_panels;
+      const int rows = (int)std::min<int64_t>(MR, M - ip * MR);
       for (int64_t c = 0; c < C; ++c) {
-        T g[9], t[kXi];
-        for (int r = 0; r < 9; ++r) g[r] = w(gi, m, c, r);
-        transform_2d<3, kIn>(g, t, [](const T* a, int s, T* o, int os) { weight_1d(a, s, o, os); });
+        VW g[9] = {}, t[kXi];
+        for (int r = 0; r < 9; ++r)
+          for (int i = 0; i < rows; ++i) g[r][i] = w(gi, ip * MR + i, c, r);
+        transform_2d<3, kIn>(g, t, [](const VW* a, int s, VW* o, int os) { weight_1d(a, s, o, os); });
         for (int xi = 0; xi < kXi; ++xi)
-          u[(((gi * kXi + xi) * m_panels + m / MR) * C + c) * MR + m % MR] = t[xi];
+          std::memcpy(u.data() + (((gi * kXi + xi) * m_panels + ip) * C + c) * MR, &t[xi], sizeof(T) * MR);
       }
     }
   });
@@ -171,12 +179,13 @@ inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64
   g.per_image = g.th * g.tw;
   g.Hp = kOut * g.th + 2;
   g.Wp = kOut * g.tw + 2;
-  // Images per item: the fewest (up to 8) whose tiles fill at least 90% of the panels' lanes, as long
-  // as there are still two items per thread and their padded input planes stay within 512 KiB (an
-  // 8 x 8 output has 4 tiles an image: 8 images fill the 32 lanes of an AVX-512 panel).
+  // Images per item: the fewest (up to a panel's lanes) whose tiles fill at least 90% of the panels'
+  // lanes, as long as there are still two items per thread and their padded input planes stay within
+  // 512 KiB (an 8 x 8 output has 4 tiles an image: 8 images fill the 32 lanes of an AVX-512 panel; a
+  // 4 x 4 output has one, and 32 images do).
   const int64_t image_bytes = pl.channels_in / std::max<int64_t>(groups, 1) * g.Hp * g.Wp * int64_t(sizeof(float));
   g.images = 1;
-  for (int64_t k = 1; k <= 8; ++k) {
+  for (int64_t k = 1; k <= nr; ++k) {
     if (k > 1 && (ceil_div(n, k) * groups < 2 * threads || k * image_bytes > (int64_t(512) << 10))) break;
     g.images = k;
     if (10 * k * g.per_image >= 9 * round_up<float>(k * g.per_image, nr)) break;
