@@ -102,6 +102,8 @@ def _make_cases(batch):
     cases += conv_cases(batch, "mnist", [(1, 32, 28, 0), (32, 64, 26, 0)])
     cases += conv_cases(batch, "cifar", [(3, 32, 32, 1), (32, 32, 32, 0), (32, 64, 15, 1), (64, 64, 15, 0)])
     cases += conv_cases(batch, "other", OTHER_CONV_LAYERS)
+    # the late layers of the YOLO-style backbone (fastconv.models.yolo): 8x8 and 4x4 maps of 128-256 channels
+    cases += conv_cases(batch, "yolo", [(64, 128, 8, 1), (128, 256, 4, 1), (256, 128, 4, 0, 1, 1)])
     for net, shape in [("mnist", (batch, 64, 24, 24)), ("cifar", (batch, 32, 32, 32))]:
         x = torch.randn(shape, generator=g)
         cases.append(Case("relu", f"{net} {tuple(shape)}", [x], FF.relu, F.relu))
@@ -364,8 +366,9 @@ def main(argv=None):
     print(f"fastconv vs torch on {args.device} ({machine}), {precision}; medians of {args.reps} runs; "
           "ratio = fastconv / torch\n")
     print(markdown(op_rows, step_rows))
-    for label, pick in [("the net layers", lambda shape: not shape.startswith("other")),
-                        ("the other layer shapes", lambda shape: shape.startswith("other"))]:
+    for label, pick in [("the net layers", lambda shape: shape.startswith(("mnist", "cifar"))),
+                        ("the other layer shapes", lambda shape: shape.startswith("other")),
+                        ("the yolo layers", lambda shape: shape.startswith("yolo"))]:
         conv = [r for r in op_rows if r["op"] == "conv2d" and pick(r["shape"])]
         if conv:
             fwd = statistics.geometric_mean(r["fwd_ratio"] for r in conv)

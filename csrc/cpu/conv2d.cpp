@@ -9,6 +9,9 @@
 //   image into its sh * sw phase planes (padded[a + sh i][b + sw j]): tap (kh, kw) is then a unit-
 //   stride shift of one phase plane (phase_planes, shift_table). The image is copied once per
 //   (image, group), into a scratch that stays in L2 while every output channel is computed from it.
+//   On small maps (8x8, 4x4, ...), where the padded pitch would leave a quarter of a panel's lanes
+//   empty, the im2col columns of a block of images are built instead and the GEMM runs over them
+//   (im2col_conv_batch; the grad weight likewise).
 // Grad input: with unit stride, a forward convolution of grad_output with the flipped kernel (the
 //   direct path); with a larger stride, dcol = W^T dY as a GEMM, scattered back (col2im).
 // Grad weight, per (chunk of images, g):
