@@ -236,3 +236,31 @@ def test_autocast_matches_torch(backend, name):
         assert p.grad.dtype == torch.float32  # the parameters stay float32
         scale = q.grad.abs().max().item()
         torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=3e-2 * scale, msg=lambda m: f"{pname}: {m}")
+
+
+@pytest.mark.sim_unchecked
+@pytest.mark.parametrize("name", ["resnet", "yolo", "alexnet"])
+def test_compile_fullgraph_of_the_seed_nets(backend, name):
+    """BatchNorm (training: batch statistics and the in-place running-stat update; eval), adaptive average
+    pooling, LeakyReLU and local response normalization traced whole (fullgraph) by AOT autograd, which runs
+    their fake kernels and autograd formulas: outputs, gradients and running statistics equal eager's."""
+    from fastconv.models import build
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = build(name).to(backend.device)
+    if name == "alexnet":  # (its dropout masks differ between eager and compiled runs)
+        net.eval()
+    eager = copy.deepcopy(net)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    x = backend.randn(4, 3, 32, 32)
+    target = torch.tensor([1, 7, 3, 0], device=backend.device)
+    for mode in ("train", "eval") if name != "alexnet" else ("eval",):
+        getattr(eager, mode)(), getattr(net, mode)()
+        out_e, out_c = eager(x), compiled(x)
+        torch.testing.assert_close(out_c, out_e, rtol=0, atol=0, msg=lambda m: f"{mode} output: {m}")
+        FF.cross_entropy(out_e, target).backward()
+        FF.cross_entropy(out_c, target).backward()
+        for (pname, a), b in zip(net.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=lambda m: f"{mode} {pname}: {m}")
+        for (bname, a), b in zip(net.named_buffers(), eager.buffers()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{mode} {bname}: {m}")
