@@ -46,6 +46,8 @@ CASES = [
     case("no_bias", (2, 8, 11, 7), (8, 8, 3, 3), (1, 1, 1, 1), bias=False),
     # 9 images: the weight gradient's 8 image chunks are uneven
     case("batch9", (9, 8, 8, 8), (8, 8, 3, 3), (1, 1, 1, 1)),
+    # 4 x 4 outputs, one tile an image: an item takes up to a panel of images (37: a partial last item)
+    case("4x4_37_images", (37, 24, 4, 4), (20, 24, 3, 3), (1, 1, 1, 1)),
     # more tiles than one panel per image and many panels across the batch
     case("many_tiles", (2, 8, 34, 37), (6, 8, 3, 3)),
     case("channels_64", (1, 64, 9, 9), (64, 64, 3, 3)),
