@@ -560,3 +560,37 @@ def test_small_map_im2col_path_matches_torch_and_the_direct_path(monkeypatch, cf
         torch.testing.assert_close(got[4], gw, **tol(dtype, terms[1]))
     for a, d in zip(results["1"], results["0"]):
         torch.testing.assert_close(a, d, **tol(dtype, 4 * conv_terms(ws)))
+
+
+# ------------------------------------------------------------------ the weight gradient of a first layer
+
+# (input, weight, (top, bottom, left, right), dilation, groups): 3x3 stride-1 layers of 1-3 input channels a
+# group, which take the dot-product kernel (FASTCONV_CPU_FIRST_LAYER_GW); output channels that are no
+# multiple of the 3 a pass, a batch of uneven image chunks, row dilation, groups, odd sizes
+FIRST_LAYERS = [
+    pytest.param(((9, 1, 13, 11), (7, 1, 3, 3), (0, 0, 0, 0), (1, 1), 1), id="1ch_7out_9images"),
+    pytest.param(((3, 3, 16, 17), (8, 3, 3, 3), (1, 1, 1, 1), (1, 1), 1), id="3ch_pad1"),
+    pytest.param(((2, 2, 12, 9), (5, 2, 3, 3), (2, 0, 1, 2), (2, 1), 1), id="2ch_asym_dilated_rows"),
+    pytest.param(((2, 6, 10, 10), (6, 3, 3, 3), (1, 1, 1, 1), (1, 1), 2), id="groups2"),
+]
+
+
+@pytest.mark.backends("cpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", FIRST_LAYERS)
+def test_first_layer_weight_gradient_matches_torch_and_the_gemm(monkeypatch, cfg, dtype):
+    xs, ws, padding, dilation, groups = cfg
+    x, w = torch.randn(xs, dtype=dtype), torch.randn(ws, dtype=dtype)
+    args = ((1, 1), padding, dilation, groups)
+    ref = _torch_conv_asym(x, w, None, (1, 1), padding, dilation, groups)
+    dy = torch.randn_like(ref)
+    wr = w.clone().requires_grad_()
+    (gw_ref,) = torch.autograd.grad(_torch_conv_asym(x, wr, None, (1, 1), padding, dilation, groups), wr, dy)
+    got = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("FASTCONV_CPU_FIRST_LAYER_GW", path)
+        got[path] = ops.conv2d_grad_weight(dy, x, list(ws), *args)
+        assert_bitwise_equal(ops.conv2d_grad_weight(dy, x, list(ws), *args), got[path])  # run after run
+        terms = _grad_terms(ConvCase(xs, ws, dict(groups=groups)), ref.shape)[1]
+        torch.testing.assert_close(got[path], gw_ref, **tol(dtype, terms))
+    torch.testing.assert_close(got["1"], got["0"], **tol(dtype, terms))
