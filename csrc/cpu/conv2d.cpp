@@ -20,6 +20,8 @@
 //   into NR-channel panels; the reduction over pixels is the GEMM depth. Images are split into a fixed
 //   number of chunks that depends only on the batch size, each chunk sums into its own buffer, and
 //   the buffers are added in chunk order: the result is bitwise the same whatever the thread count.
+//   A first layer (3x3, stride 1, up to 3 input channels) computes each dW[co][k] as a dot product
+//   along the pixels instead (grad_weight_first_layer), with the same chunks.
 // Grad bias: a per-channel sum in a fixed order, accumulated in double.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
