@@ -470,6 +470,16 @@ inline AvgPoolShape check_adaptive_avg_pool2d(const at::Tensor& input, at::IntAr
 
 // ----------------------------------------------------------------------------- batch_norm
 
+// The (N, C, inner) view of a batch-norm input of at least 2 dimensions.
+inline BatchNormShape batch_norm_shape(const at::Tensor& input, bool training) {
+  BatchNormShape s{};
+  s.n = input.size(0);
+  s.c = input.size(1);
+  s.inner = s.n * s.c == 0 ? 0 : input.numel() / (s.n * s.c);
+  s.training = training;
+  return s;
+}
+
 // batch_norm(input, weight, bias, running_mean, running_var, training, eps): input (N, C, *); the
 // optional per-channel tensors of size C, the input's dtype and device; the running statistics both or
 // neither, needed when not training; more than one value per channel when training.
@@ -481,12 +491,8 @@ inline BatchNormShape check_batch_norm(const at::Tensor& input, const std::optio
   check_floating(input, op, "input");
   TORCH_CHECK_VALUE(input.dim() >= 2, "fastconv.batch_norm: input must have at least 2 dimensions (N, C, *), got shape ",
                     input.sizes());
-  BatchNormShape s{};
-  s.n = input.size(0);
-  s.c = input.size(1);
-  s.inner = s.n * s.c == 0 ? 0 : input.numel() / (s.n * s.c);
+  BatchNormShape s = batch_norm_shape(input, training);
   s.eps = eps;
-  s.training = training;
   auto per_channel = [&](const std::optional<at::Tensor>& t, const char* name) {
     if (!t || !t->defined()) return false;
     check_pair_args(input, "input", *t, name, op);
@@ -518,11 +524,7 @@ inline BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, c
                     " and input ", input.sizes(), " must have the same shape");
   TORCH_CHECK_VALUE(input.dim() >= 2, "fastconv.", op, ": input must have at least 2 dimensions, got shape ",
                     input.sizes());
-  BatchNormShape s{};
-  s.n = input.size(0);
-  s.c = input.size(1);
-  s.inner = s.n * s.c == 0 ? 0 : input.numel() / (s.n * s.c);
-  s.training = training;
+  BatchNormShape s = batch_norm_shape(input, training);
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{mean, "mean"}, {invstd, "invstd"}}) {
     check_pair_args(input, "input", t, name, op);
     TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == s.c, "fastconv.", op, ": ", name, " must have one value per channel (",

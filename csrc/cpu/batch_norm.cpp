@@ -31,20 +31,6 @@
 namespace fastconv::cpu {
 namespace {
 
-// sum of f(i) over a row of n values, f giving whole vectors (and single values for the tail)
-template <typename T, typename FV, typename FS>
-inline double row_sum(int64_t n, FV fv, FS fs) {
-  using V = typename Tile<T>::V;
-  constexpr int W = Tile<T>::W;
-  V lanes{};
-  int64_t i = 0;
-  for (; i + W <= n; i += W) lanes += fv(i);
-  double s = 0;
-  for (int l = 0; l < W; ++l) s += lanes[l];
-  for (; i < n; ++i) s += fs(i);
-  return s;
-}
-
 template <typename T>
 inline typename Tile<T>::V load(const T* p) {
   typename Tile<T>::V v;

@@ -1055,25 +1055,14 @@ at::Tensor bias_grad_impl(const BiasGradShape& shape, const at::Tensor& grad_out
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     using V = Tile<scalar_t>::V;
-    constexpr int W = Tile<scalar_t>::W;
     at::parallel_for(0, C, grain_for(double(outer) * inner), [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
-        double s = 0;
+        double s = 0;  // each row's sum (row_sum), then the rows in double, in order
         for (int64_t o = 0; o < outer; ++o) {
-          // W lanes of partial sums per row, then the lanes and the rows in double: vectorised,
-          // and a fixed summation order.
           const scalar_t* row = src + (o * C + c) * inner;
-          V lanes{};
-          int64_t i = 0;
-          for (; i + W <= inner; i += W) {
-            V v;
-            std::memcpy(&v, row + i, sizeof(V));
-            lanes += v;
-          }
-          double rs = 0;
-          for (int l = 0; l < W; ++l) rs += lanes[l];
-          for (; i < inner; ++i) rs += row[i];
-          s += rs;
+          s += row_sum<scalar_t>(
+              inner, [&](int64_t i) { V v; std::memcpy(&v, row + i, sizeof(V)); return v; },
+              [&](int64_t i) { return double(row[i]); });
         }
         dst[c] = static_cast<scalar_t>(s);
       }

@@ -108,6 +108,22 @@ T* scratch(int slot, int64_t elems) {
   return static_cast<T*>(b.p);
 }
 
+// Sum of f(i) over a row of n values, f giving whole vectors (fv, W lanes of partial sums) and single
+// values for the tail (fs); the lanes are then added in double, in order: vectorised, and a fixed
+// summation order (batch_norm's statistics, bias_grad).
+template <typename T, typename FV, typename FS>
+inline double row_sum(int64_t n, FV fv, FS fs) {
+  using V = typename Tile<T>::V;
+  constexpr int W = Tile<T>::W;
+  V lanes{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) lanes += fv(i);
+  double s = 0;
+  for (int l = 0; l < W; ++l) s += lanes[l];
+  for (; i < n; ++i) s += fs(i);
+  return s;
+}
+
 // std::vector storage aligned to 64 bytes (packed weights), not zero-filled.
 template <typename T>
 struct AlignedAllocator {
