@@ -59,6 +59,13 @@ CONV2D_CASES = [
     case("kernel_equals_input", (2, 3, 4, 5), (2, 3, 4, 5)),
     # stride 4 > kernel 3: input rows / columns 7..9 feed no output and get zero gradient
     case("stride_gt_kernel", (2, 3, 10, 10), (4, 3, 3, 3), stride=4),
+    # The CUDA GEMMs' pipelines: K = 216 is 7 tensor-core K steps (16-bit: a ring of 3 stages goes
+    # round twice) or 14 of tf32 / SIMT, 3 x 2 block tiles of 64 x 64 with ragged edges, and a weight
+    # gradient over 270 pixels in 2 K splits
+    case("pipeline_deep_k", (3, 24, 10, 9), (70, 24, 3, 3), padding=1),
+    # the same with groups, stride 2 and dilation (the grad-input cursor's stride remainders)
+    case("pipeline_groups_stride2_dil2", (2, 32, 15, 14), (40, 16, 3, 3), groups=2, stride=2, dilation=2,
+         padding=2),
 ]
 
 

@@ -69,6 +69,7 @@ inline const char* launch_error_string(int code) { return cudaGetErrorString(sta
 #define FC_INLINE_PTX(...)
 #include "sim/cuda_sim.h"
 #include "sim/mma_sim.h"
+#include "sim/async_sim.h"
 
 namespace fastconv {
 

@@ -14,15 +14,38 @@
 //                whose partials are summed in split order by a second kernel: deterministic.
 //   bias_grad    one block per channel: each thread sums a strided subset in double, then a fixed
 //                tree in shared memory. outer * inner loads per channel.
-// No im2col buffer exists: each thread decomposes its own row of A once per block (image and
-// output pixel) and its column of B once, then only the reduction index per element, in 32-bit
-// arithmetic (64-bit division is a long subroutine on the GPU): the glue refuses GEMMs with M, N or
-// K of 2^31 or more. Addresses stay 64-bit.
+// No im2col buffer exists, and no integer division runs in a main loop: each thread's cursor on its
+// row of A and column of B (below, per direction) is decomposed once, in the prologue, by
+// multiply-shift divisions (gemm::FastDiv), then carried forward with adds and compares (see
+// gemm.cuh). In 32-bit arithmetic: the glue refuses GEMMs with M, N or K of 2^31 or more. Addresses
+// stay 64-bit.
 #include "cuda/gemm.cuh"
 
 namespace fastconv::FC_NS::kernels {
 namespace {
 
+using gemm::FastDiv;
+using gemm::QR;
+
+// The sizes the cursors compute with, as 32-bit ints (the glue refuses convolutions with a GEMM
+// dimension of 2^31 or more, and every plane and coordinate is smaller than those).
+struct Dims {
+  int h, w, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl, taps;
+  explicit Dims(const ConvShape& s)
+      : h(int(s.h)), w(int(s.w)), kh(int(s.kh)), kw(int(s.kw)), oh(int(s.oh)), ow(int(s.ow)), sh(int(s.sh)),
+        sw(int(s.sw)), dh(int(s.dh)), dw(int(s.dw)), pt(int(s.pt)), pl(int(s.pl)), taps(int(s.kh * s.kw)) {}
+};
+
+// A jump of j K elements over (channel, kernel row, kernel column): j = (c taps + r kw + q).
+struct TapJump {
+  int c, r, q;
+  TapJump() = default;
+  TapJump(int64_t j, const Dims& d)
+      : c(int(j / d.taps)), r(int(j % d.taps / d.kw)), q(int(j % d.taps % d.kw)) {}
+};
+
+// Forward: row m of A = output pixel (img, oh, ow); k = (ci, kh, kw). The cursor holds the input
+// channel's plane, the kernel tap and the input coordinates it reads, and carries kw -> kh -> ci.
 template <typename T>
 struct ConvForward {
   using Storage = T;
@@ -31,42 +54,110 @@ struct ConvForward {
   const T* w;
   const T* bias;
   T* y;
-  ConvShape s;
+  Dims d;
+  int64_t c_in, cin_g, c_out, plane, pixels;  // plane = h w, pixels = oh ow
   Activation act;
   int64_t M, N, K, groups;
+  FastDiv div_pixels, div_ow, div_taps, div_kw;
+  bool b_vec = false;  // filters contiguous along K with 16-byte aligned rows
+  TapJump jmp{};
+  int64_t jmp_k = 0;
 
-  struct Row {
-    const T* image;   // the input channels of group g of this pixel's image
-    int64_t ih0, iw0; // input coordinates of tap (0, 0)
+  ConvForward(const T* x_, const T* w_, const T* bias_, T* y_, const ConvShape& s, Activation a)
+      : x(x_), w(w_), bias(bias_), y(y_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out), plane(s.h * s.w),
+        pixels(s.oh * s.ow), act(a), M(s.n * s.oh * s.ow), N(s.cout_g()), K(s.k_gemm()), groups(s.groups),
+        div_pixels(s.oh * s.ow), div_ow(s.ow), div_taps(s.kh * s.kw), div_kw(s.kw) {}
+  void set_jump(int64_t j) {
+    jmp = TapJump(j, d);
+    jmp_k = j;
+  }
+
+  struct ACur {
+    const T* chan;  // x[img][g cin_g + ci]
+    int ih, iw, kh, kw;
   };
-  __device__ Row a_row(int64_t g, int64_t m) const {
-    const int pixels = int(s.oh * s.ow), img = int(m) / pixels, r = int(m) - img * pixels, oh = r / int(s.ow),
-              ow = r - oh * int(s.ow);
-    return Row{x + (img * s.c_in + g * (s.c_in / s.groups)) * s.h * s.w, oh * s.sh - s.pt, ow * s.sw - s.pl};
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int mi = int(m), img = div_pixels.div(mi), r = mi - img * int(pixels), oh = div_ow.div(r),
+              ow = r - oh * d.ow;
+    const int ki = int(k), ci = div_taps.div(ki), t = ki - ci * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
+    return ACur{x + (img * c_in + g * cin_g + ci) * plane, oh * d.sh - d.pt + kh * d.dh, ow * d.sw - d.pl + kw * d.dw,
+                kh, kw};
   }
-  __device__ T a(const Row& r, int64_t k) const {
-    const int taps = int(s.kh * s.kw), ci = int(k) / taps, t = int(k) - ci * taps, kh = t / int(s.kw),
-              kw = t - kh * int(s.kw);
-    const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
-    return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w ? r.image[(ci * s.h + ih) * s.w + iw] : zero<T>();
+  __device__ const T* a_at(const ACur& c) const {
+    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w) ? c.chan + c.ih * d.w + c.iw : nullptr;
   }
-  __device__ const T* b_col(int64_t g, int64_t n) const { return w + (g * N + n) * K; }
-  __device__ T b(const T* filter, int64_t k) const { return filter[k]; }
-  // a filter is contiguous along K: 16-byte loads when its rows are aligned
-  bool b_vec = false;
-  __device__ const T* a_run(const Row&) const { return nullptr; }
-  __device__ const T* b_run(const T* filter) const { return b_vec ? filter : nullptr; }
-  __device__ void store(int64_t g, int, int64_t m, int64_t n, A v) const {
+  __device__ void a_next(ACur& c) const {
+    c.iw += d.dw;
+    if (++c.kw == d.kw) {
+      c.kw = 0;
+      c.iw -= d.kw * d.dw;
+      c.ih += d.dh;
+      if (++c.kh == d.kh) {
+        c.kh = 0;
+        c.ih -= d.kh * d.dh;
+        c.chan += plane;
+      }
+    }
+  }
+  __device__ void a_jump(ACur& c) const {
+    c.kw += jmp.q;
+    c.iw += jmp.q * d.dw;
+    if (c.kw >= d.kw) {
+      c.kw -= d.kw;
+      c.iw -= d.kw * d.dw;
+      ++c.kh;
+      c.ih += d.dh;
+    }
+    c.kh += jmp.r;
+    c.ih += jmp.r * d.dh;
+    if (c.kh >= d.kh) {
+      c.kh -= d.kh;
+      c.ih -= d.kh * d.dh;
+      c.chan += plane;
+    }
+    c.chan += jmp.c * plane;
+  }
+  // B(k, n) = w[g N + n][k]: a filter is contiguous along K
+  struct BCur {
+    const T* p;
+  };
+  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const { return BCur{w + (g * N + n) * K + k}; }
+  __device__ const T* b_at(const BCur& c) const { return c.p; }
+  __device__ void b_next(BCur& c) const { ++c.p; }
+  __device__ void b_jump(BCur& c) const { c.p += jmp_k; }
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ const T* b_run(int64_t g, int64_t n) const { return b_vec ? w + (g * N + n) * K : nullptr; }
+
+  struct Out {
+    T* p;     // &y[img][0][pix]
+    int pix;
+  };
+  __device__ Out out_at(int64_t, int64_t m) const {
+    const int mi = int(m), img = div_pixels.div(mi), pix = mi - img * int(pixels);
+    return Out{y + img * c_out * pixels + pix, pix};
+  }
+  __device__ void out_next(Out& o, int dm) const {
+    o.pix += dm;
+    o.p += dm;
+    while (o.pix >= pixels) {
+      o.pix -= int(pixels);
+      o.p += (c_out - 1) * pixels;
+    }
+  }
+  __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
     const int64_t co = g * N + n;
-    const int pixels = int(s.oh * s.ow), img = int(m) / pixels;
     if (bias) v += to_acc(bias[co]);
     // as the relu and leaky_relu kernels compute them: NaN stays NaN, as in the CPU kernel
     if (act.kind == Activation::relu) v = v < A(0) ? A(0) : v;
     else if (act.kind == Activation::leaky_relu) v = v > A(0) ? v : v * A(act.slope);
-    y[(img * s.c_out + co) * pixels + (int(m) - img * pixels)] = from_acc<T>(v);
+    o.p[co * pixels] = from_acc<T>(v);
   }
 };
 
+// Grad input: row m of A = input pixel (img, ih, iw); k = (co, kh, kw); A(m, k) = dy at the output
+// pixel whose tap (kh, kw) covers the input pixel, if one does. With nh = ih + pt - kh dh, the tap
+// lands on output row nh / sh when sh divides nh: the cursor keeps nh (and nw) as quotient and
+// remainder by the stride, updated by the precomputed QRs of dh, kh dh, ... without dividing.
 template <typename T>
 struct ConvGradInput {
   using Storage = T;
@@ -74,42 +165,132 @@ struct ConvGradInput {
   const T* dy;
   const T* w;
   T* dx;
-  ConvShape s;
+  Dims d;
+  int64_t c_in, c_out, cout_g, plane, out_plane;  // h w, oh ow
   int64_t M, N, K, groups;
+  FastDiv div_plane, div_w, div_taps, div_kw, div_sh, div_sw;
+  QR q_dh, q_dw, q_kh, q_kw;  // dh, dw, kh dh, kw dw by the stride
+  TapJump jmp{};
+  QR q_jh{}, q_jw{};  // the jump's kernel rows and columns, times the dilation, by the stride
 
-  struct Row {
-    const T* grad;    // the output channels of group g of this pixel's image
-    int64_t ih, iw;   // padded input coordinates of the pixel
+  ConvGradInput(const T* dy_, const T* w_, T* dx_, const ConvShape& s)
+      : dy(dy_), w(w_), dx(dx_), d(s), c_in(s.c_in), c_out(s.c_out), cout_g(s.cout_g()), plane(s.h * s.w),
+        out_plane(s.oh * s.ow), M(s.n * s.h * s.w), N(s.cin_g()), K(s.cout_g() * s.kh * s.kw), groups(s.groups),
+        div_plane(s.h * s.w), div_w(s.w), div_taps(s.kh * s.kw), div_kw(s.kw), div_sh(s.sh), div_sw(s.sw),
+        q_dh(gemm::qr_of(s.dh, s.sh)), q_dw(gemm::qr_of(s.dw, s.sw)), q_kh(gemm::qr_of(s.kh * s.dh, s.sh)),
+        q_kw(gemm::qr_of(s.kw * s.dw, s.sw)) {}
+  void set_jump(int64_t j) {
+    jmp = TapJump(j, d);
+    q_jh = gemm::qr_of(int64_t(jmp.r) * d.dh, d.sh);
+    q_jw = gemm::qr_of(int64_t(jmp.q) * d.dw, d.sw);
+  }
+
+  struct ACur {
+    const T* chan;  // dy[img][g cout_g + co]
+    int kh, kw;
+    QR nh, nw;
   };
-  __device__ Row a_row(int64_t g, int64_t m) const {
-    const int pixels = int(s.h * s.w), img = int(m) / pixels, r = int(m) - img * pixels, ih = r / int(s.w),
-              iw = r - ih * int(s.w);
-    return Row{dy + (img * s.c_out + g * (s.c_out / s.groups)) * s.oh * s.ow, ih + s.pt, iw + s.pl};
+  __device__ QR qr(int v, const FastDiv& div) const {
+    const int q = div.div(v);
+    return QR{q, v - q * int(div.d)};
   }
-  __device__ T a(const Row& r, int64_t k) const {
-    const int taps = int(s.kh * s.kw), co = int(k) / taps, t = int(k) - co * taps, kh = t / int(s.kw),
-              kw = t - kh * int(s.kw);
-    const int nh = int(r.ih - kh * s.dh), nw = int(r.iw - kw * s.dw);  // oh * sh, ow * sw if a tap lands here
-    if (nh < 0 || nw < 0 || nh % int(s.sh) != 0 || nw % int(s.sw) != 0) return zero<T>();
-    const int oh = nh / int(s.sh), ow = nw / int(s.sw);
-    return oh < s.oh && ow < s.ow ? r.grad[(co * s.oh + oh) * s.ow + ow] : zero<T>();
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int mi = int(m), img = div_plane.div(mi), r = mi - img * int(plane), ih = div_w.div(r), iw = r - ih * d.w;
+    const int ki = int(k), co = div_taps.div(ki), t = ki - co * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
+    ACur c{dy + (img * c_out + g * cout_g + co) * out_plane, kh, kw, qr(ih + d.pt, div_sh), qr(iw + d.pl, div_sw)};
+    gemm::qr_sub(c.nh, qr(kh * d.dh, div_sh), d.sh);
+    gemm::qr_sub(c.nw, qr(kw * d.dw, div_sw), d.sw);
+    return c;
   }
-  // column n = input channel ci of group g: w[g * cout_g + co][ci][kh][kw] for k = (co, kh, kw)
-  __device__ const T* b_col(int64_t g, int64_t n) const {
-    return w + (g * (s.c_out / s.groups) * N + n) * s.kh * s.kw;
+  __device__ const T* a_at(const ACur& c) const {
+    return c.nh.r == 0 && c.nw.r == 0 && unsigned(c.nh.q) < unsigned(d.oh) && unsigned(c.nw.q) < unsigned(d.ow)
+               ? c.chan + c.nh.q * d.ow + c.nw.q
+               : nullptr;
   }
-  __device__ T b(const T* filter, int64_t k) const {
-    const int taps = int(s.kh * s.kw), co = int(k) / taps;
-    return filter[int64_t(co) * N * taps + (int(k) - co * taps)];
+  __device__ void a_next(ACur& c) const {
+    gemm::qr_sub(c.nw, q_dw, d.sw);
+    if (++c.kw == d.kw) {
+      c.kw = 0;
+      gemm::qr_add(c.nw, q_kw, d.sw);
+      gemm::qr_sub(c.nh, q_dh, d.sh);
+      if (++c.kh == d.kh) {
+        c.kh = 0;
+        gemm::qr_add(c.nh, q_kh, d.sh);
+        c.chan += out_plane;
+      }
+    }
   }
-  __device__ const T* a_run(const Row&) const { return nullptr; }
-  __device__ const T* b_run(const T*) const { return nullptr; }
-  __device__ void store(int64_t g, int, int64_t m, int64_t n, A v) const {
-    const int pixels = int(s.h * s.w), img = int(m) / pixels;
-    dx[(img * s.c_in + g * N + n) * pixels + (int(m) - img * pixels)] = from_acc<T>(v);
+  __device__ void a_jump(ACur& c) const {
+    c.kw += jmp.q;
+    gemm::qr_sub(c.nw, q_jw, d.sw);
+    if (c.kw >= d.kw) {
+      c.kw -= d.kw;
+      gemm::qr_add(c.nw, q_kw, d.sw);
+      ++c.kh;
+      gemm::qr_sub(c.nh, q_dh, d.sh);
+    }
+    c.kh += jmp.r;
+    gemm::qr_sub(c.nh, q_jh, d.sh);
+    if (c.kh >= d.kh) {
+      c.kh -= d.kh;
+      gemm::qr_add(c.nh, q_kh, d.sh);
+      c.chan += out_plane;
+    }
+    c.chan += jmp.c * out_plane;
+  }
+  // column n = input channel ci of group g: B(k, n) = w[g cout_g + co][ci][kh][kw] for k = (co, t)
+  struct BCur {
+    const T* p;
+    int t;
+  };
+  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const {
+    const int ki = int(k), co = div_taps.div(ki), t = ki - co * d.taps;
+    return BCur{w + ((g * cout_g + co) * N + n) * d.taps + t, t};
+  }
+  __device__ const T* b_at(const BCur& c) const { return c.p; }
+  __device__ void b_next(BCur& c) const {
+    ++c.p;
+    if (++c.t == d.taps) {
+      c.t = 0;
+      c.p += (N - 1) * d.taps;
+    }
+  }
+  __device__ void b_jump(BCur& c) const {
+    const int dt = jmp.r * d.kw + jmp.q;
+    c.t += dt;
+    c.p += dt;
+    if (c.t >= d.taps) {
+      c.t -= d.taps;
+      c.p += (N - 1) * d.taps;
+    }
+    c.p += jmp.c * N * d.taps;
+  }
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
+
+  struct Out {
+    T* p;     // &dx[img][0][pix]
+    int pix;
+  };
+  __device__ Out out_at(int64_t, int64_t m) const {
+    const int mi = int(m), img = div_plane.div(mi), pix = mi - img * int(plane);
+    return Out{dx + img * c_in * plane + pix, pix};
+  }
+  __device__ void out_next(Out& o, int dm) const {
+    o.pix += dm;
+    o.p += dm;
+    while (o.pix >= plane) {
+      o.pix -= int(plane);
+      o.p += (c_in - 1) * plane;
+    }
+  }
+  __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
+    o.p[(g * N + n) * plane] = from_acc<T>(v);
   }
 };
 
+// Grad weight: row m of A = output channel co of group g, k = (img, oh, ow): A(m, k) = dy; column n
+// of B = (ci, kh, kw): B(k, n) = the input pixel that tap (kh, kw) of output pixel (oh, ow) reads.
 template <typename T>
 struct ConvGradWeight {
   using Storage = T;
@@ -118,39 +299,107 @@ struct ConvGradWeight {
   const T* x;
   T* dw;
   A* partial;  // split-K partials [splits][c_out][N] when splits > 1
-  ConvShape s;
+  Dims d;
+  int64_t c_in, cin_g, c_out, plane, pixels;  // h w, oh ow
   int64_t M, N, K, groups, splits;
+  FastDiv div_pixels, div_ow, div_taps, div_kw;
+  int j_img = 0, j_pix = 0, j_oh = 0, j_ow = 0;  // the jump over (img, pixel) and (img, oh, ow)
 
-  // row m = output channel co of group g: dy[img][g * cout_g + co][oh][ow] for k = (img, oh, ow)
-  __device__ const T* a_row(int64_t g, int64_t m) const { return dy + (g * M + m) * s.oh * s.ow; }
-  __device__ T a(const T* grad, int64_t k) const {
-    const int pixels = int(s.oh * s.ow), img = int(k) / pixels;
-    return grad[int64_t(img) * s.c_out * pixels + (int(k) - img * pixels)];
+  ConvGradWeight(const T* dy_, const T* x_, T* dw_, A* partial_, const ConvShape& s, int64_t m, int64_t n, int64_t k,
+                 int64_t splits_)
+      : dy(dy_), x(x_), dw(dw_), partial(partial_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out),
+        plane(s.h * s.w), pixels(s.oh * s.ow), M(m), N(n), K(k), groups(s.groups), splits(splits_),
+        div_pixels(s.oh * s.ow), div_ow(s.ow), div_taps(s.kh * s.kw), div_kw(s.kw) {}
+  void set_jump(int64_t j) {
+    j_img = int(j / pixels);
+    j_pix = int(j % pixels);
+    j_oh = j_pix / d.ow;
+    j_ow = j_pix % d.ow;
   }
-  struct Col {
-    const T* channel;  // input channel g * cin_g + ci of image 0
-    int64_t dh0, dw0;  // input offset of tap (kh, kw) from output pixel (0, 0)
+
+  struct ACur {
+    const T* p;  // dy[img][g M + m][pix]
+    int pix;
   };
-  __device__ Col b_col(int64_t g, int64_t n) const {
-    const int taps = int(s.kh * s.kw), ci = int(n) / taps, t = int(n) - ci * taps, kh = t / int(s.kw),
-              kw = t - kh * int(s.kw);
-    return Col{x + (g * (s.c_in / s.groups) + ci) * s.h * s.w, kh * s.dh - s.pt, kw * s.dw - s.pl};
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int ki = int(k), img = div_pixels.div(ki), pix = ki - img * int(pixels);
+    return ACur{dy + (img * c_out + g * M + m) * pixels + pix, pix};
   }
-  __device__ T b(const Col& c, int64_t k) const {
-    const int pixels = int(s.oh * s.ow), img = int(k) / pixels, r = int(k) - img * pixels, oh = r / int(s.ow),
-              ow = r - oh * int(s.ow);
-    const int64_t ih = oh * s.sh + c.dh0, iw = ow * s.sw + c.dw0;
-    return ih >= 0 && ih < s.h && iw >= 0 && iw < s.w ? c.channel[int64_t(img) * s.c_in * s.h * s.w + ih * s.w + iw]
-                                                      : zero<T>();
+  __device__ const T* a_at(const ACur& c) const { return c.p; }
+  __device__ void a_next(ACur& c) const {
+    ++c.p;
+    if (++c.pix == pixels) {
+      c.pix = 0;
+      c.p += (c_out - 1) * pixels;
+    }
   }
-  __device__ const T* a_run(const T*) const { return nullptr; }  // contiguous only within an image
-  __device__ const T* b_run(const Col&) const { return nullptr; }
-  __device__ void store(int64_t g, int split, int64_t m, int64_t n, A v) const {
-    const int64_t i = (g * M + m) * N + n;
+  __device__ void a_jump(ACur& c) const {
+    c.pix += j_pix;
+    c.p += j_pix;
+    if (c.pix >= pixels) {
+      c.pix -= int(pixels);
+      c.p += (c_out - 1) * pixels;
+    }
+    c.p += j_img * c_out * pixels;
+  }
+  struct BCur {
+    const T* chan;  // x[img][g cin_g + ci]
+    int ih, iw, oh, ow;
+  };
+  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const {
+    const int ni = int(n), ci = div_taps.div(ni), t = ni - ci * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
+    const int ki = int(k), img = div_pixels.div(ki), r = ki - img * int(pixels), oh = div_ow.div(r), ow = r - oh * d.ow;
+    return BCur{x + (img * c_in + g * cin_g + ci) * plane, oh * d.sh + kh * d.dh - d.pt, ow * d.sw + kw * d.dw - d.pl,
+                oh, ow};
+  }
+  __device__ const T* b_at(const BCur& c) const {
+    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w) ? c.chan + c.ih * d.w + c.iw : nullptr;
+  }
+  __device__ void b_next(BCur& c) const {
+    c.iw += d.sw;
+    if (++c.ow == d.ow) {
+      c.ow = 0;
+      c.iw -= d.ow * d.sw;
+      c.ih += d.sh;
+      if (++c.oh == d.oh) {
+        c.oh = 0;
+        c.ih -= d.oh * d.sh;
+        c.chan += c_in * plane;
+      }
+    }
+  }
+  __device__ void b_jump(BCur& c) const {
+    c.ow += j_ow;
+    c.iw += j_ow * d.sw;
+    if (c.ow >= d.ow) {
+      c.ow -= d.ow;
+      c.iw -= d.ow * d.sw;
+      ++c.oh;
+      c.ih += d.sh;
+    }
+    c.oh += j_oh;
+    c.ih += j_oh * d.sh;
+    if (c.oh >= d.oh) {
+      c.oh -= d.oh;
+      c.ih -= d.oh * d.sh;
+      c.chan += c_in * plane;
+    }
+    c.chan += j_img * c_in * plane;
+  }
+  // dy is contiguous along K only within an image, x never
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
+
+  struct Out {
+    int64_t i;  // (g M + m) N
+  };
+  __device__ Out out_at(int64_t g, int64_t m) const { return Out{(g * M + m) * N}; }
+  __device__ void out_next(Out& o, int dm) const { o.i += dm * N; }
+  __device__ void store(const Out& o, int64_t, int split, int64_t n, A v) const {
     if (splits > 1)
-      partial[split * s.c_out * N + i] = v;
+      partial[split * c_out * N + o.i + n] = v;
     else
-      dw[i] = from_acc<T>(v);
+      dw[o.i + n] = from_acc<T>(v);
   }
 };
 
@@ -181,9 +430,8 @@ int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, 
                    Activation act, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    ConvForward<T> p{static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                     static_cast<T*>(y), s, act, s.n * s.oh * s.ow, s.c_out / s.groups,
-                     s.c_in / s.groups * s.kh * s.kw, s.groups};
+    ConvForward<T> p(static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+                     static_cast<T*>(y), s, act);
     p.b_vec = gemm::aligned_rows(p.w, p.K);
     err = gemm::run(p, 1, tf32, stream);
   });
@@ -194,8 +442,7 @@ int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, cons
                       Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    const ConvGradInput<T> p{static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx), s,
-                             s.n * s.h * s.w, s.c_in / s.groups, s.c_out / s.groups * s.kh * s.kw, s.groups};
+    const ConvGradInput<T> p(static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx), s);
     err = gemm::run(p, 1, tf32, stream);
   });
   return err;
@@ -223,8 +470,8 @@ int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, voi
   int err = 0;
   FC_DISPATCH(dtype, T, {
     using A = acc_t<T>;
-    const ConvGradWeight<T> p{static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw),
-                              static_cast<A*>(workspace), s, g.m, g.n, g.k, s.groups, g.splits};
+    const ConvGradWeight<T> p(static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw),
+                              static_cast<A*>(workspace), s, g.m, g.n, g.k, g.splits);
     err = gemm::run(p, g.splits, tf32, stream);
     if (!err) err = gemm::finish_splits(p.partial, p.dw, s.c_out * g.n, g.splits, stream);
   });

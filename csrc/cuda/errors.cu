@@ -6,6 +6,7 @@ namespace fastconv::FC_NS::kernels {
 
 const char* error_string(int code) {
   if (code == kBadDType) return "fastconv: unsupported dtype for a CUDA kernel";
+  if (code == kTooLarge) return "fastconv: a GEMM dimension is too large for one CUDA grid (more than 65535 x 64 columns)";
   return launch_error_string(code);
 }
 

@@ -3,12 +3,20 @@
 //     C_g[m][n] = sum_k A_g(m, k) * B_g(k, n),   0 <= m < M, 0 <= n < N, 0 <= k < K,
 // where a Problem supplies the operands element by element -- an implicit im2col, a transposed or
 // strided view -- so no im2col or transposed copy ever exists in global memory, and stores each
-// result through its own epilogue (bias, ReLU, a split-K partial).
+// result through its own epilogue (bias, activation, a split-K partial).
 //
 // Two kernels implement it: gemm_kernel on CUDA cores (float32, float64; described here) and
 // gemm_tc_kernel on tensor cores (float16, bfloat16, and float32 as tf32 when allowed; described
 // before it below), chosen per dtype by gemm::run. They share the Problem interface, the block tile,
 // the grid and split-K, so every op runs on either.
+//
+// No division in the main loops. Each thread walks K along its own row of A and column of B with a
+// cursor that the Problem decomposes once, in the prologue (e.g. k -> input channel, kernel row,
+// kernel column, and the input coordinates they address); afterwards the cursor only moves forward,
+// by one element (next) or by a fixed jump to the thread's first element of the next K step (jump,
+// decomposed on the host), with adds and compares carrying from one index to the next. The few
+// prologue and epilogue decompositions (a block's group, a thread's output pixel) divide by
+// multiplying with a precomputed reciprocal (FastDiv): no integer-division subroutine anywhere.
 //
 // Tiling: a 256-thread block owns a BM x BN = 64 x 64 tile of C and walks K in steps of BK = 16.
 // Each step stages a 16 x 64 slab of A and of B in shared memory (in the arithmetic type, so 16-bit
@@ -18,18 +26,21 @@
 // of the 16 x 16 thread grid accumulates a 4 x 4 register tile, rows 4 ty .. 4 ty + 3 and columns
 // 4 tx .. 4 tx + 3: per k it reads its 4 values of A and of B as one 16-byte shared load each (the
 // 16 threads of a half-warp read 256 consecutive bytes of B, conflict-free; A is a broadcast).
-// Loads: thread t loads element (m = t % 64, k = t / 64 + 4 i), i < 4, of each slab: a warp touches
-// 32 consecutive m (or n), coalesced when the Problem's operand is contiguous along m (or n).
+// Loads: thread t loads elements (m = t % 64, k = 4 (t / 64) + i), i < 4, of each slab (4
+// consecutive k: one cursor step each): a warp touches 32 consecutive m (or n), coalesced when the
+// Problem's operand is contiguous along m (or n).
 // Per step and block: 2 * 64 * 64 * 16 = 131072 FLOPs against 2 * 16 * 64 elements loaded: 64 FLOPs
 // per element staged, 32 per shared-memory word read.
 // Split-K: gridDim.z > 1 cuts K into gridDim.z contiguous ranges (whole BK steps); the Problem's
 // store then receives the split index and writes a partial, which a second kernel sums in split
 // order: deterministic, no float atomics.
-// Grid: x = M tiles, y = groups * N tiles, z = K splits.
+// Grid: x = M tiles, y = groups x N tiles (launches of at most 65535 rows: gemm::run cuts the groups
+// into several launches when there are more), z = K splits.
 #pragma once
 
 #include <type_traits>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
 
@@ -38,29 +49,97 @@ namespace gemm {
 
 constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
 constexpr int kTM = 4, kTN = 4;  // register tile of a thread
-constexpr int kLoads = kBM * kBK / kThreads;  // elements of each slab a thread loads per step
+constexpr int kLoads = kBM * kBK / kThreads;  // consecutive K elements of each slab a thread loads per step
+constexpr int64_t kMaxGridY = 65535;
 
-// The grid of a problem of `groups` GEMMs of M x N, K cut into `splits` ranges.
-inline dim3 grid_for(int64_t m, int64_t n, int64_t groups, int64_t splits) {
-  return dim3(static_cast<unsigned>(ceil_div(m, kBM)), static_cast<unsigned>(groups * ceil_div(n, kBN)),
-              static_cast<unsigned>(splits));
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 as a multiply and a shift (Granlund and Montgomery's
+// round-up method: l = ceil(log2 d), mul = floor(2^32 (2^l - d) / d) + 1, n / d = (mulhi(n, mul) + n)
+// >> l, exact for every 32-bit n; the sum fits 32 bits for n < 2^31). Built on the host.
+struct FastDiv {
+  uint32_t d = 1, mul = 1, shift = 0;
+  FastDiv() = default;
+  explicit FastDiv(int64_t divisor) : d(static_cast<uint32_t>(divisor)) {
+    while ((uint64_t(1) << shift) < d) ++shift;
+    mul = static_cast<uint32_t>((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d) / d + 1);
+  }
+  __host__ __device__ int div(int n) const {
+    const uint32_t u = static_cast<uint32_t>(n);
+    return static_cast<int>((static_cast<uint32_t>((static_cast<uint64_t>(u) * mul) >> 32) + u) >> shift);
+  }
+};
+
+// A non-negative int as quotient and remainder by a divisor D (0 <= r < D), kept exact under
+// additions and subtractions of values whose own QR is known: the stride arithmetic of the grad-input
+// cursor, without dividing.
+struct QR {
+  int q, r;
+};
+__host__ __device__ inline void qr_sub(QR& x, const QR& y, int d) {
+  x.q -= y.q;
+  x.r -= y.r;
+  if (x.r < 0) {
+    x.r += d;
+    --x.q;
+  }
+}
+__host__ __device__ inline void qr_add(QR& x, const QR& y, int d) {
+  x.q += y.q;
+  x.r += y.r;
+  if (x.r >= d) {
+    x.r -= d;
+    ++x.q;
+  }
+}
+inline QR qr_of(int64_t v, int64_t d) { return QR{static_cast<int>(v / d), static_cast<int>(v % d)}; }
+
+// Where a block sits in the problem, from the host: N tiles per group (as a FastDiv of blockIdx.y),
+// the first group of the launch, K steps per split.
+struct Tiles {
+  FastDiv n_tiles;
+  int group0;
+  int steps;
+};
+
+// K steps of `bk` per split, for `splits` splits of K.
+inline int steps_per_split(int64_t k, int64_t splits, int bk) {
+  const int64_t steps = ceil_div(k, static_cast<int64_t>(bk));
+  return static_cast<int>(ceil_div(steps, splits));
 }
 
-// K steps of `bk` per split, for `splits` splits of K (K < 2^31: 32-bit division, which the GPU inlines).
-__host__ __device__ inline int steps_per_split(int64_t k, int splits, int bk = kBK) {
-  const int steps = static_cast<int>(ceil_div(k, bk));
-  return ceil_div(steps, splits);
+// The block's group, M and N offsets, and K range.
+struct BlockTile {
+  int64_t g, m0, n0, k_begin, k_end;
+};
+template <typename Problem>
+__device__ inline BlockTile block_tile(const Problem& p, const Tiles& tl, int bk) {
+  const int y = static_cast<int>(blockIdx.y), gy = tl.n_tiles.div(y);
+  BlockTile b;
+  b.g = tl.group0 + gy;
+  b.m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  b.n0 = static_cast<int64_t>(y - gy * static_cast<int>(tl.n_tiles.d)) * kBN;
+  b.k_begin = static_cast<int64_t>(blockIdx.z) * tl.steps * bk;
+  const int64_t end = b.k_begin + static_cast<int64_t>(tl.steps) * bk;
+  b.k_end = p.K < end ? p.K : end;
+  return b;
 }
 
 // Problem interface (T is the storage type, A = acc_t<T> the arithmetic type):
 //   int64_t M, N, K, groups;
-//   Row a_row(g, m) const;          what a thread precomputes for its row m of A (once per block)
-//   T a(const Row&, k) const;       A_g(m, k), 0 outside the operand
-//   Col b_col(g, n) const;  T b(const Col&, k) const;   the same for B_g(k, n)
-//   void store(g, split, m, n, A value) const;
-//   const T* a_run(const Row&) const;  &A_g(m, 0) when row m is contiguous along K and 16-byte
-//   const T* b_run(const Col&) const;  aligned (a K step of it then loads as 16-byte vectors), else
-//                                      nullptr; used by the tensor-core kernel
+//   ACur a_begin(g, m, k) const;      a thread's cursor on row m of A_g at k (the prologue: divides by
+//                                     FastDivs only)
+//   const T* a_at(const ACur&) const;  the element's address, nullptr where A is 0 (padding)
+//   void a_next(ACur&) const;          k + 1
+//   void a_jump(ACur&) const;          k + the jump set by set_jump
+//   BCur b_begin(g, n, k), b_at, b_next, b_jump: the same for B_g(k, n)
+//   const T* a_run(g, m) const;  &A_g(m, 0) when row m is contiguous along K and 16-byte aligned
+//   const T* b_run(g, n) const;  (a K step of it then loads as 16-byte copies), else nullptr;
+//                                used by the tensor-core kernel
+//   void set_jump(int64_t d);     host: decomposes the jump d that a_jump / b_jump advance by
+//   Out out_at(g, m) const;  void out_next(Out&, int d) const;   an output row's cursor; m + d
+//   void store(const Out&, g, split, n, A value) const;
+// Cursors are positioned past the operand's end as freely as inside it: the kernels read only the
+// elements with k < K (their own k counter) of rows and columns inside the problem.
+
 // Four consecutive values of a shared slab row, read as one (float: one 128-bit shared load; double: two).
 template <typename A>
 struct __align__(16) Quad {
@@ -68,36 +147,45 @@ struct __align__(16) Quad {
 };
 
 // One block of 256 threads per (M tile, group x N tile, K split); see the file comment. Launch bounds
-// of two blocks per SM leave it up to 128 registers (ptxas's default choice spilled some variants).
+// of two blocks per SM leave it up to 128 registers.
 template <typename A, typename Problem>
-__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
+__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p, Tiles tl) {
   __shared__ __align__(16) A as[2][kBK][kBM];
   __shared__ __align__(16) A bs[2][kBK][kBN];
   const int t = threadIdx.x, tx = t % 16, ty = t / 16;
-  const int ntiles = static_cast<int>(ceil_div(p.N, kBN));
-  const int64_t g = static_cast<int>(blockIdx.y) / ntiles;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y % ntiles) * kBN;
-  const int64_t per_split = steps_per_split(p.K, static_cast<int>(gridDim.z));
-  const int64_t k_begin = blockIdx.z * per_split * kBK;
-  const int64_t k_end = p.K < k_begin + per_split * kBK ? p.K : k_begin + per_split * kBK;
+  const BlockTile bt = block_tile(p, tl, kBK);
+  const int64_t g = bt.g, m0 = bt.m0, n0 = bt.n0, k_end = bt.k_end;
 
-  // this thread's row of the A slab and column of the B slab
-  const int lm = t % kBM, lk = t / kBM;
+  // this thread's row of the A slab and column of the B slab, and its 4 consecutive K elements
+  const int lm = t % kBM, lk = (t / kBM) * kLoads;
   const bool m_in = m0 + lm < p.M, n_in = n0 + lm < p.N;
-  const auto row = p.a_row(g, m_in ? m0 + lm : 0);
-  const auto col = p.b_col(g, n_in ? n0 + lm : 0);
+  auto ac = p.a_begin(g, m_in ? m0 + lm : 0, bt.k_begin + lk);
+  auto bc = p.b_begin(g, n_in ? n0 + lm : 0, bt.k_begin + lk);
+  int64_t kl = bt.k_begin + lk;  // K index of the next element this thread loads
   A ra[kLoads], rb[kLoads];
-  const auto load = [&](int64_t k0) {
+  const auto load = [&]() {
+    FC_UNROLL
     for (int i = 0; i < kLoads; ++i) {
-      const int64_t k = k0 + lk + i * (kThreads / kBM);
-      ra[i] = m_in && k < k_end ? to_acc(p.a(row, k)) : A(0);
-      rb[i] = n_in && k < k_end ? to_acc(p.b(col, k)) : A(0);
+      const bool k_in = kl + i < k_end;
+      const auto* pa = p.a_at(ac);
+      const auto* pb = p.b_at(bc);
+      ra[i] = m_in && k_in && pa ? to_acc(*pa) : A(0);
+      rb[i] = n_in && k_in && pb ? to_acc(*pb) : A(0);
+      if (i + 1 < kLoads) {
+        p.a_next(ac);
+        p.b_next(bc);
+      } else {
+        p.a_jump(ac);
+        p.b_jump(bc);
+      }
     }
+    kl += kBK;
   };
   const auto stage = [&](int buf) {
+    FC_UNROLL
     for (int i = 0; i < kLoads; ++i) {
-      as[buf][lk + i * (kThreads / kBM)][lm] = ra[i];
-      bs[buf][lk + i * (kThreads / kBM)][lm] = rb[i];
+      as[buf][lk + i][lm] = ra[i];
+      bs[buf][lk + i][lm] = rb[i];
     }
   };
 
@@ -106,14 +194,14 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
     for (int j = 0; j < kTN; ++j) acc[i][j] = A(0);
 
   int buf = 0;
-  if (k_begin < k_end) {
-    load(k_begin);
+  if (bt.k_begin < k_end) {
+    load();
     stage(0);
   }
   __syncthreads();
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK) {
+  for (int64_t k0 = bt.k_begin; k0 < k_end; k0 += kBK) {
     const bool more = k0 + kBK < k_end;
-    if (more) load(k0 + kBK);  // in flight while the block multiplies this step
+    if (more) load();  // in flight while the block multiplies this step
     for (int kk = 0; kk < kBK; ++kk) {
       const Quad<A> a = *reinterpret_cast<const Quad<A>*>(&as[buf][kk][ty * kTM]);
       const Quad<A> b = *reinterpret_cast<const Quad<A>*>(&bs[buf][kk][tx * kTN]);
@@ -125,12 +213,15 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p) {
     buf ^= 1;
   }
 
+  const int64_t m_first = m0 + ty * kTM;
+  if (m_first >= p.M) return;
+  auto out = p.out_at(g, m_first);
   for (int i = 0; i < kTM; ++i) {
-    const int64_t m = m0 + ty * kTM + i;
-    if (m >= p.M) continue;
+    if (m_first + i >= p.M) break;
+    if (i > 0) p.out_next(out, 1);
     for (int j = 0; j < kTN; ++j) {
       const int64_t n = n0 + tx * kTN + j;
-      if (n < p.N) p.store(g, blockIdx.z, m, n, acc[i][j]);
+      if (n < p.N) p.store(out, g, blockIdx.z, n, acc[i][j]);
     }
   }
 }
@@ -156,21 +247,31 @@ __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__
 // 128 threads = 4 warps in a 2 x 2 arrangement, each warp owning a 32 x 32 quarter of the tile as
 // 2 x 4 mma tiles of 16 x 8 (32 float accumulators per thread). A K step is 16 32-bit words of K:
 // 32 elements for 16-bit inputs (2 x m16n8k16 per mma tile), 16 for tf32 (2 x m16n8k8).
-// Shared memory holds each slab row-major along K, as the packed registers the fragments want:
-// as[m][word], bs[n][word], rows padded to 20 words so that the 32 lanes of a fragment load
-// (rows g = 0..7, words t = 0..3) hit 32 different banks. Double-buffered like the SIMT kernel
-// (registers hold the next step's words while the block multiplies); 20 KiB of shared memory.
-// Loads: thread t loads row (m or n) t % 64 of the slab, words 8 (t / 64) .. 8 (t / 64) + 7:
-// consecutive lanes take consecutive m (or n), as in the SIMT kernel, and each lane packs its two
-// 16-bit elements of a word itself, then writes its 8 words to shared memory as two 16-byte stores
-// (conflict-free: the 8 rows of a quarter-warp start 20 words apart). Where the Problem says an
-// operand row is contiguous along K and 16-byte aligned (a_run / b_run: linear's inputs and
-// weights, convolution's filters), a full K step of it comes from global memory as two 16-byte
-// loads per thread instead of 8 or 16 element loads.
+//
+// Shared memory holds each slab row-major along K, as the packed words the fragments want:
+// as[m][word], bs[n][word], rows padded to 20 words (80 bytes: 16-byte aligned rows for cp.async and
+// ldmatrix, and the 8 rows of one ldmatrix phase start 20 words apart, so they hit 32 different
+// banks). A ring of kTcStages = 3 stages (30 KiB) is filled asynchronously: in the iteration that
+// multiplies step i, the block issues the copies of step i + 2 into the stage step i - 1 used, so two
+// steps of loads are in flight behind every multiply.
+//
+// Loads: thread t fills words 8 (t / 64) .. 8 (t / 64) + 7 of row t % 64 of each slab (consecutive
+// lanes take consecutive m or n, as in the SIMT kernel), by the cheapest way the operand allows:
+//   - a row contiguous along K and 16-byte aligned (a_run / b_run: linear's inputs and weights,
+//     convolution's filters), a whole step: two 16-byte cp.async (LDGSTS.128);
+//   - float32 (tf32) elements otherwise: one 4-byte cp.async each;
+//   - 16-bit elements: a 4-byte cp.async per pair of K-adjacent elements that are adjacent and
+//     aligned in memory; other pairs are loaded into registers, packed, and stored to the stage after
+//     the multiply (their loads in flight during it);
+//   - zeros (padding, K tails, rows outside the problem) are stored at once.
+// Fragments come from shared memory by ldmatrix.x4 (no .trans: both slabs are K-contiguous rows,
+// which is the layout mma's row-major A and column-major B fragments take directly): one per 16 x 8
+// words of A (a whole m16 fragment) and one per two n8 fragments of B. tf32 words arrive as the raw
+// float32 bits and are rounded to tf32 (cvt.rna) in registers.
 // Per K step and block: 2 * 64 * 64 * 32 = 262144 FLOPs (16-bit) on 2 * 64 * 32 elements: 64 FLOPs
-// per element staged, as the SIMT kernel, at tensor-core rate. Launch bounds of three blocks per SM
-// (up to 168 registers; 60 KiB of shared memory): at four, linear's variants spilled on sm_80.
-constexpr int kTcThreads = 128, kTcWords = 16, kTcRow = 20;
+// per element staged. Launch bounds of three blocks per SM (up to 168 registers; 90 KiB of shared
+// memory).
+constexpr int kTcThreads = 128, kTcWords = 16, kTcRow = 20, kTcStages = 3;
 
 // Whether rows `stride` elements apart from `base` all start on 16 bytes (a_run / b_run may then
 // hand them out, with their elements contiguous).
@@ -185,68 +286,104 @@ __device__ __forceinline__ uint32_t word_of(const typename Kind::In* v) {
   if constexpr (Kind::kPerWord == 2)
     return mma::pack(v[0], v[1]);
   else
-    return mma::to_tf32(v[0]);
+    return __float_as_uint(v[0]);
+}
+
+// One operand's share of a step for one thread: the 8 words of its slab row. Words that cannot be
+// copied asynchronously wait in `reg` (bit i of `pending`: word i) until store_pending.
+struct TcPending {
+  uint32_t reg[kTcWordLoads];
+  uint32_t pending;
+};
+
+// Issues this thread's 8 words of one operand for the step starting at k0 into `dst` (its row of the
+// stage). `run`: the row's contiguous base or nullptr; `in`: the row is inside the problem; the
+// cursor functions walk its elements (and are advanced past the step, when used).
+template <typename Kind, typename T, typename Cur, typename At, typename Next, typename Jump>
+__device__ __forceinline__ void tc_issue(uint32_t* dst, TcPending& st, const T* run, bool in, int64_t k0, int64_t k_end,
+                                         int lw, Cur& cur, At at, Next next, Jump jump) {
+  constexpr int E = Kind::kPerWord, BK = kTcWords * E;
+  st.pending = 0;
+  const int64_t first = k0 + lw * E;
+  if (!in) {  // a row outside the problem: zeros, stored at once (nothing to wait for)
+    FC_UNROLL
+    for (int h = 0; h < kTcWordLoads / 4; ++h) reinterpret_cast<uint4*>(dst)[h] = make_uint4(0, 0, 0, 0);
+    return;
+  }
+  if (run && k0 + BK <= k_end) {
+    FC_UNROLL
+    for (int h = 0; h < kTcWordLoads / 4; ++h) async::cp_async<16>(dst + 4 * h, run + first + 4 * E * h);
+    return;
+  }
+  FC_UNROLL
+  for (int i = 0; i < kTcWordLoads; ++i) {
+    const T* e[E];
+    FC_UNROLL
+    for (int j = 0; j < E; ++j) {
+      const int64_t k = first + i * E + j;
+      e[j] = k < k_end ? (run ? run + k : at(cur)) : nullptr;
+      if (!run) {
+        if (i * E + j + 1 < kTcWordLoads * E)
+          next(cur);
+        else
+          jump(cur);
+      }
+    }
+    if constexpr (E == 1) {
+      if (e[0])
+        async::cp_async<4>(dst + i, e[0]);
+      else
+        dst[i] = 0;  // padding
+    } else {
+      if (!e[0] && !e[1]) {
+        dst[i] = 0;
+      } else if (e[0] && e[1] == e[0] + 1 && is_aligned(e[0], 4)) {
+        async::cp_async<4>(dst + i, e[0]);
+      } else {
+        const T v[2] = {e[0] ? *e[0] : zero<T>(), e[1] ? *e[1] : zero<T>()};
+        st.reg[i] = word_of<Kind>(v);
+        st.pending |= 1u << i;
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void tc_store_pending(uint32_t* dst, const TcPending& st) {
+  FC_UNROLL
+  for (int i = 0; i < kTcWordLoads; ++i)
+    if (st.pending & (1u << i)) dst[i] = st.reg[i];
 }
 
 template <typename Kind, typename Problem>
-__global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p) {
+__global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p, Tiles tl) {
   using In = typename Kind::In;
-  constexpr int E = Kind::kPerWord, BK = kTcWords * E;  // K elements per step
-  __shared__ __align__(16) uint32_t as[2][kBM][kTcRow];
-  __shared__ __align__(16) uint32_t bs[2][kBN][kTcRow];
+  constexpr int E = Kind::kPerWord, BK = kTcWords * E, S = kTcStages;
+  __shared__ __align__(16) uint32_t as[S][kBM][kTcRow];
+  __shared__ __align__(16) uint32_t bs[S][kBN][kTcRow];
   const int t = threadIdx.x, lane = t % kWarpSize, warp = t / kWarpSize;
   const int wm = warp % 2, wn = warp / 2, grp = lane / 4, tig = lane % 4;
-  const int ntiles = static_cast<int>(ceil_div(p.N, kBN));
-  const int64_t g = static_cast<int>(blockIdx.y) / ntiles;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y % ntiles) * kBN;
-  const int64_t per_split = steps_per_split(p.K, static_cast<int>(gridDim.z), BK);
-  const int64_t k_begin = blockIdx.z * per_split * BK;
-  const int64_t k_end = p.K < k_begin + per_split * BK ? p.K : k_begin + per_split * BK;
+  const BlockTile bt = block_tile(p, tl, BK);
+  const int64_t g = bt.g, m0 = bt.m0, n0 = bt.n0, k_end = bt.k_end;
 
-  const int lm = t % kBM, lw = t / kBM;
+  const int lm = t % kBM, lw = (t / kBM) * kTcWordLoads;
   const bool m_in = m0 + lm < p.M, n_in = n0 + lm < p.N;
-  const auto row = p.a_row(g, m_in ? m0 + lm : 0);
-  const auto col = p.b_col(g, n_in ? n0 + lm : 0);
-  const In* const a_run = m_in ? p.a_run(row) : nullptr;
-  const In* const b_run = n_in ? p.b_run(col) : nullptr;
-  uint32_t ra[kTcWordLoads], rb[kTcWordLoads];
-  // this thread's 8 words of one operand's row for the step at k0: two 16-byte loads when the row
-  // is a contiguous run and the step is whole, else element by element (0 outside the operand)
-  const auto load_row = [&](uint32_t(&r)[kTcWordLoads], const In* run, bool in, int64_t k0, auto element) {
-    const int64_t first = k0 + lw * kTcWordLoads * E;
-    if (run && k0 + BK <= k_end) {
-      const uint4* v = reinterpret_cast<const uint4*>(run + first);
-      FC_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const uint4 q = v[h];
-        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-        FC_UNROLL
-        for (int j = 0; j < 4; ++j) r[4 * h + j] = E == 2 ? w[j] : mma::to_tf32(__uint_as_float(w[j]));
-      }
-      return;
-    }
-    FC_UNROLL
-    for (int i = 0; i < kTcWordLoads; ++i) {
-      In v[E];
-      FC_UNROLL
-      for (int e = 0; e < E; ++e) {
-        const int64_t k = first + i * E + e;
-        v[e] = in && k < k_end ? element(k) : zero<In>();
-      }
-      r[i] = word_of<Kind>(v);
-    }
+  const In* const a_run = m_in ? p.a_run(g, m0 + lm) : nullptr;
+  const In* const b_run = n_in ? p.b_run(g, n0 + lm) : nullptr;
+  auto ac = p.a_begin(g, m_in ? m0 + lm : 0, bt.k_begin + lw * E);
+  auto bc = p.b_begin(g, n_in ? n0 + lm : 0, bt.k_begin + lw * E);
+  TcPending pa, pb;
+  // issues the step at k0 into stage s
+  const auto issue = [&](int s, int64_t k0) {
+    tc_issue<Kind>(&as[s][lm][lw], pa, a_run, m_in, k0, k_end, lw, ac,
+                   [&](const auto& c) { return p.a_at(c); }, [&](auto& c) { p.a_next(c); },
+                   [&](auto& c) { p.a_jump(c); });
+    tc_issue<Kind>(&bs[s][lm][lw], pb, b_run, n_in, k0, k_end, lw, bc,
+                   [&](const auto& c) { return p.b_at(c); }, [&](auto& c) { p.b_next(c); },
+                   [&](auto& c) { p.b_jump(c); });
   };
-  const auto load = [&](int64_t k0) {
-    load_row(ra, a_run, m_in, k0, [&](int64_t k) { return p.a(row, k); });
-    load_row(rb, b_run, n_in, k0, [&](int64_t k) { return p.b(col, k); });
-  };
-  const auto stage = [&](int buf) {
-    uint4* a = reinterpret_cast<uint4*>(&as[buf][lm][lw * kTcWordLoads]);
-    uint4* b = reinterpret_cast<uint4*>(&bs[buf][lm][lw * kTcWordLoads]);
-    a[0] = make_uint4(ra[0], ra[1], ra[2], ra[3]);
-    a[1] = make_uint4(ra[4], ra[5], ra[6], ra[7]);
-    b[0] = make_uint4(rb[0], rb[1], rb[2], rb[3]);
-    b[1] = make_uint4(rb[4], rb[5], rb[6], rb[7]);
+  const auto store_pending = [&](int s) {
+    tc_store_pending(&as[s][lm][lw], pa);
+    tc_store_pending(&bs[s][lm][lw], pb);
   };
 
   float acc[2][4][4];
@@ -257,54 +394,81 @@ __global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p) {
       FC_UNROLL
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-  int buf = 0;
-  if (k_begin < k_end) {
-    load(k_begin);
-    stage(0);
+  // the first S - 1 steps, one commit group each (empty past the end, so the group count per
+  // iteration stays fixed)
+  FC_UNROLL
+  for (int s = 0; s < S - 1; ++s) {
+    const int64_t k0 = bt.k_begin + s * BK;
+    if (k0 < k_end) {
+      issue(s, k0);
+      store_pending(s);
+    }
+    async::cp_async_commit();
   }
-  __syncthreads();
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-    const bool more = k0 + BK < k_end;
-    if (more) load(k0 + BK);
+  // ldmatrix row addresses of this lane (lane l: row l % 8 of matrix l / 8): A matrices 0-3 are rows
+  // 0-7 / 8-15 at words 0-3 / 4-7 (fragment registers a0..a3); B matrices 0-3 are words 0-3 / 4-7 of
+  // n rows 0-7, then of n rows 8-15 (b0, b1 of two n8 fragments)
+  const int a_row = wm * 32 + lane % 8 + 8 * ((lane / 8) % 2), a_word = 4 * (lane / 16);
+  const int b_row = wn * 32 + lane % 8 + 8 * (lane / 16), b_word = 4 * ((lane / 8) % 2);
+  int read = 0, write = S - 1;
+  for (int64_t k0 = bt.k_begin; k0 < k_end; k0 += BK) {
+    async::cp_async_wait<S - 2>();  // this thread's copies of step `read` have landed
+    __syncthreads();                // everyone's have, and everyone is done with stage `write`
+    const int64_t k_next = k0 + (S - 1) * BK;
+    const bool more = k_next < k_end;
+    if (more) issue(write, k_next);
+    async::cp_async_commit();
     FC_UNROLL
     for (int ks = 0; ks < kTcWords / 8; ++ks) {  // one mma K (8 words) at a time
-      const int w0 = ks * 8 + tig;
       uint32_t af[2][4], bf[4][2];
       FC_UNROLL
-      for (int mi = 0; mi < 2; ++mi) {
-        const int r = wm * 32 + mi * 16 + grp;
-        af[mi][0] = as[buf][r][w0];
-        af[mi][1] = as[buf][r + 8][w0];
-        af[mi][2] = as[buf][r][w0 + 4];
-        af[mi][3] = as[buf][r + 8][w0 + 4];
-      }
+      for (int mi = 0; mi < 2; ++mi) async::ldmatrix_x4(af[mi], &as[read][a_row + mi * 16][ks * 8 + a_word]);
       FC_UNROLL
-      for (int ni = 0; ni < 4; ++ni) {
-        const int c = wn * 32 + ni * 8 + grp;
-        bf[ni][0] = bs[buf][c][w0];
-        bf[ni][1] = bs[buf][c][w0 + 4];
+      for (int nj = 0; nj < 2; ++nj) {
+        uint32_t q[4];
+        async::ldmatrix_x4(q, &bs[read][b_row + nj * 16][ks * 8 + b_word]);
+        bf[2 * nj][0] = q[0];
+        bf[2 * nj][1] = q[1];
+        bf[2 * nj + 1][0] = q[2];
+        bf[2 * nj + 1][1] = q[3];
+      }
+      if constexpr (E == 1) {
+        FC_UNROLL
+        for (int mi = 0; mi < 2; ++mi)
+          FC_UNROLL
+          for (int r = 0; r < 4; ++r) af[mi][r] = mma::to_tf32(__uint_as_float(af[mi][r]));
+        FC_UNROLL
+        for (int ni = 0; ni < 4; ++ni)
+          FC_UNROLL
+          for (int r = 0; r < 2; ++r) bf[ni][r] = mma::to_tf32(__uint_as_float(bf[ni][r]));
       }
       FC_UNROLL
       for (int mi = 0; mi < 2; ++mi)
         FC_UNROLL
         for (int ni = 0; ni < 4; ++ni) mma::mma_sync<Kind>(acc[mi][ni], af[mi], bf[ni]);
     }
-    if (more) stage(buf ^ 1);
-    __syncthreads();
-    buf ^= 1;
+    if (more) store_pending(write);  // read at iteration read + S - 1, after two barriers
+    read = read + 1 == S ? 0 : read + 1;
+    write = write + 1 == S ? 0 : write + 1;
   }
+  async::cp_async_wait<0>();  // only empty groups are left; none may outlive the thread
 
+  // rows of this thread's accumulators: base + 8 q for q = 2 mi + r / 2
+  const int64_t m_first = m0 + wm * 32 + grp;
+  if (m_first >= p.M) return;
+  auto out = p.out_at(g, m_first);
   FC_UNROLL
-
-  for (int mi = 0; mi < 2; ++mi)
+  for (int q = 0; q < 4; ++q) {
+    if (m_first + 8 * q >= p.M) break;
+    if (q > 0) p.out_next(out, 8);
     FC_UNROLL
     for (int ni = 0; ni < 4; ++ni)
       FC_UNROLL
-      for (int r = 0; r < 4; ++r) {
-        const int64_t m = m0 + wm * 32 + mi * 16 + grp + 8 * (r / 2);
-        const int64_t n = n0 + wn * 32 + ni * 8 + 2 * tig + r % 2;
-        if (m < p.M && n < p.N) p.store(g, blockIdx.z, m, n, acc[mi][ni][r]);
+      for (int c = 0; c < 2; ++c) {
+        const int64_t n = n0 + wn * 32 + ni * 8 + 2 * tig + c;
+        if (n < p.N) p.store(out, g, blockIdx.z, n, acc[q / 2][ni][2 * (q % 2) + c]);
       }
+  }
 }
 
 }  // namespace gemm
@@ -314,20 +478,38 @@ namespace fastconv::FC_NS::kernels {
 namespace gemm {
 
 // Runs a Problem on the right engine: tensor cores for float16 / bfloat16 (float32 accumulators),
-// and for float32 when tf32 is allowed; the SIMT kernel otherwise (float32, float64).
+// and for float32 when tf32 is allowed; the SIMT kernel otherwise (float32, float64). The jump of the
+// cursors is the kernel's: from a thread's last element of one step to its first of the next. Grids
+// of more than 65535 group x N tiles are launched in slices of whole groups.
 template <typename P>
-int run(const P& p, int64_t splits, bool tf32, Stream stream) {
+int run(P p, int64_t splits, bool tf32, Stream stream) {
   using T = typename P::Storage;
-  const dim3 grid = grid_for(p.M, p.N, p.groups, splits);
-  if constexpr (std::is_same<T, __half>::value)
-    return launch(gemm_tc_kernel<mma::F16, P>, grid, dim3(kTcThreads), 0, stream, p);
-  else if constexpr (std::is_same<T, __nv_bfloat16>::value)
-    return launch(gemm_tc_kernel<mma::BF16, P>, grid, dim3(kTcThreads), 0, stream, p);
-  else if constexpr (std::is_same<T, float>::value)
-    return tf32 ? launch(gemm_tc_kernel<mma::TF32, P>, grid, dim3(kTcThreads), 0, stream, p)
-                : launch(gemm_kernel<float, P>, grid, dim3(kThreads), 0, stream, p);
-  else
-    return launch(gemm_kernel<typename P::A, P>, grid, dim3(kThreads), 0, stream, p);
+  constexpr bool tensor_cores_16 = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+  const bool tc = tensor_cores_16 || (std::is_same<T, float>::value && tf32);
+  const int per_word = tensor_cores_16 ? 2 : 1;
+  const int bk = tc ? kTcWords * per_word : kBK;
+  p.set_jump(tc ? bk - kTcWordLoads * per_word + 1 : kBK - kLoads + 1);
+  const int64_t n_tiles = ceil_div(p.N, static_cast<int64_t>(kBN));
+  if (n_tiles > kMaxGridY) return kTooLarge;
+  const int64_t per_launch = kMaxGridY / n_tiles;
+  for (int64_t g0 = 0; g0 < p.groups; g0 += per_launch) {
+    const int64_t groups = p.groups - g0 < per_launch ? p.groups - g0 : per_launch;
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.M, static_cast<int64_t>(kBM))),
+                    static_cast<unsigned>(groups * n_tiles), static_cast<unsigned>(splits));
+    const Tiles tl{FastDiv(n_tiles), static_cast<int>(g0), steps_per_split(p.K, splits, bk)};
+    int err = 0;
+    if constexpr (std::is_same<T, __half>::value)
+      err = launch(gemm_tc_kernel<mma::F16, P>, grid, dim3(kTcThreads), 0, stream, p, tl);
+    else if constexpr (std::is_same<T, __nv_bfloat16>::value)
+      err = launch(gemm_tc_kernel<mma::BF16, P>, grid, dim3(kTcThreads), 0, stream, p, tl);
+    else if constexpr (std::is_same<T, float>::value)
+      err = tf32 ? launch(gemm_tc_kernel<mma::TF32, P>, grid, dim3(kTcThreads), 0, stream, p, tl)
+                 : launch(gemm_kernel<float, P>, grid, dim3(kThreads), 0, stream, p, tl);
+    else
+      err = launch(gemm_kernel<typename P::A, P>, grid, dim3(kThreads), 0, stream, p, tl);
+    if (err) return err;
+  }
+  return 0;
 }
 
 // How many K splits a reduction GEMM (the weight gradients) uses: enough blocks to fill a large GPU

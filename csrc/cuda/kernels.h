@@ -19,6 +19,8 @@ using Stream = void*;
 
 // Launcher errors of fastconv's own, above CUDA's error codes.
 constexpr int kBadDType = 100000;
+// A GEMM whose N tiles (N / 64, rounded up) exceed the 65535 rows of a grid.
+constexpr int kTooLarge = 100001;
 
 }  // namespace fastconv
 

@@ -12,6 +12,7 @@ namespace fastconv::FC_NS::kernels {
 namespace {
 
 // A(m, k) = a[m * a_rs + k * a_cs], B(k, n) = b[k * b_rs + n * b_cs]; out[m][n] = A B (+ bias[n]).
+// A cursor is a pointer, stepped by the operand's K stride.
 template <typename T>
 struct Strided {
   using Storage = T;
@@ -25,20 +26,38 @@ struct Strided {
   A* partial;  // split-K partials [splits][M][N] when splits > 1
   int64_t M, N, K, groups, splits;
   bool a_vec = false, b_vec = false;  // rows of A / columns of B contiguous along K and 16-byte aligned
+  int64_t a_jmp = 0, b_jmp = 0;
+  void set_jump(int64_t j) {
+    a_jmp = j * a_cs;
+    b_jmp = j * b_rs;
+  }
 
-  __device__ const T* a_row(int64_t, int64_t m) const { return a_ptr + m * a_rs; }
-  __device__ T a(const T* row, int64_t k) const { return row[k * a_cs]; }
-  __device__ const T* b_col(int64_t, int64_t n) const { return b_ptr + n * b_cs; }
-  __device__ T b(const T* col, int64_t k) const { return col[k * b_rs]; }
-  __device__ const T* a_run(const T* row) const { return a_vec ? row : nullptr; }
-  __device__ const T* b_run(const T* col) const { return b_vec ? col : nullptr; }
-  __device__ void store(int64_t, int split, int64_t m, int64_t n, A v) const {
+  struct Cur {
+    const T* p;
+  };
+  __device__ Cur a_begin(int64_t, int64_t m, int64_t k) const { return Cur{a_ptr + m * a_rs + k * a_cs}; }
+  __device__ const T* a_at(const Cur& c) const { return c.p; }
+  __device__ void a_next(Cur& c) const { c.p += a_cs; }
+  __device__ void a_jump(Cur& c) const { c.p += a_jmp; }
+  __device__ Cur b_begin(int64_t, int64_t n, int64_t k) const { return Cur{b_ptr + n * b_cs + k * b_rs}; }
+  __device__ const T* b_at(const Cur& c) const { return c.p; }
+  __device__ void b_next(Cur& c) const { c.p += b_rs; }
+  __device__ void b_jump(Cur& c) const { c.p += b_jmp; }
+  __device__ const T* a_run(int64_t, int64_t m) const { return a_vec ? a_ptr + m * a_rs : nullptr; }
+  __device__ const T* b_run(int64_t, int64_t n) const { return b_vec ? b_ptr + n * b_cs : nullptr; }
+
+  struct Out {
+    int64_t i;  // m N
+  };
+  __device__ Out out_at(int64_t, int64_t m) const { return Out{m * N}; }
+  __device__ void out_next(Out& o, int dm) const { o.i += dm * N; }
+  __device__ void store(const Out& o, int64_t, int split, int64_t n, A v) const {
     if (splits > 1) {
-      partial[(split * M + m) * N + n] = v;
+      partial[split * M * N + o.i + n] = v;
       return;
     }
     if (bias) v += to_acc(bias[n]);
-    out[m * N + n] = from_acc<T>(v);
+    out[o.i + n] = from_acc<T>(v);
   }
 };
 
