@@ -4,8 +4,11 @@
 # frame and spill bytes that ptxas reports (-Xptxas -v). Fails on any compile error or warning and
 # on any spill. Where nvcc is absent it says so and exits 0 (nothing can be checked there).
 # The .cu files include no torch headers, so this needs nvcc alone, not a CUDA build of torch.
-# With cuobjdump and nvdisasm at hand (toolkit, or their pip packages) it also checks that the
-# tensor-core kernels contain HMMA instructions. Extra arguments are passed to nvcc. Logs go to $FASTCONV_NVCC_LOGS (default: a temporary folder).
+# With cuobjdump and nvdisasm at hand (toolkit, or their pip packages) it also reads the GEMM kernels'
+# machine code (scripts/sass_check.py): per build the counts of HMMA, LDGSTS (cp.async), LDSM
+# (ldmatrix), LDG.128 and MUFU.RCP (integer division), failing when a tensor-core GEMM lacks HMMA,
+# LDGSTS or LDSM, or a convolution GEMM divides more than a few times. Extra arguments are passed to
+# nvcc. Logs go to $FASTCONV_NVCC_LOGS (default: a temporary folder).
 # With FASTCONV_CUDA_TORCH_INCLUDE set to the include folder of a CUDA build of torch (unzip a CUDA
 # torch wheel's torch/include anywhere: no GPU and no install needed), it also compiles the CUDA
 # glue (csrc/cuda/glue.cpp) against those headers and checks that every launcher it calls is
@@ -41,21 +44,22 @@ done
 wait
 # the table of registers / shared memory / stack / spills per kernel; fails on a compile error, a warning or a spill
 "$PY" "$ROOT/scripts/ptxas_table.py" "$LOGS"
-# The tensor-core check: every tensor-core GEMM kernel's machine code must contain HMMA instructions
-# (and the SIMT kernels none). Needs cuobjdump + nvdisasm: from the CUDA toolkit, or the pip packages
-# nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (found in $PYTHON's site-packages).
+# The machine-code check: every tensor-core GEMM kernel's SASS must contain HMMA, LDGSTS and LDSM
+# (and the SIMT kernels no HMMA); no convolution GEMM may divide in its main loop. Needs cuobjdump +
+# nvdisasm: from the CUDA toolkit, or the pip packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm
+# (found in $PYTHON's site-packages).
 TOOLS="$(dirname "$NVCC"):$("$PY" "$ROOT/scripts/nvidia_tool_dirs.py" 2>/dev/null || true)"
 CUOBJDUMP="$(PATH="$TOOLS:$PATH" command -v cuobjdump || true)"
 if [ -n "$CUOBJDUMP" ] && PATH="$TOOLS:$PATH" command -v nvdisasm > /dev/null; then
-  echo "== nvcc_check: tensor-core instructions ($CUOBJDUMP)"
+  echo "== nvcc_check: the GEMM kernels' machine code ($CUOBJDUMP)"
   for obj in "$LOGS"/*.o; do
     [ "$(basename "$obj")" = glue_cuda.o ] && continue
     PATH="$TOOLS:$PATH" "$CUOBJDUMP" -sass "$obj" > "${obj%.o}.sass"
   done
-  "$PY" "$ROOT/scripts/hmma_check.py" "$LOGS"
+  "$PY" "$ROOT/scripts/sass_check.py" "$LOGS"
 else
   echo "nvcc_check: no cuobjdump + nvdisasm found (CUDA toolkit, or pip install nvidia-cuda-cuobjdump"
-  echo "            nvidia-cuda-nvdisasm): the tensor-core kernels' HMMA instructions were NOT checked"
+  echo "            nvidia-cuda-nvdisasm): the GEMM kernels' machine code was NOT checked"
 fi
 if [ -n "${FASTCONV_CUDA_TORCH_INCLUDE:-}" ]; then
   I="$FASTCONV_CUDA_TORCH_INCLUDE"
