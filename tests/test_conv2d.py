@@ -401,10 +401,13 @@ def test_opcheck_conv2d_grads(backend):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_grad_op(backend, dtype):
-    g = backend.randn(3, 4, 5, 6, dtype=dtype)
-    for dim in range(-4, 4):
-        others = [d for d in range(4) if d != dim % 4]
-        torch.testing.assert_close(ops.bias_grad(g, dim), g.sum(others), **tol(dtype, g.numel() // g.shape[dim]))
+    # every channel dim of a 4-d gradient (inner 120, 30, 6 and 1), planes of more than 256 values, and
+    # [rows, C] gradients (inner 1) with more than one block of 32 channels and a ragged last one
+    for shape in [(3, 4, 5, 6), (2, 3, 17, 19), (70, 45), (9, 300)]:
+        g = backend.randn(*shape, dtype=dtype)
+        for dim in range(-g.dim(), g.dim()):
+            others = [d for d in range(g.dim()) if d != dim % g.dim()]
+            torch.testing.assert_close(ops.bias_grad(g, dim), g.sum(others), **tol(dtype, g.numel() // g.shape[dim]))
 
 
 # ------------------------------------------------------------------ conv1d

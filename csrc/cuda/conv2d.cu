@@ -12,8 +12,8 @@
 //   grad weight  M = C_out/g, N = C_in/g*KH*KW, K = N*OH*OW: A(m, k) = dy, B(k, n) = the input pixel
 //                that tap n of output pixel k reads. K is long, so it is split over blocks (split-K)
 //                whose partials are summed in split order by a second kernel: deterministic.
-//   bias_grad    one block per channel: each thread sums a strided subset in double, then a fixed
-//                tree in shared memory. outer * inner loads per channel.
+//   bias_grad    coalesced sums in double, in a fixed order: one block per channel of a [N, C, H, W]
+//                gradient, one per 32 channels of a [rows, C] one (see the kernels).
 // No im2col buffer exists, and no integer division runs in a main loop: each thread's cursor on its
 // row of A and column of B (below, per direction) is decomposed once, in the prologue, by
 // multiply-shift divisions (gemm::FastDiv), then carried forward with adds and compares (see
@@ -403,25 +403,65 @@ struct ConvGradWeight {
   }
 };
 
-// One block of 256 threads per channel c: strided partial sums in double, then a fixed tree.
+// bias_grad: db[c] = sum over (o, i) of dy[o][c][i], dy viewed as [outer, channels, inner], summed in
+// double in a fixed order (deterministic). Two mappings keep the loads coalesced:
+// Channel blocks (inner > 1, a convolution's [N, C, H, W]): one block of 256 threads per channel;
+// thread t takes the flat positions t, t + 256, ... of the channel's outer x inner values, with
+// (o, i) carried forward by the precomputed (256 / inner, 256 % inner) -- no division per element --
+// so a warp reads 32 consecutive values of a plane; then a fixed tree over the 256 partial sums.
+constexpr int kBiasThreads = 256;
 template <typename T>
-__global__ void __launch_bounds__(256) bias_grad_kernel(const T* __restrict__ dy, T* __restrict__ db, int64_t outer,
-                                                         int64_t channels, int64_t inner) {
-  __shared__ double partial[256];
-  const int64_t c = blockIdx.x, count = outer * inner;
-  double sum = 0;
-  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-    const int64_t o = i / inner;
-    sum += static_cast<double>(to_acc(dy[(o * channels + c) * inner + (i - o * inner)]));
-  }
+__global__ void __launch_bounds__(kBiasThreads) bias_grad_planes_kernel(const T* __restrict__ dy, T* __restrict__ db,
+                                                                        int64_t outer, int64_t channels, int64_t inner,
+                                                                        int64_t step_o, int64_t step_i) {
+  __shared__ double partial[kBiasThreads];
+  const int64_t c = blockIdx.x;
   const int t = threadIdx.x;
+  // (o, i) of flat position t; t < 256, so one small loop instead of a division
+  int64_t o = 0, i = t;
+  while (i >= inner) {
+    i -= inner;
+    ++o;
+  }
+  double sum = 0;
+  while (o < outer) {
+    sum += static_cast<double>(to_acc(dy[(o * channels + c) * inner + i]));
+    o += step_o;
+    i += step_i;
+    if (i >= inner) {
+      i -= inner;
+      ++o;
+    }
+  }
   partial[t] = sum;
   __syncthreads();
-  for (int half = 128; half > 0; half /= 2) {
+  for (int half = kBiasThreads / 2; half > 0; half /= 2) {
     if (t < half) partial[t] += partial[t + half];
     __syncthreads();
   }
   if (t == 0) db[c] = from_acc<T>(static_cast<acc_t<T>>(partial[0]));
+}
+
+// Row blocks (inner == 1, a linear layer's [rows, C]): a block of 32 x 8 threads owns 32 consecutive
+// channels; thread (x, y) sums rows y, y + 8, ... of channel 32 blockIdx.x + x (a warp reads 128
+// consecutive bytes of a row), then the 8 partial sums of a channel are added in row order.
+constexpr int kBiasCols = 32, kBiasRows = 8;
+template <typename T>
+__global__ void __launch_bounds__(kBiasCols* kBiasRows) bias_grad_rows_kernel(const T* __restrict__ dy,
+                                                                               T* __restrict__ db, int64_t outer,
+                                                                               int64_t channels) {
+  __shared__ double partial[kBiasRows][kBiasCols];
+  const int x = threadIdx.x % kBiasCols, y = threadIdx.x / kBiasCols;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBiasCols + x;
+  double sum = 0;
+  if (c < channels)
+    for (int64_t o = y; o < outer; o += kBiasRows) sum += static_cast<double>(to_acc(dy[o * channels + c]));
+  partial[y][x] = sum;
+  __syncthreads();
+  if (y == 0 && c < channels) {
+    for (int r = 1; r < kBiasRows; ++r) sum += partial[r][x];
+    db[c] = from_acc<T>(static_cast<acc_t<T>>(sum));
+  }
 }
 
 }  // namespace
@@ -482,8 +522,14 @@ int bias_grad(DType dtype, const void* dy, void* db, const BiasGradShape& s, Str
   if (s.channels == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    err = launch(bias_grad_kernel<T>, dim3(static_cast<unsigned>(s.channels)), dim3(256), 0, stream,
-                 static_cast<const T*>(dy), static_cast<T*>(db), s.outer, s.channels, s.inner);
+    if (s.inner == 1)
+      err = launch(bias_grad_rows_kernel<T>, dim3(static_cast<unsigned>(ceil_div(s.channels, int64_t(kBiasCols)))),
+                   dim3(kBiasCols * kBiasRows), 0, stream, static_cast<const T*>(dy), static_cast<T*>(db), s.outer,
+                   s.channels);
+    else
+      err = launch(bias_grad_planes_kernel<T>, dim3(static_cast<unsigned>(s.channels)), dim3(kBiasThreads), 0, stream,
+                   static_cast<const T*>(dy), static_cast<T*>(db), s.outer, s.channels, s.inner,
+                   int64_t(kBiasThreads) / s.inner, int64_t(kBiasThreads) % s.inner);
   });
   return err;
 }
