@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastconv
 import fastconv.functional as FF
-from conftest import DTYPES, REDUCED_DTYPES, assert_bitwise_equal, conv_terms, make_layout, num_threads, tol
+from conftest import (DTYPES, REDUCED_DTYPES, assert_bitwise_equal, conv_terms, make_layout, num_threads, tf32_round,
+                      tol)
 
 ops = torch.ops.fastconv
 
@@ -604,3 +606,71 @@ def test_first_layer_weight_gradient_matches_torch_and_the_gemm(monkeypatch, cfg
         terms = _grad_terms(ConvCase(xs, ws, dict(groups=groups)), ref.shape)[1]
         torch.testing.assert_close(got[path], gw_ref, **tol(dtype, terms))
     torch.testing.assert_close(got["1"], got["0"], **tol(dtype, terms))
+
+
+# ------------------------------------------------------------------ channels last
+# NHWC in, NHWC out on the CUDA kernels (the simulator runs them): every direction, with channel
+# counts that give the tensor-core kernel whole 16-byte segments of one tap (32, 48, 64 channels:
+# 16 of them per thread and step) and ones that do not (12, 3), groups, stride, dilation and padding.
+NHWC_CASES = [
+    case("c32_pad1", (2, 32, 9, 10), (40, 32, 3, 3), padding=1),
+    case("c12_stride2_dil2", (2, 12, 13, 11), (20, 12, 3, 3), stride=2, dilation=2, padding=2),
+    case("groups2_c32_stride1x2", (2, 64, 7, 8), (48, 32, 3, 3), groups=2, padding=1, stride=(1, 2)),
+    case("c3_5x5", (3, 3, 12, 12), (16, 3, 5, 5), padding=2),
+    case("1x1_c48_no_bias", (2, 48, 6, 7), (24, 48, 1, 1), bias=False),
+]
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, *REDUCED_DTYPES])
+@pytest.mark.parametrize("c", NHWC_CASES)
+def test_conv2d_channels_last(backend, c, dtype):
+    """channels_last input (NCHW weight, converted by the op) and grad_output: results as torch's in
+    float64 (float32 for the 16-bit types, on the same 16-bit values); on the CUDA kernels the output
+    and both gradients are channels_last themselves, computed without a layout copy of the
+    activations."""
+    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    x = backend.randn(*c.x).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = backend.randn(*c.w).to(dtype).requires_grad_()
+    b = backend.randn(c.w[0]).to(dtype).requires_grad_() if c.bias else None
+    leaves = [t for t in (x, w, b) if t is not None]
+    refs = [t.detach().to(ref_dtype).requires_grad_() for t in leaves]
+    out = FF.conv2d(x, w, b, **c.kwargs)
+    ref = F.conv2d(*refs, **c.kwargs) if b is not None else F.conv2d(*refs, None, **c.kwargs)
+    cuda_kernels = backend.name in ("sim", "cuda")
+    if cuda_kernels:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref.to(dtype), **tol(dtype, conv_terms(c.w)))
+    grad_out = torch.randn_like(ref).to(dtype).contiguous(memory_format=torch.channels_last)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_grads = torch.autograd.grad(ref, refs, grad_out.to(ref_dtype))
+    if cuda_kernels:
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+        assert grads[1].is_contiguous(memory_format=torch.channels_last)
+    for i, (g, r, terms) in enumerate(zip(grads, ref_grads, _grad_terms(c, ref.shape))):
+        torch.testing.assert_close(g, r.to(dtype), **tol(dtype, terms), msg=lambda m: f"gradient of input {i}: {m}")
+
+
+@pytest.mark.parametrize("c", NHWC_CASES[:3])
+def test_conv2d_channels_last_tf32(backend, c):
+    """channels_last float32 with tf32 allowed (the tensor-core kernels' 4-byte and segment copies of
+    float32): against float64 on tf32-rounded operands, forward and both gradients."""
+    x = backend.randn(*c.x).contiguous(memory_format=torch.channels_last)
+    w = backend.randn(*c.w)
+    dy = backend.randn(*F.conv2d(x, w, None, **c.kwargs).shape).contiguous(memory_format=torch.channels_last)
+    s, p, d, g = (c.kwargs.get(k, dflt) for k, dflt in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)))
+    s, p, d = (v if isinstance(v, (tuple, list)) else (v, v) for v in (s, p, d))
+    args = (list(s), [p[0], p[0], p[1], p[1]], list(d), g)
+    with fastconv.backends.flags(allow_tf32=True):
+        y = ops.conv2d(x, w, None, *args)
+        dx = ops.conv2d_grad_input(dy, w, list(x.shape), *args)
+        dw = ops.conv2d_grad_weight(dy, x, list(w.shape), *args)
+    if backend.name not in ("sim", "cuda"):
+        return  # the CPU kernels ignore tf32; their channels_last results are checked above
+    r = tf32_round
+    ry = F.conv2d(r(x).double(), r(w).double(), None, **c.kwargs)
+    rdx = torch.nn.grad.conv2d_input(x.shape, r(w).double(), r(dy).double(), **c.kwargs)
+    rdw = torch.nn.grad.conv2d_weight(r(x).double(), w.shape, r(dy).double(), **c.kwargs)
+    terms = _grad_terms(c, ry.shape)
+    torch.testing.assert_close(y, ry.float(), **tol(torch.float32, conv_terms(c.w)))
+    torch.testing.assert_close(dx, rdx.float(), **tol(torch.float32, terms[0]))
+    torch.testing.assert_close(dw, rdw.float(), **tol(torch.float32, terms[1]))

@@ -403,6 +403,360 @@ struct ConvGradWeight {
   }
 };
 
+// ------------------------------------------------------------------------------- channels last
+// NHWC tensors (torch.channels_last) put the channels innermost, so the GEMMs order K with the
+// channel fastest: k = (kh kw_size + kw) c + channel. Then a row of the forward (and grad-input) A is
+// contiguous along runs of c channels of one tap, and a K step of it loads as 16-byte copies
+// (a_seg); a filter [c_out][kh][kw][c_in / g] is contiguous along K as in NCHW. Outputs are stored
+// NHWC: y[m][co], one row per pixel.
+
+// A jump of j K elements over (kernel row, kernel column, channel of c): j = (r kw + q) c + e.
+struct ChannelJump {
+  int r, q, e;
+  ChannelJump() = default;
+  ChannelJump(int64_t j, int64_t c, const Dims& d)
+      : r(int(j / c / d.kw)), q(int(j / c % d.kw)), e(int(j % c)) {}
+};
+
+template <typename T>
+struct ConvForwardNhwc {
+  using Storage = T;
+  using A = acc_t<T>;
+  const T* x;
+  const T* w;
+  const T* bias;
+  T* y;
+  Dims d;
+  int cin_g;
+  int64_t c_in, c_out, plane, pixels;
+  Activation act;
+  int64_t M, N, K, groups;
+  FastDiv div_pixels, div_ow, div_cin, div_kw;
+  bool b_vec = false;
+  ChannelJump jmp{}, lp{};
+  int64_t jmp_k = 0;
+
+  ConvForwardNhwc(const T* x_, const T* w_, const T* bias_, T* y_, const ConvShape& s, Activation a)
+      : x(x_), w(w_), bias(bias_), y(y_), d(s), cin_g(int(s.cin_g())), c_in(s.c_in), c_out(s.c_out),
+        plane(s.h * s.w), pixels(s.oh * s.ow), act(a), M(s.n * s.oh * s.ow), N(s.cout_g()), K(s.k_gemm()),
+        groups(s.groups), div_pixels(s.oh * s.ow), div_ow(s.ow), div_cin(s.cin_g()), div_kw(s.kw) {}
+  void set_jump(int64_t j) {
+    jmp = ChannelJump(j, cin_g, d);
+    jmp_k = j;
+  }
+  void set_leap(int64_t j) { lp = ChannelJump(j, cin_g, d); }
+
+  struct ACur {
+    const T* img;  // &x[img][0][0][g cin_g]
+    int ih, iw, kh, kw, ci;
+  };
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int mi = int(m), img = div_pixels.div(mi), r = mi - img * int(pixels), oh = div_ow.div(r),
+              ow = r - oh * d.ow;
+    const int ki = int(k), t = div_cin.div(ki), ci = ki - t * cin_g, kh = div_kw.div(t), kw = t - kh * d.kw;
+    return ACur{x + img * plane * c_in + g * cin_g, oh * d.sh - d.pt + kh * d.dh, ow * d.sw - d.pl + kw * d.dw, kh, kw,
+                ci};
+  }
+  __device__ bool inside(const ACur& c) const { return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w); }
+  __device__ const T* a_at(const ACur& c) const {
+    return inside(c) ? c.img + (int64_t(c.ih) * d.w + c.iw) * c_in + c.ci : nullptr;
+  }
+  __device__ void a_next(ACur& c) const {
+    if (++c.ci == cin_g) {
+      c.ci = 0;
+      c.iw += d.dw;
+      if (++c.kw == d.kw) {
+        c.kw = 0;
+        c.iw -= d.kw * d.dw;
+        ++c.kh;
+        c.ih += d.dh;
+      }
+    }
+  }
+  __device__ void add(ACur& c, const ChannelJump& j) const {
+    c.ci += j.e;
+    if (c.ci >= cin_g) {
+      c.ci -= cin_g;
+      ++c.kw;
+      c.iw += d.dw;
+    }
+    c.kw += j.q;
+    c.iw += j.q * d.dw;
+    if (c.kw >= d.kw) {
+      c.kw -= d.kw;
+      c.iw -= d.kw * d.dw;
+      ++c.kh;
+      c.ih += d.dh;
+    }
+    c.kh += j.r;
+    c.ih += j.r * d.dh;
+  }
+  __device__ void a_jump(ACur& c) const { add(c, jmp); }
+  __device__ void a_leap(ACur& c) const { add(c, lp); }
+  __device__ int a_seg(const ACur& c, int len, const T*& p) const {
+    if (c.ci + len > cin_g) return 0;
+    if (!inside(c)) return 2;
+    p = c.img + (int64_t(c.ih) * d.w + c.iw) * c_in + c.ci;
+    return 1;
+  }
+  // B(k, n) = w[g N + n][kh][kw][ci]: a filter is contiguous along K
+  struct BCur {
+    const T* p;
+  };
+  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const { return BCur{w + (g * N + n) * K + k}; }
+  __device__ const T* b_at(const BCur& c) const { return c.p; }
+  __device__ void b_next(BCur& c) const { ++c.p; }
+  __device__ void b_jump(BCur& c) const { c.p += jmp_k; }
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ const T* b_run(int64_t g, int64_t n) const { return b_vec ? w + (g * N + n) * K : nullptr; }
+
+  struct Out {
+    T* p;  // &y[m][0]
+  };
+  __device__ Out out_at(int64_t, int64_t m) const { return Out{y + m * c_out}; }
+  __device__ void out_next(Out& o, int dm) const { o.p += dm * c_out; }
+  __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
+    const int64_t co = g * N + n;
+    if (bias) v += to_acc(bias[co]);
+    if (act.kind == Activation::relu) v = v < A(0) ? A(0) : v;
+    else if (act.kind == Activation::leaky_relu) v = v > A(0) ? v : v * A(act.slope);
+    o.p[co] = from_acc<T>(v);
+  }
+};
+
+// Grad input, NHWC: row m = input pixel, k = (kh, kw, co) with the output channel fastest; A(m, k)
+// = dy[img][oh][ow][g cout_g + co] at the output pixel the tap lands on (the stride QRs as in NCHW);
+// B(k, n) = w[g cout_g + co][kh][kw][n].
+template <typename T>
+struct ConvGradInputNhwc {
+  using Storage = T;
+  using A = acc_t<T>;
+  const T* dy;
+  const T* w;
+  T* dx;
+  Dims d;
+  int cout_g, cin_g;
+  int64_t c_in, c_out, plane, out_plane;
+  int64_t M, N, K, groups;
+  FastDiv div_plane, div_w, div_cout, div_kw, div_sh, div_sw;
+  QR q_dh, q_dw, q_kw;
+  ChannelJump jmp{}, lp{};
+  QR q_jw{}, q_jh{}, q_lw{}, q_lh{};
+
+  ConvGradInputNhwc(const T* dy_, const T* w_, T* dx_, const ConvShape& s)
+      : dy(dy_), w(w_), dx(dx_), d(s), cout_g(int(s.cout_g())), cin_g(int(s.cin_g())), c_in(s.c_in), c_out(s.c_out),
+        plane(s.h * s.w), out_plane(s.oh * s.ow), M(s.n * s.h * s.w), N(s.cin_g()), K(s.cout_g() * s.kh * s.kw),
+        groups(s.groups), div_plane(s.h * s.w), div_w(s.w), div_cout(s.cout_g()), div_kw(s.kw), div_sh(s.sh),
+        div_sw(s.sw), q_dh(gemm::qr_of(s.dh, s.sh)), q_dw(gemm::qr_of(s.dw, s.sw)),
+        q_kw(gemm::qr_of(s.kw * s.dw, s.sw)) {}
+  void set_jump(int64_t j) {
+    jmp = ChannelJump(j, cout_g, d);
+    q_jw = gemm::qr_of(int64_t(jmp.q) * d.dw, d.sw);
+    q_jh = gemm::qr_of(int64_t(jmp.r) * d.dh, d.sh);
+  }
+  void set_leap(int64_t j) {
+    lp = ChannelJump(j, cout_g, d);
+    q_lw = gemm::qr_of(int64_t(lp.q) * d.dw, d.sw);
+    q_lh = gemm::qr_of(int64_t(lp.r) * d.dh, d.sh);
+  }
+
+  struct ACur {
+    const T* img;  // &dy[img][0][0][g cout_g]
+    int kh, kw, co;
+    QR nh, nw;
+  };
+  __device__ QR qr(int v, const FastDiv& div) const {
+    const int q = div.div(v);
+    return QR{q, v - q * int(div.d)};
+  }
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int mi = int(m), img = div_plane.div(mi), r = mi - img * int(plane), ih = div_w.div(r), iw = r - ih * d.w;
+    const int ki = int(k), t = div_cout.div(ki), co = ki - t * cout_g, kh = div_kw.div(t), kw = t - kh * d.kw;
+    ACur c{dy + img * out_plane * c_out + g * cout_g, kh, kw, co, qr(ih + d.pt, div_sh), qr(iw + d.pl, div_sw)};
+    gemm::qr_sub(c.nh, qr(kh * d.dh, div_sh), d.sh);
+    gemm::qr_sub(c.nw, qr(kw * d.dw, div_sw), d.sw);
+    return c;
+  }
+  __device__ bool lands(const ACur& c) const {
+    return c.nh.r == 0 && c.nw.r == 0 && unsigned(c.nh.q) < unsigned(d.oh) && unsigned(c.nw.q) < unsigned(d.ow);
+  }
+  __device__ const T* a_at(const ACur& c) const {
+    return lands(c) ? c.img + (int64_t(c.nh.q) * d.ow + c.nw.q) * c_out + c.co : nullptr;
+  }
+  __device__ void a_next(ACur& c) const {
+    if (++c.co == cout_g) {
+      c.co = 0;
+      gemm::qr_sub(c.nw, q_dw, d.sw);
+      if (++c.kw == d.kw) {
+        c.kw = 0;
+        gemm::qr_add(c.nw, q_kw, d.sw);
+        ++c.kh;
+        gemm::qr_sub(c.nh, q_dh, d.sh);
+      }
+    }
+  }
+  __device__ void add(ACur& c, const ChannelJump& j, const QR& jw, const QR& jh) const {
+    c.co += j.e;
+    if (c.co >= cout_g) {
+      c.co -= cout_g;
+      ++c.kw;
+      gemm::qr_sub(c.nw, q_dw, d.sw);
+    }
+    c.kw += j.q;
+    gemm::qr_sub(c.nw, jw, d.sw);
+    if (c.kw >= d.kw) {
+      c.kw -= d.kw;
+      gemm::qr_add(c.nw, q_kw, d.sw);
+      ++c.kh;
+      gemm::qr_sub(c.nh, q_dh, d.sh);
+    }
+    c.kh += j.r;
+    gemm::qr_sub(c.nh, jh, d.sh);
+  }
+  __device__ void a_jump(ACur& c) const { add(c, jmp, q_jw, q_jh); }
+  __device__ void a_leap(ACur& c) const { add(c, lp, q_lw, q_lh); }
+  __device__ int a_seg(const ACur& c, int len, const T*& p) const {
+    if (c.co + len > cout_g) return 0;
+    if (!lands(c)) return 2;
+    p = c.img + (int64_t(c.nh.q) * d.ow + c.nw.q) * c_out + c.co;
+    return 1;
+  }
+  struct BCur {
+    const T* p;  // &w[g cout_g + co][kh][kw][n]
+    int co;
+  };
+  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const {
+    const int ki = int(k), t = div_cout.div(ki), co = ki - t * cout_g;
+    return BCur{w + ((g * cout_g + co) * d.taps + t) * cin_g + n, co};
+  }
+  __device__ const T* b_at(const BCur& c) const { return c.p; }
+  __device__ void b_next(BCur& c) const {
+    if (++c.co == cout_g) {
+      c.co = 0;
+      c.p += cin_g - int64_t(cout_g - 1) * d.taps * cin_g;
+    } else {
+      c.p += int64_t(d.taps) * cin_g;
+    }
+  }
+  __device__ void b_jump(BCur& c) const {
+    c.co += jmp.e;
+    c.p += int64_t(jmp.e) * d.taps * cin_g;
+    if (c.co >= cout_g) {
+      c.co -= cout_g;
+      c.p += cin_g - int64_t(cout_g) * d.taps * cin_g;
+    }
+    c.p += int64_t(jmp.r * d.kw + jmp.q) * cin_g;
+  }
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
+
+  struct Out {
+    T* p;  // &dx[m][0]
+  };
+  __device__ Out out_at(int64_t, int64_t m) const { return Out{dx + m * c_in}; }
+  __device__ void out_next(Out& o, int dm) const { o.p += dm * c_in; }
+  __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const { o.p[g * N + n] = from_acc<T>(v); }
+};
+
+// Grad weight, NHWC: row m = output channel co of group g, k = (img, oh, ow): A(m, k) =
+// dy[img][oh][ow][g M + m]; column n = (kh, kw, ci) with the channel fastest: B(k, n) = the input
+// pixel's channel g cin_g + ci that tap (kh, kw) of output pixel k reads; dw stored [co][kh][kw][ci].
+template <typename T>
+struct ConvGradWeightNhwc {
+  using Storage = T;
+  using A = acc_t<T>;
+  const T* dy;
+  const T* x;
+  T* dw;
+  A* partial;
+  Dims d;
+  int64_t c_in, cin_g, c_out, plane, pixels;
+  int64_t M, N, K, groups, splits;
+  FastDiv div_pixels, div_ow, div_cin, div_kw;
+  int j_img = 0, j_oh = 0, j_ow = 0;
+  int64_t j_k = 0;
+
+  ConvGradWeightNhwc(const T* dy_, const T* x_, T* dw_, A* partial_, const ConvShape& s, int64_t m, int64_t n,
+                     int64_t k, int64_t splits_)
+      : dy(dy_), x(x_), dw(dw_), partial(partial_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out),
+        plane(s.h * s.w), pixels(s.oh * s.ow), M(m), N(n), K(k), groups(s.groups), splits(splits_),
+        div_pixels(s.oh * s.ow), div_ow(s.ow), div_cin(s.cin_g()), div_kw(s.kw) {}
+  void set_jump(int64_t j) {
+    j_k = j;
+    j_img = int(j / pixels);
+    j_oh = int(j % pixels / d.ow);
+    j_ow = int(j % pixels % d.ow);
+  }
+
+  struct ACur {
+    const T* p;  // &dy[k][g M + m]
+  };
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const { return ACur{dy + k * c_out + g * M + m}; }
+  __device__ const T* a_at(const ACur& c) const { return c.p; }
+  __device__ void a_next(ACur& c) const { c.p += c_out; }
+  __device__ void a_jump(ACur& c) const { c.p += j_k * c_out; }
+  struct BCur {
+    const T* img;  // &x[img][0][0][g cin_g + ci]
+    int ih, iw, oh, ow;
+  };
+  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const {
+    const int ni = int(n), t = div_cin.div(ni), ci = ni - t * int(cin_g), kh = div_kw.div(t), kw = t - kh * d.kw;
+    const int ki = int(k), img = div_pixels.div(ki), r = ki - img * int(pixels), oh = div_ow.div(r), ow = r - oh * d.ow;
+    return BCur{x + img * plane * c_in + g * cin_g + ci, oh * d.sh + kh * d.dh - d.pt, ow * d.sw + kw * d.dw - d.pl, oh,
+                ow};
+  }
+  __device__ const T* b_at(const BCur& c) const {
+    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w)
+               ? c.img + (int64_t(c.ih) * d.w + c.iw) * c_in
+               : nullptr;
+  }
+  __device__ void b_next(BCur& c) const {
+    c.iw += d.sw;
+    if (++c.ow == d.ow) {
+      c.ow = 0;
+      c.iw -= d.ow * d.sw;
+      c.ih += d.sh;
+      if (++c.oh == d.oh) {
+        c.oh = 0;
+        c.ih -= d.oh * d.sh;
+        c.img += plane * c_in;
+      }
+    }
+  }
+  __device__ void b_jump(BCur& c) const {
+    c.ow += j_ow;
+    c.iw += j_ow * d.sw;
+    if (c.ow >= d.ow) {
+      c.ow -= d.ow;
+      c.iw -= d.ow * d.sw;
+      ++c.oh;
+      c.ih += d.sh;
+    }
+    c.oh += j_oh;
+    c.ih += j_oh * d.sh;
+    if (c.oh >= d.oh) {
+      c.oh -= d.oh;
+      c.ih -= d.oh * d.sh;
+      c.img += plane * c_in;
+    }
+    c.img += j_img * plane * c_in;
+  }
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
+
+  struct Out {
+    int64_t i;  // (g M + m) N
+  };
+  __device__ Out out_at(int64_t g, int64_t m) const { return Out{(g * M + m) * N}; }
+  __device__ void out_next(Out& o, int dm) const { o.i += dm * N; }
+  __device__ void store(const Out& o, int64_t, int split, int64_t n, A v) const {
+    if (splits > 1)
+      partial[split * c_out * N + o.i + n] = v;
+    else
+      dw[o.i + n] = from_acc<T>(v);
+  }
+};
+
 // bias_grad: db[c] = sum over (o, i) of dy[o][c][i], dy viewed as [outer, channels, inner], summed in
 // double in a fixed order (deterministic). Two mappings keep the loads coalesced:
 // Channel blocks (inner > 1, a convolution's [N, C, H, W]): one block of 256 threads per channel;
@@ -467,23 +821,32 @@ __global__ void __launch_bounds__(kBiasCols* kBiasRows) bias_grad_rows_kernel(co
 }  // namespace
 
 int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
-                   Activation act, bool tf32, Stream stream) {
+                   Activation act, bool channels_last, bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    ConvForward<T> p(static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                     static_cast<T*>(y), s, act);
-    p.b_vec = gemm::aligned_rows(p.w, p.K);
-    err = gemm::run(p, 1, tf32, stream);
+    const T *xp = static_cast<const T*>(x), *wp = static_cast<const T*>(w), *bp = static_cast<const T*>(bias);
+    T* yp = static_cast<T*>(y);
+    if (channels_last) {
+      ConvForwardNhwc<T> p(xp, wp, bp, yp, s, act);
+      p.b_vec = gemm::aligned_rows(p.w, p.K);
+      err = gemm::run(p, 1, tf32, stream);
+    } else {
+      ConvForward<T> p(xp, wp, bp, yp, s, act);
+      p.b_vec = gemm::aligned_rows(p.w, p.K);
+      err = gemm::run(p, 1, tf32, stream);
+    }
   });
   return err;
 }
 
-int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool tf32,
-                      Stream stream) {
+int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool channels_last,
+                      bool tf32, Stream stream) {
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    const ConvGradInput<T> p(static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx), s);
-    err = gemm::run(p, 1, tf32, stream);
+    const T *dyp = static_cast<const T*>(dy), *wp = static_cast<const T*>(w);
+    T* dxp = static_cast<T*>(dx);
+    err = channels_last ? gemm::run(ConvGradInputNhwc<T>(dyp, wp, dxp, s), 1, tf32, stream)
+                        : gemm::run(ConvGradInput<T>(dyp, wp, dxp, s), 1, tf32, stream);
   });
   return err;
 }
@@ -505,15 +868,18 @@ int64_t conv2d_grad_weight_workspace_bytes(DType dtype, const ConvShape& s) {
 }
 
 int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const ConvShape& s,
-                       bool tf32, Stream stream) {
+                       bool channels_last, bool tf32, Stream stream) {
   const WeightGemmSize g = weight_gemm(s);
   int err = 0;
   FC_DISPATCH(dtype, T, {
     using A = acc_t<T>;
-    const ConvGradWeight<T> p(static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw),
-                              static_cast<A*>(workspace), s, g.m, g.n, g.k, g.splits);
-    err = gemm::run(p, g.splits, tf32, stream);
-    if (!err) err = gemm::finish_splits(p.partial, p.dw, s.c_out * g.n, g.splits, stream);
+    const T *dyp = static_cast<const T*>(dy), *xp = static_cast<const T*>(x);
+    T* dwp = static_cast<T*>(dw);
+    A* part = static_cast<A*>(workspace);
+    err = channels_last
+              ? gemm::run(ConvGradWeightNhwc<T>(dyp, xp, dwp, part, s, g.m, g.n, g.k, g.splits), g.splits, tf32, stream)
+              : gemm::run(ConvGradWeight<T>(dyp, xp, dwp, part, s, g.m, g.n, g.k, g.splits), g.splits, tf32, stream);
+    if (!err) err = gemm::finish_splits(part, dwp, s.c_out * g.n, g.splits, stream);
   });
   return err;
 }

@@ -100,6 +100,12 @@ struct Tiles {
   int steps;
 };
 
+// Whether a Problem offers contiguous segments of A (a_seg / a_leap).
+template <typename P, typename = void>
+struct HasSegments : std::false_type {};
+template <typename P>
+struct HasSegments<P, std::void_t<decltype(&P::set_leap)>> : std::true_type {};
+
 // K steps of `bk` per split, for `splits` splits of K.
 inline int steps_per_split(int64_t k, int64_t splits, int bk) {
   const int64_t steps = ceil_div(k, static_cast<int64_t>(bk));
@@ -135,6 +141,10 @@ __device__ inline BlockTile block_tile(const Problem& p, const Tiles& tl, int bk
 //   const T* b_run(g, n) const;  (a K step of it then loads as 16-byte copies), else nullptr;
 //                                used by the tensor-core kernel
 //   void set_jump(int64_t d);     host: decomposes the jump d that a_jump / b_jump advance by
+// and, optionally (channels-last convolutions, whose A rows are contiguous along runs of channels):
+//   int a_seg(const ACur&, int len, const T*& p) const;  1: the len elements from the cursor on are
+//                                 contiguous, from p; 2: they are all 0 (padding); 0: neither
+//   void a_leap(ACur&) const;  void set_leap(int64_t d);  k + d (the tensor-core kernel's K step)
 //   Out out_at(g, m) const;  void out_next(Out&, int d) const;   an output row's cursor; m + d
 //   void store(const Out&, g, split, n, A value) const;
 // Cursors are positioned past the operand's end as freely as inside it: the kernels read only the
@@ -259,6 +269,8 @@ __global__ void sum_splits_kernel(const A* __restrict__ partial, T* __restrict__
 // lanes take consecutive m or n, as in the SIMT kernel), by the cheapest way the operand allows:
 //   - a row contiguous along K and 16-byte aligned (a_run / b_run: linear's inputs and weights,
 //     convolution's filters), a whole step: two 16-byte cp.async (LDGSTS.128);
+//   - a segment of the row contiguous for the thread's 8 words (a_seg: a channels-last input, where
+//     K runs along the channels of one tap), aligned: the same two 16-byte copies (or zeros);
 //   - float32 (tf32) elements otherwise: one 4-byte cp.async each;
 //   - 16-bit elements: a 4-byte cp.async per pair of K-adjacent elements that are adjacent and
 //     aligned in memory; other pairs are loaded into registers, packed, and stored to the stage after
@@ -299,9 +311,10 @@ struct TcPending {
 // Issues this thread's 8 words of one operand for the step starting at k0 into `dst` (its row of the
 // stage). `run`: the row's contiguous base or nullptr; `in`: the row is inside the problem; the
 // cursor functions walk its elements (and are advanced past the step, when used).
-template <typename Kind, typename T, typename Cur, typename At, typename Next, typename Jump>
+template <typename Kind, typename T, typename Cur, typename At, typename Next, typename Jump, typename Seg,
+          typename Leap>
 __device__ __forceinline__ void tc_issue(uint32_t* dst, TcPending& st, const T* run, bool in, int64_t k0, int64_t k_end,
-                                         int lw, Cur& cur, At at, Next next, Jump jump) {
+                                         int lw, Cur& cur, At at, Next next, Jump jump, Seg seg, Leap leap) {
   constexpr int E = Kind::kPerWord, BK = kTcWords * E;
   st.pending = 0;
   const int64_t first = k0 + lw * E;
@@ -314,6 +327,21 @@ __device__ __forceinline__ void tc_issue(uint32_t* dst, TcPending& st, const T* 
     FC_UNROLL
     for (int h = 0; h < kTcWordLoads / 4; ++h) async::cp_async<16>(dst + 4 * h, run + first + 4 * E * h);
     return;
+  }
+  if (!run && k0 + BK <= k_end) {  // a contiguous (or all-zero) segment of the row: 16-byte copies
+    const T* sp = nullptr;
+    const int kind = seg(cur, kTcWordLoads * E, sp);
+    if (kind == 2 || (kind == 1 && is_aligned(sp, 16))) {
+      FC_UNROLL
+      for (int h = 0; h < kTcWordLoads / 4; ++h) {
+        if (kind == 1)
+          async::cp_async<16>(dst + 4 * h, sp + 4 * E * h);
+        else
+          reinterpret_cast<uint4*>(dst)[h] = make_uint4(0, 0, 0, 0);
+      }
+      leap(cur);
+      return;
+    }
   }
   FC_UNROLL
   for (int i = 0; i < kTcWordLoads; ++i) {
@@ -373,13 +401,24 @@ __global__ void __launch_bounds__(kTcThreads, 3) gemm_tc_kernel(Problem p, Tiles
   auto bc = p.b_begin(g, n_in ? n0 + lm : 0, bt.k_begin + lw * E);
   TcPending pa, pb;
   // issues the step at k0 into stage s
+  const auto a_seg = [&](const auto& c, int len, const In*& sp) -> int {
+    if constexpr (HasSegments<Problem>::value)
+      return p.a_seg(c, len, sp);
+    else
+      return 0;
+  };
+  const auto a_leap = [&](auto& c) {
+    if constexpr (HasSegments<Problem>::value) p.a_leap(c);
+  };
+  const auto no_seg = [](const auto&, int, const In*&) { return 0; };
+  const auto no_leap = [](auto&) {};
   const auto issue = [&](int s, int64_t k0) {
     tc_issue<Kind>(&as[s][lm][lw], pa, a_run, m_in, k0, k_end, lw, ac,
                    [&](const auto& c) { return p.a_at(c); }, [&](auto& c) { p.a_next(c); },
-                   [&](auto& c) { p.a_jump(c); });
+                   [&](auto& c) { p.a_jump(c); }, a_seg, a_leap);
     tc_issue<Kind>(&bs[s][lm][lw], pb, b_run, n_in, k0, k_end, lw, bc,
                    [&](const auto& c) { return p.b_at(c); }, [&](auto& c) { p.b_next(c); },
-                   [&](auto& c) { p.b_jump(c); });
+                   [&](auto& c) { p.b_jump(c); }, no_seg, no_leap);
   };
   const auto store_pending = [&](int s) {
     tc_store_pending(&as[s][lm][lw], pa);
@@ -489,6 +528,7 @@ int run(P p, int64_t splits, bool tf32, Stream stream) {
   const int per_word = tensor_cores_16 ? 2 : 1;
   const int bk = tc ? kTcWords * per_word : kBK;
   p.set_jump(tc ? bk - kTcWordLoads * per_word + 1 : kBK - kLoads + 1);
+  if constexpr (HasSegments<P>::value) p.set_leap(bk);
   const int64_t n_tiles = ceil_div(p.N, static_cast<int64_t>(kBN));
   if (n_tiles > kMaxGridY) return kTooLarge;
   const int64_t per_launch = kMaxGridY / n_tiles;

@@ -277,6 +277,14 @@ void check_gemm_size(int64_t m, int64_t n, int64_t k, const char* op) {
 at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
   return at::empty({bytes}, like.options().dtype(at::kByte));
 }
+
+// Whether a convolution runs channels-last: its 4-d activation (input, or grad_output) is laid out
+// NHWC. The kernels then read and write NHWC directly (the weight, small, is made NHWC if it is
+// not), and the result is NHWC too, as torch's own convolution gives.
+bool channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+at::MemoryFormat format_of(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 }  // namespace
 
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -285,14 +293,16 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   const char* op = "conv2d";
   const ConvShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const Activation act = check_activation(relu, negative_slope, op);
-  at::Tensor y = at::empty({s.n, s.c_out, s.oh, s.ow}, input.options());
+  const bool nhwc = channels_last(input);
+  const at::MemoryFormat format = format_of(nhwc);
+  at::Tensor y = at::empty({s.n, s.c_out, s.oh, s.ow}, input.options().memory_format(format));
   if (y.numel() == 0) return y;
   check_gemm_size(s.n * s.oh * s.ow, s.cout_g(), s.k_gemm(), op);
-  const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
+  const at::Tensor x = input.contiguous(format), w = weight.contiguous(format), b = contiguous_or_none(bias);
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
   check_launch(kernels::conv2d_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), s, act, allow_tf32(), stream_of(x)),
+                                       y.mutable_data_ptr(), s, act, nhwc, allow_tf32(), stream_of(x)),
                op);
   return y;
 }
@@ -303,14 +313,16 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& we
   const char* op = "conv2d_grad_input";
   const ConvShape s = check_conv2d_backward(op, grad_output, weight, "weight", input_size,
                                             weight.sizes(), stride, padding, dilation, groups);
-  at::Tensor dx = at::empty(input_size, grad_output.options());
+  const bool nhwc = channels_last(grad_output) && input_size.size() == 4;
+  const at::MemoryFormat format = format_of(nhwc);
+  at::Tensor dx = at::empty(input_size, grad_output.options().memory_format(format));
   if (dx.numel() == 0) return dx;
   check_gemm_size(s.n * s.h * s.w, s.cin_g(), s.cout_g() * s.kh * s.kw, op);
-  const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+  const at::Tensor dy = grad_output.contiguous(format), w = weight.contiguous(format);
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
   check_launch(kernels::conv2d_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
-                                          s, allow_tf32(), stream_of(dy)),
+                                          s, nhwc, allow_tf32(), stream_of(dy)),
                op);
   return dx;
 }
@@ -321,15 +333,19 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
   const char* op = "conv2d_grad_weight";
   const ConvShape s = check_conv2d_backward(op, grad_output, input, "input", input.sizes(),
                                             weight_size, stride, padding, dilation, groups);
-  at::Tensor dw = at::empty(weight_size, grad_output.options());
+  // channels-last when either activation is (both are then read NHWC); dw comes out NHWC too
+  const bool nhwc = (channels_last(grad_output) || channels_last(input)) && grad_output.dim() == 4 &&
+                    input.dim() == 4;
+  const at::MemoryFormat format = format_of(nhwc);
+  at::Tensor dw = at::empty(weight_size, grad_output.options().memory_format(format));
   if (dw.numel() == 0) return dw;
   check_gemm_size(s.cout_g(), s.k_gemm(), s.n * s.oh * s.ow, op);
-  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous();
+  const at::Tensor dy = grad_output.contiguous(format), x = input.contiguous(format);
   at::Tensor ws = workspace(kernels::conv2d_grad_weight_workspace_bytes(dtype_of(dy), s), dy);
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(dw, "grad_weight"), buf(ws, "workspace"));
   check_launch(kernels::conv2d_grad_weight(dtype_of(dy), dy.const_data_ptr(), x.const_data_ptr(), dw.mutable_data_ptr(),
-                                           ws.mutable_data_ptr(), s, allow_tf32(), stream_of(dy)),
+                                           ws.mutable_data_ptr(), s, nhwc, allow_tf32(), stream_of(dy)),
                op);
   return dw;
 }

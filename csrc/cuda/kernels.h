@@ -84,16 +84,18 @@ int lrn_backward(DType dtype, const void* dy, const void* x, const void* y, cons
 // Convolution as implicit GEMM (csrc/cuda/gemm.cuh): y = act(conv(x, w) + bias), `act` none, ReLU or
 // LeakyReLU (shapes.h; the pre-activation is never written). bias may be null. Every GEMM launcher takes `tf32`: float32
 // operands are then rounded to tf32 and multiplied on tensor cores (float16 / bfloat16 always are).
+// `channels_last`: every tensor of the call (x, w, y; dy, w, dx; dy, x, dw) is NHWC-contiguous
+// (torch.channels_last; a weight [c_out, kh, kw, c_in / groups]); else all are NCHW-contiguous.
 int conv2d_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const ConvShape& s,
-                   Activation act, bool tf32, Stream stream);
+                   Activation act, bool channels_last, bool tf32, Stream stream);
 // dx = the transposed convolution of dy with w.
-int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool tf32,
-                      Stream stream);
+int conv2d_grad_input(DType dtype, const void* dy, const void* w, void* dx, const ConvShape& s, bool channels_last,
+                      bool tf32, Stream stream);
 // dw = the correlation of dy with x, reduced over n * oh * ow in split-K blocks whose partials (in
 // `workspace`, of conv2d_grad_weight_workspace_bytes) are summed in a fixed order.
 int64_t conv2d_grad_weight_workspace_bytes(DType dtype, const ConvShape& s);
 int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const ConvShape& s,
-                       bool tf32, Stream stream);
+                       bool channels_last, bool tf32, Stream stream);
 // db[c] = sum of dy[o][c][i] over o < outer, i < inner (a per-channel bias's gradient), in a fixed order.
 int bias_grad(DType dtype, const void* dy, void* db, const BiasGradShape& s, Stream stream);
 
