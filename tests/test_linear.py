@@ -119,6 +119,7 @@ def test_opcheck_linear(backend):
     (16, 4500, 20),    # small output, long K: split along K into chunks added in order (csrc/cpu/linear.cpp)
     (8, 3000, 64),     # grad input / weight of few rows into many columns: B packed block by block
     (13, 4099, 37),    # both, with partial tiles and a K that is no multiple of a k-block
+    (12, 24, 3000),    # grad input over a long K (out): split along K on the CUDA kernels too
 ])
 def test_linear_long_and_wide_shapes(backend, rows, fin, fout):
     """The shapes that take the K-split forward and the block-wise packing of B, against torch in float64

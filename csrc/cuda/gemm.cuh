@@ -570,6 +570,22 @@ int64_t split_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t groups) {
   return splits > 1 ? splits * m * n * groups * static_cast<int64_t>(sizeof(A)) : 0;
 }
 
+// out[m][n] = bias[n] + the split-ordered sum of partial[s][m][n]: split-K with a bias. Blocks of 256
+// threads along n (coalesced), rows strided over the grid's y: no division.
+template <typename T, typename A>
+__global__ void sum_splits_bias_kernel(const A* __restrict__ partial, const T* __restrict__ bias, T* __restrict__ out,
+                                       int64_t rows, int64_t cols, int splits) {
+  const int64_t count = rows * cols;
+  for (int64_t m = blockIdx.y; m < rows; m += gridDim.y)
+    for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < cols;
+         n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t i = m * cols + n;
+      A s = partial[i];
+      for (int z = 1; z < splits; ++z) s += partial[z * count + i];
+      out[i] = from_acc<T>(s + to_acc(bias[n]));
+    }
+}
+
 // A launcher's tail for a split-K result: nothing when one split wrote the output itself, else the
 // ordered sum of the partials into it.
 template <typename T, typename A>
@@ -577,6 +593,17 @@ int finish_splits(const A* partial, T* out, int64_t count, int64_t splits, Strea
   if (splits <= 1 || count == 0) return 0;
   return launch(sum_splits_kernel<T, A>, grid_1d(count, kSumThreads, kSumMaxBlocks), dim3(kSumThreads), 0, stream,
                 partial, out, count, static_cast<int>(splits));
+}
+// The same for a [rows, cols] result with a bias per column (bias null: finish_splits).
+template <typename T, typename A>
+int finish_splits(const A* partial, const T* bias, T* out, int64_t rows, int64_t cols, int64_t splits, Stream stream) {
+  if (!bias) return finish_splits(partial, out, rows * cols, splits, stream);
+  if (splits <= 1 || rows * cols == 0) return 0;
+  const int64_t col_blocks = ceil_div(cols, static_cast<int64_t>(kSumThreads));
+  const dim3 grid(static_cast<unsigned>(col_blocks < 64 ? col_blocks : 64),
+                  static_cast<unsigned>(rows < kMaxGridY ? rows : kMaxGridY));
+  return launch(sum_splits_bias_kernel<T, A>, grid, dim3(kSumThreads), 0, stream, partial, bias, out, rows, cols,
+                static_cast<int>(splits));
 }
 
 }  // namespace gemm

@@ -367,10 +367,11 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const std::
   if (y.numel() == 0) return y;
   check_gemm_size(s.rows, s.out, s.in, "linear");
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), b = contiguous_or_none(bias);
+  at::Tensor ws = workspace(kernels::linear_forward_workspace_bytes(dtype_of(x), s), x);
   DeviceGuard guard(x.device());
-  FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"));
+  FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(y, "output"), buf(ws, "workspace"));
   check_launch(kernels::linear_forward(dtype_of(x), x.const_data_ptr(), w.const_data_ptr(), ptr_or_null(b),
-                                       y.mutable_data_ptr(), s, allow_tf32(), stream_of(x)),
+                                       y.mutable_data_ptr(), ws.mutable_data_ptr(), s, allow_tf32(), stream_of(x)),
                "linear");
   return y;
 }
@@ -381,10 +382,11 @@ at::Tensor linear_grad_input(const at::Tensor& grad_output, const at::Tensor& we
   if (dx.numel() == 0) return dx;
   check_gemm_size(s.rows, s.in, s.out, "linear_grad_input");
   const at::Tensor dy = grad_output.contiguous(), w = weight.contiguous();
+  at::Tensor ws = workspace(kernels::linear_grad_input_workspace_bytes(dtype_of(dy), s), dy);
   DeviceGuard guard(dy.device());
-  FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"));
+  FC_BUFFERS(buf(dy, "grad_output"), buf(w, "weight"), buf(dx, "grad_input"), buf(ws, "workspace"));
   check_launch(kernels::linear_grad_input(dtype_of(dy), dy.const_data_ptr(), w.const_data_ptr(), dx.mutable_data_ptr(),
-                                          s, allow_tf32(), stream_of(dy)),
+                                          ws.mutable_data_ptr(), s, allow_tf32(), stream_of(dy)),
                "linear_grad_input");
   return dx;
 }

@@ -100,10 +100,15 @@ int conv2d_grad_weight(DType dtype, const void* dy, const void* x, void* dw, voi
 int bias_grad(DType dtype, const void* dy, void* db, const BiasGradShape& s, Stream stream);
 
 // Linear layers through the same engine: y [rows, out] = x [rows, in] w^T [in, out] + bias.
-int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const LinearShape& s,
-                   bool tf32, Stream stream);
-int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, const LinearShape& s, bool tf32,
-                      Stream stream);
+// Every linear GEMM whose output tiles under-fill a large GPU splits K (the forward's and grad input's
+// too: a batch of 128 x 9216 -> 128 is 4 tiles); the partials go to `workspace` (of the matching
+// *_workspace_bytes, 0 when one split does) and are summed in split order (deterministic).
+int64_t linear_forward_workspace_bytes(DType dtype, const LinearShape& s);
+int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, void* workspace,
+                   const LinearShape& s, bool tf32, Stream stream);
+int64_t linear_grad_input_workspace_bytes(DType dtype, const LinearShape& s);
+int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, void* workspace, const LinearShape& s,
+                      bool tf32, Stream stream);
 int64_t linear_grad_weight_workspace_bytes(DType dtype, const LinearShape& s);
 int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const LinearShape& s,
                        bool tf32, Stream stream);

@@ -2,9 +2,12 @@
 // block tiles as convolution, on CUDA or tensor cores by dtype: a linear layer is a 1 x 1 convolution
 // of a 1 x 1 image).
 //   forward      y [rows, out] = x [rows, in] w^T + bias:   M = rows, N = out, K = in; bias in the epilogue
+//                (or, split, in the ordered sum of the partials)
 //   grad input   dx [rows, in] = dy [rows, out] w:          M = rows, N = in,  K = out
-//   grad weight  dw [out, in] = dy^T x:                     M = out,  N = in,  K = rows, split-K over the
-//                rows with the partials summed in split order (deterministic)
+//   grad weight  dw [out, in] = dy^T x:                     M = out,  N = in,  K = rows
+// Each splits K when its M x N tiles are too few to fill a large GPU (gemm::splits_for: ~512 blocks,
+// at least 8 K steps a split), with the partials summed in split order (deterministic): MNIST's fc1
+// forward, 128 x 9216 -> 128, is 4 tiles of 576 K steps unsplit, 288 blocks of 8 steps split.
 // 2 * rows * in * out FLOPs each. The operands are read in place (no transposed copies).
 #include "cuda/gemm.cuh"
 
@@ -66,39 +69,56 @@ int run(Strided<T> p, bool tf32, Stream stream) {
   p.a_vec = p.a_cs == 1 && gemm::aligned_rows(p.a_ptr, p.a_rs);
   p.b_vec = p.b_rs == 1 && gemm::aligned_rows(p.b_ptr, p.b_cs);
   int err = gemm::run(p, p.splits, tf32, stream);
-  if (!err) err = gemm::finish_splits(p.partial, p.out, p.M * p.N, p.splits, stream);
+  if (!err) err = gemm::finish_splits(p.partial, p.bias, p.out, p.M, p.N, p.splits, stream);
   return err;
+}
+
+template <typename A>
+int64_t workspace_bytes(int64_t m, int64_t n, int64_t k) {
+  return gemm::split_workspace_bytes<A>(m, n, k, 1);
+}
+int64_t workspace_bytes(DType dtype, int64_t m, int64_t n, int64_t k) {
+  return dtype == DType::f64 ? workspace_bytes<double>(m, n, k) : workspace_bytes<float>(m, n, k);
 }
 
 }  // namespace
 
-int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, const LinearShape& s,
-                   bool tf32, Stream stream) {
+int64_t linear_forward_workspace_bytes(DType dtype, const LinearShape& s) {
+  return workspace_bytes(dtype, s.rows, s.out, s.in);
+}
+
+int linear_forward(DType dtype, const void* x, const void* w, const void* bias, void* y, void* workspace,
+                   const LinearShape& s, bool tf32, Stream stream) {
   const int64_t rows = s.rows, in = s.in, out = s.out;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(x), in, 1, static_cast<const T*>(w), 1, in, static_cast<const T*>(bias),
-                       static_cast<T*>(y), nullptr, rows, out, in, 1, 1};
+                       static_cast<T*>(y), static_cast<acc_t<T>*>(workspace), rows, out, in, 1,
+                       gemm::splits_for(rows, out, in, 1)};
     err = run(p, tf32, stream);
   });
   return err;
 }
 
-int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, const LinearShape& s, bool tf32,
-                      Stream stream) {
+int64_t linear_grad_input_workspace_bytes(DType dtype, const LinearShape& s) {
+  return workspace_bytes(dtype, s.rows, s.in, s.out);
+}
+
+int linear_grad_input(DType dtype, const void* dy, const void* w, void* dx, void* workspace, const LinearShape& s,
+                      bool tf32, Stream stream) {
   const int64_t rows = s.rows, in = s.in, out = s.out;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     const Strided<T> p{static_cast<const T*>(dy), out, 1, static_cast<const T*>(w), in, 1, nullptr,
-                       static_cast<T*>(dx), nullptr, rows, in, out, 1, 1};
+                       static_cast<T*>(dx), static_cast<acc_t<T>*>(workspace), rows, in, out, 1,
+                       gemm::splits_for(rows, in, out, 1)};
     err = run(p, tf32, stream);
   });
   return err;
 }
 
 int64_t linear_grad_weight_workspace_bytes(DType dtype, const LinearShape& s) {
-  return dtype == DType::f64 ? gemm::split_workspace_bytes<double>(s.out, s.in, s.rows, 1)
-                             : gemm::split_workspace_bytes<float>(s.out, s.in, s.rows, 1);
+  return workspace_bytes(dtype, s.out, s.in, s.rows);
 }
 
 int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, void* workspace, const LinearShape& s,
