@@ -116,9 +116,9 @@ def _report_line_numbers(report):
     return {int(n) for n in re.findall(r"selftest\.cu:(\d+)", report)}
 
 
-@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
-@pytest.mark.parametrize("name,n,pattern,fragment", BUGS, ids=[b[0] for b in BUGS])
-def test_planted_bug_is_reported(name, n, pattern, fragment, settings):
+def _planted_bug_report(name, n, pattern, settings):
+    """The report of self-test `name`, checked for the pattern, the kernel's coordinates and the order;
+    returns the report and the kernel's name."""
     with pytest.raises(RuntimeError) as info:
         selftest(name, n, **settings)
     report = str(info.value)
@@ -129,6 +129,13 @@ def test_planted_bug_is_reported(name, n, pattern, fragment, settings):
                        report)
     assert kernel, report
     assert kernel.group(5) == settings["order"]
+    return report, kernel.group(1)
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("name,n,pattern,fragment", BUGS, ids=[b[0] for b in BUGS])
+def test_planted_bug_is_reported(name, n, pattern, fragment, settings):
+    report, _ = _planted_bug_report(name, n, pattern, settings)
     # the line of the bug itself (or of the barrier / collective it trips over) is named
     target = line_of(fragment)
     assert target in _report_line_numbers(report), (target, report)
@@ -290,3 +297,115 @@ def test_sixteen_bit_kernels_round_to_nearest_even_like_torch(dtype):
     assert_bitwise_equal(sim, cpu)
     assert_bitwise_equal(relu, torch.relu(x))
     assert_bitwise_equal(pooled, F.max_pool2d(x.reshape(1, 4, 50, 100).float(), 3, 2, 1).to(dtype))
+
+
+# --------------------------------------------------------------------- cp.async and ldmatrix
+
+RING_THREADS, RING_TILE, RING_BLOCKS, RING_TILES = 64, 320, 2, 7  # 7 tiles: the 3-stage ring wraps round twice
+RING_N = 2 * RING_BLOCKS * RING_TILES * RING_TILE  # the source, then the output
+
+
+def _ring_expected():
+    """The output half of the cp.async ring (csrc/sim/selftest.cu, cp_async_ring): the source, with
+    zeros where thread t's copy of tile k zero-fills (16 bytes: (k + t) % 5 == 0; 4 bytes:
+    (3k + t) % 7 == 0)."""
+    out = []
+    for block in range(RING_BLOCKS):
+        for k in range(RING_TILES):
+            base = (block * RING_TILES + k) * RING_TILE
+            for p in range(RING_TILE):
+                wide = p < 4 * RING_THREADS
+                t = p // 4 if wide else p - 4 * RING_THREADS
+                zero = (k + t) % 5 == 0 if wide else (3 * k + t) % 7 == 0
+                out.append(0.0 if zero else value_of(base + p))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("name", ["ok_cp_async_ring", "ok_cp_async_ring_dynamic"])
+def test_cp_async_ring_streams_every_element_in_every_order(name, settings):
+    """A 3-stage ring of 16- and 4-byte cp.async copies, some zero-filled, with wait_group 1 and a
+    barrier before each stage is read and refilled: the output is the source, element by element."""
+    out = selftest(name, RING_N, **settings)
+    source = torch.tensor([value_of(i) for i in range(RING_N // 2)])
+    expected = _ring_expected()
+    assert (expected == 0).sum() > 100 and (source == 0).sum() < 50  # zero-filled copies are exercised
+    assert_bitwise_equal(out[:RING_N // 2], source.to(torch.float32))
+    assert_bitwise_equal(out[RING_N // 2:], expected.to(torch.float32))
+
+
+def _ldmatrix_expected():
+    """Lane l's 12 registers of the ldmatrix self-test (selftest.cu, ldmatrix_tile), by the PTX ISA's
+    layout: element (r, c) of the tile is r << 8 | c; matrix j of the x4 loads is the quadrant at rows
+    8 (j % 2), columns 8 (j // 2); register j of lane l holds matrix j's row l // 4, columns 2 (l % 4)
+    and 2 (l % 4) + 1 (the lower column in the low half), with .trans its rows 2 (l % 4) and
+    2 (l % 4) + 1 of column l // 4; the x2 loads hold matrices 0 and 1."""
+    def pair(lo, hi):
+        return (lo[0] << 8 | lo[1]) | (hi[0] << 8 | hi[1]) << 16
+
+    regs = []
+    for lane in range(32):
+        g, c = lane // 4, 2 * (lane % 4)
+        x4 = [pair((8 * (j % 2) + g, 8 * (j // 2) + c), (8 * (j % 2) + g, 8 * (j // 2) + c + 1)) for j in range(4)]
+        x4t = [pair((8 * (j % 2) + c, 8 * (j // 2) + g), (8 * (j % 2) + c + 1, 8 * (j // 2) + g)) for j in range(4)]
+        regs += x4 + x4[:2] + x4t + x4t[:2]
+    return torch.tensor(regs, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+def test_ldmatrix_fragments_follow_the_ptx_layout(settings):
+    """x4, x2, x4.trans and x2.trans: every lane's registers equal plain shared loads of the documented
+    layout (gathered by the kernel) and the layout computed here."""
+    bits = selftest("ok_ldmatrix", 768, **settings).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    expected = _ldmatrix_expected()
+    assert torch.equal(bits[384:], expected), "the kernel's plain loads disagree with the layout"
+    assert torch.equal(bits[:384], expected)
+
+
+RING_LOAD_K = "load(k);  // the prologue"
+RING_EARLY_LOAD = "load(next);  // the bugs: before the barrier"
+RING_READ = "const float4 wide = *reinterpret_cast<const float4*>(stage + 4 * u);"
+STAGE_REUSED = r"\(no __syncthreads\(\) orders them: a stage reused too early"
+
+# name, n, kernel, a pattern every order's report matches, the fragments of the lines it must name
+ASYNC_BUGS = [
+    ("bug_cp_async_missing_wait", RING_N, "cp_async_ring",
+     r"read of shared memory that a cp\.async has not finished writing: no cp\.async\.wait_group covers the copy "
+     r"issued at \S*selftest\.cu:\d+ by thread \(\d+,0,0\).*; thread \(\d+,0,0\).* reads 4 bytes of static shared "
+     r"memory", [RING_LOAD_K, RING_READ]),
+    # the refill behind a __syncwarp: the other warp's reads come first, and the copy is reported
+    ("bug_cp_async_stage_reused_early", RING_N, "cp_async_ring",
+     r"shared-memory race: thread \(\d+,0,0\).*'s cp\.async writes 16 bytes of static shared memory \(offset "
+     r"0x[0-9a-f]+\) that thread \(\d+,0,0\).* read in the same barrier interval " + STAGE_REUSED,
+     [RING_EARLY_LOAD, RING_READ]),
+    # the refill with no meeting point before it: the read that comes after the copy is reported
+    ("bug_cp_async_refill_races_read", RING_N, "cp_async_ring",
+     r"shared-memory race: thread \(\d+,0,0\).* reads 4 bytes of static shared memory \(offset 0x[0-9a-f]+\) that a "
+     r"cp\.async of thread \(\d+,0,0\).*, issued in the same barrier interval, is writing " + STAGE_REUSED,
+     [RING_EARLY_LOAD, RING_READ]),
+    ("bug_cp_async_exit_in_flight", RING_N, "cp_async_ring",
+     r"thread \(\d+,0,0\).* exits with 4 cp\.async copies in flight \(the oldest issued at \S*selftest\.cu:\d+\): "
+     r"no cp\.async\.wait_group covers them", ["if (!kEarly && refill) load(next);"]),
+    ("bug_ldmatrix_misaligned", 768, "ldmatrix_tile",
+     r"ldmatrix\.x4 at \S*selftest\.cu:\d+: lane 5, thread \(5,0,0\), supplies 0x[0-9a-f]+ as the address of row 5 "
+     r"of matrix 0, which is not 16-byte aligned", ["async::ldmatrix_x4(x4, row);"]),
+    ("bug_ldmatrix_in_flight", 768, "ldmatrix_tile",
+     r"read of shared memory that a cp\.async has not finished writing: no cp\.async\.wait_group covers the copy "
+     r"issued at \S*selftest\.cu:\d+ by thread \(3,0,0\); thread \(3,0,0\) reads 16 bytes of static shared memory",
+     ["async::cp_async<16>(&tile[3][0], nullptr, false);", "async::ldmatrix_x4(x4, row);"]),
+]
+
+
+@pytest.mark.parametrize("settings", ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("name,n,kernel,pattern,fragments", ASYNC_BUGS, ids=[b[0] for b in ASYNC_BUGS])
+def test_cp_async_and_ldmatrix_bug_is_reported(name, n, kernel, pattern, fragments, settings):
+    report, kernel_name = _planted_bug_report(name, n, pattern, settings)
+    assert kernel in kernel_name, report
+    for fragment in fragments:
+        assert line_of(fragment) in _report_line_numbers(report), (fragment, report)
+
+
+def test_cp_async_ring_without_the_checks_still_lands_its_copies():
+    """race_check and memcheck off: the copies are not tracked by the shadow, but they land all the same."""
+    out = selftest("ok_cp_async_ring", RING_N, race_check=False, memcheck=False)
+    assert_bitwise_equal(out[RING_N // 2:], _ring_expected().to(torch.float32))

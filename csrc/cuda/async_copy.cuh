@@ -7,7 +7,8 @@
 //                                 last commit into one group
 //   cp_async_wait<N>()            cp.async.wait_group N: waits until at most the newest N of the
 //                                 thread's groups are pending; the others' data is then in shared
-//                                 memory (other threads see it after a __syncthreads, as any store)
+//                                 memory (other threads see it after a __syncthreads, as any store).
+//                                 Copies not yet committed are not waited for
 //   ldmatrix_x4 / _x2 (_trans)    ldmatrix.sync.aligned.m8n8.{x4,x2}[.trans].shared.b16: a warp
 //                                 collective loading 4 (2) 8 x 8 matrices of 16-bit elements; lane l
 //                                 supplies the address of row l % 8 of matrix l / 8 (16 bytes,
@@ -15,11 +16,14 @@
 //                                 elements of row l / 4 at columns 2 (l % 4), 2 (l % 4) + 1 (low
 //                                 half first); .trans delivers the transposed matrix (rows and
 //                                 columns swapped). A 32-bit operand (tf32) loads as pairs of 16-bit
-//                                 halves: register j then holds word l % 4 of row l / 4.
+//                                 halves: register j then holds word l % 4 of row l / 4 (not with
+//                                 .trans, which swaps 16-bit elements, not words).
 // Under nvcc each is one inline PTX instruction (below); in the simulator (sim/async_sim.h) a copy is
-// held in flight until the wait that covers it, and any access to its destination before then is
-// reported, as is a copy into memory another thread read since the last barrier (a stage reused too
-// early) and an ldmatrix row address that is misaligned or outside shared memory.
+// held in flight until the wait that covers it (it reads its source when issued, and lands exactly
+// at that wait), and any access to its destination before then is reported, as is a copy into memory
+// another thread read or wrote since the last barrier (a stage reused too early), a thread that exits
+// with copies in flight, a cp.async that is misaligned or whose destination is not in shared memory,
+// and an ldmatrix row address that is misaligned or outside shared memory.
 #pragma once
 
 #include "cuda/common.cuh"

@@ -11,8 +11,9 @@
 //     simulator catches a bug (race, divergent barrier, bad shuffle mask, device assertion);
 //   - dynamic shared memory is FC_DYNAMIC_SHARED(T, name) instead of `extern __shared__ T name[]`.
 // What differs by compiler besides the language itself comes from here too: the message of a launch's
-// error code (launch_error_string), and the tensor-core operations of cuda/mma.cuh, whose inline PTX
-// (FC_INLINE_PTX) the simulator replaces by its own versions (sim/mma_sim.h).
+// error code (launch_error_string), and the tensor-core operations of cuda/mma.cuh and the asynchronous
+// copies and matrix loads of cuda/async_copy.cuh, whose inline PTX (FC_INLINE_PTX) the simulator
+// replaces by its own versions (sim/mma_sim.h, sim/async_sim.h).
 // Below the compiler branch: the integer helpers of launch geometry (ceil_div, kWarpSize, is_aligned,
 // grid_1d, grid_stride) and the storage / arithmetic type conversions, written once for every kernel file.
 // Nothing here includes torch: nvcc compiles these files on machines whose torch has no CUDA.
@@ -65,7 +66,7 @@ inline const char* launch_error_string(int code) { return cudaGetErrorString(sta
 
 #define FC_UNROLL
 // The simulator cannot run inline PTX: it drops those definitions and supplies its own versions of
-// them (the tensor-core operations: sim/mma_sim.h).
+// them (the tensor-core operations: sim/mma_sim.h; cp.async and ldmatrix: sim/async_sim.h).
 #define FC_INLINE_PTX(...)
 #include "sim/cuda_sim.h"
 #include "sim/mma_sim.h"

@@ -18,8 +18,12 @@
 // files: setup.py compiles each csrc/cuda/*.cu (and csrc/sim/selftest.cu) as C++ with gcc's
 // -fsanitize=thread but does not link ThreadSanitizer; the instrumentation turns every load and
 // store the compiler cannot prove thread-private into a call of __tsan_readN / __tsan_writeN, and
-// this file defines those hooks. The simulator stops a block at its first report (the offending
-// access is not made) and the launch throws std::runtime_error with the report.
+// this file defines those hooks. The simulated instructions that move shared memory themselves
+// (cp.async and its groups, ldmatrix: sim/async_sim.h) run here, out of the hooks' sight, and update
+// the same shadow: a copy in flight marks its bytes, which every access checks until the wait that
+// lands it; a landed copy counts as its thread's write at the wait, an ldmatrix row as its lane's
+// read. The simulator stops a block at its first report (the offending access is not made) and the
+// launch throws std::runtime_error with the report.
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -49,6 +53,7 @@
 #include <thread>
 #include <vector>
 
+#include "sim/async_sim.h"
 #include "sim/cuda_sim.h"
 #include "sim/runtime.h"
 
@@ -157,15 +162,28 @@ enum class State : uint8_t { ready, barrier, warp, exited };
 
 // Kinds of warp collective; lanes that meet must agree on it.
 enum WarpKind : int { kShflIdx = 0, kShflUp = 1, kShflDown = 2, kShflXor = 3, kBallot = 4, kAny = 5, kAll = 6,
-                      kSyncwarp = 7, kMma = 8 };
+                      kSyncwarp = 7, kMma = 8, kLdmatrixX4 = 9, kLdmatrixX4Trans = 10, kLdmatrixX2 = 11,
+                      kLdmatrixX2Trans = 12 };
 
 const char* warp_kind_name(int kind) {
   static const char* names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
-                                "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp", "mma.sync"};
+                                "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp", "mma.sync",
+                                "ldmatrix.x4", "ldmatrix.x4.trans", "ldmatrix.x2", "ldmatrix.x2.trans"};
   return names[kind];
 }
 
 struct Block;
+
+// A cp.async in flight: issued, its bytes not yet in shared memory.
+struct AsyncCopy {
+  uintptr_t dst;
+  uint32_t group;          // the issuing thread's commit count at issue: the copy's group once committed
+  uint32_t code;           // its call site (site_code)
+  uint32_t epoch, wepoch;  // the barrier and warp intervals it was issued in
+  uint8_t bytes;
+  bool full;               // false: zero-fill
+  unsigned char data[16];  // the source bytes, read at issue
+};
 
 struct Fiber {
   void* sp = nullptr;
@@ -184,6 +202,8 @@ struct Fiber {
   int arg = 0, width = 32, size = 4;
   uint64_t in = 0, out = 0;
   void* asan_fake = nullptr;
+  std::vector<AsyncCopy> copies;  // its copies in flight, in issue order (so in group order)
+  uint32_t committed = 0;         // groups it has closed (cp.async.commit_group)
 };
 
 struct WarpOp {
@@ -230,17 +250,20 @@ struct Block {
   std::mt19937_64 rng;
   bool failed = false;
   std::string error;
+  int in_flight = 0;        // cp.async copies of its threads not yet landed: 0 spares the accesses a lookup
+  std::vector<Site> sites;  // the call sites that shadow entries name by site_code
 };
 
 // Per granule (2 bytes) of shared memory: the last writer and the last reader of this block, with the
-// barrier / warp intervals of their accesses (0 = none).
+// barrier / warp intervals of their accesses (0 = none), and whether a cp.async is writing it.
 struct Shadow {
   uint32_t gen;
   uint32_t w_epoch, w_wepoch, r_epoch, r_wepoch;
-  uint32_t w_pc, r_pc, r2_pc;  // offsets in the library image, for the report
+  uint32_t w_pc, r_pc, r2_pc;  // where they were made, for the report (code_str)
   uint16_t w_tid, r_tid;
   uint16_t r2_tid;              // another thread that read in the reader's interval
-  uint16_t r_multi;             // r2_tid is valid
+  uint8_t r_multi;              // r2_tid is valid
+  uint8_t flight;               // a cp.async of this block is writing the granule (its copy: find_copy)
 };
 
 struct Region {
@@ -368,6 +391,21 @@ bool same_site(Site a, Site b) {
   return a.line == b.line && (a.file == b.file || (a.file && b.file && std::strcmp(a.file, b.file) == 0));
 }
 
+// Where an access was made, as the shadow of shared memory and the reports name it (a "code"): the
+// offset in the library image of the instruction after it (the access hook's return address), or,
+// with kSiteCode set, the index of a call site (file, line) in the block's list: the site of a
+// simulated instruction (cp.async, ldmatrix), which has no instruction of its own in the kernel.
+constexpr uint32_t kSiteCode = 0x80000000u;
+
+uint32_t site_code(Block& b, Site site) {
+  for (size_t i = b.sites.size(); i-- > 0;)  // a kernel has few such sites; the latest is the likeliest
+    if (same_site(b.sites[i], site)) return kSiteCode | uint32_t(i);
+  b.sites.push_back(site);
+  return kSiteCode | uint32_t(b.sites.size() - 1);
+}
+
+Site code_site(const Block& b, uint32_t code) { return b.sites[code & ~kSiteCode]; }
+
 std::string thread_str(const Block& b, int tid) {
   const dim3 bd = b.L->block;
   const unsigned x = tid % bd.x, y = (tid / bd.x) % bd.y, z = tid / (bd.x * bd.y);
@@ -479,6 +517,19 @@ std::string lanes_str(unsigned m) {
   return s.str();
 }
 
+[[noreturn]] void report_exit_in_flight(Fiber* f) {
+  const Block& b = *f->block;
+  const size_t open = size_t(std::count_if(f->copies.begin(), f->copies.end(),
+                                           [&](const AsyncCopy& c) { return c.group == f->committed; }));
+  std::ostringstream s;
+  s << thread_str(b, f->tid) << " exits with " << f->copies.size() << " cp.async cop"
+    << (f->copies.size() == 1 ? "y" : "ies") << " in flight (the oldest issued at "
+    << site_str(code_site(b, f->copies.front().code)) << ")";
+  if (open) s << ", " << open << " of them never committed";
+  s << ": no cp.async.wait_group covers them (a thread waits for its copies, cp.async.wait_group 0, before it exits)";
+  fail(f, s.str());
+}
+
 void thread_exits(Fiber* f) {
   Block& b = *f->block;
   if (b.at_barrier > 0)
@@ -489,6 +540,7 @@ void thread_exits(Fiber* f) {
     if (op.mask >> f->lane & 1u)
       fail(f, thread_str(b, f->tid) + " exits while lanes " + lanes_str(op.arrived) + " of its warp wait for it at " +
                   warp_kind_name(op.kind) + " at " + site_str(op.site) + " with mask " + lanes_str(op.mask));
+  if (!f->copies.empty()) report_exit_in_flight(f);
   f->state = State::exited;
   --b.alive;
   ++b.exited;
@@ -610,6 +662,8 @@ void run_block(Worker* w, Launch& L, int64_t linear) {
     f->coords.block_idx = b.idx;
     f->coords.block_dim = L.block;
     f->coords.grid_dim = L.grid;
+    f->copies.clear();
+    f->committed = 0;
     init_fiber(f);
     list.push_back(f);
   }
@@ -741,39 +795,113 @@ uint32_t pc_offset(const void* pc) {
   return uint32_t(reinterpret_cast<uintptr_t>(pc) - image().base);
 }
 
-std::string pc_str(uint32_t off) {
-  return describe_code(reinterpret_cast<const void*>(image().base + off - 1));
+std::string code_str(const Block& b, uint32_t code) {
+  if (code & kSiteCode) return site_str(code_site(b, code));
+  return describe_code(reinterpret_cast<const void*>(image().base + code - 1));
 }
 
+// The shared-memory region that holds all of [a, a + n), and its name for the reports; nullptr if none.
+Region* shared_region(Worker* w, uintptr_t a, size_t n, const char** name) {
+  if (w->tls.contains(a) && w->tls.contains(a + n - 1)) {
+    *name = "static shared";
+    return &w->tls;
+  }
+  if (w->dyn.contains(a) && w->dyn.contains(a + n - 1)) {
+    *name = "dynamic shared";
+    return &w->dyn;
+  }
+  return nullptr;
+}
+
+// Whether an earlier access by thread `other` in barrier interval e (warp interval we) is unordered
+// with one that f makes now: no barrier since, and no __syncwarp since if both are in one warp.
+inline bool unordered_with(const Fiber* f, uint32_t e, uint32_t we, int other) {
+  const Block& b = *f->block;
+  return e == b.epoch && !(other / 32 == f->warp && we != b.warp_epoch[f->warp]);
+}
+
+// The reports below name the thread f that makes the access; the fiber that runs may be another
+// (an ldmatrix checks every lane's row on the lane that completes it), and it is the one that stops.
 
 [[noreturn]] __attribute__((noinline)) void report_unwritten(Fiber* f, const char* region_name, size_t offset,
-                                                             size_t n, const void* pc) {
-  fail(f, thread_str(*f->block, f->tid) + " reads " + std::to_string(n) + " bytes of " + region_name +
-              " memory (offset " + hex(offset) + ") that no thread of this block has written\n  read at " +
-              describe_code(reinterpret_cast<const char*>(pc) - 1));
+                                                             size_t n, uint32_t code) {
+  fail(g_cur, thread_str(*f->block, f->tid) + " reads " + std::to_string(n) + " bytes of " + region_name +
+                  " memory (offset " + hex(offset) + ") that no thread of this block has written\n  read at " +
+                  code_str(*f->block, code));
 }
 
 [[noreturn]] __attribute__((noinline)) void report_race(Fiber* f, const char* region_name, size_t offset, size_t n,
-                                                        bool write, const void* pc, bool other_wrote, int other,
-                                                        uint32_t other_pc) {
+                                                        bool write, uint32_t code, bool other_wrote, int other,
+                                                        uint32_t other_code) {
   const Block& b = *f->block;
   const char* mine = write ? "writes" : "reads";
   const char* theirs = other_wrote ? "wrote" : "read";
-  fail(f, std::string("shared-memory race: ") + thread_str(b, f->tid) + " " + mine + " " + std::to_string(n) +
-              " bytes of " + region_name + " memory (offset " + hex(offset) + ") that " + thread_str(b, other) + " " +
-              theirs + " in the same barrier interval (no __syncthreads() or __syncwarp() orders them)\n  " + mine +
-              " at " + describe_code(reinterpret_cast<const char*>(pc) - 1) + "\n  " + theirs + " at " +
-              pc_str(other_pc));
+  fail(g_cur, std::string("shared-memory race: ") + thread_str(b, f->tid) + " " + mine + " " + std::to_string(n) +
+                  " bytes of " + region_name + " memory (offset " + hex(offset) + ") that " + thread_str(b, other) +
+                  " " + theirs + " in the same barrier interval (no __syncthreads() or __syncwarp() orders them)\n  " +
+                  mine + " at " + code_str(b, code) + "\n  " + theirs + " at " + code_str(b, other_code));
 }
 
-void shared_access(Fiber* f, Region& r, const char* region_name, uintptr_t a, size_t n, bool write,
-                   const void* pc) {
+// What touches a granule that a cp.async is writing.
+enum class Access { read, write, copy };
+
+// The copy in flight that writes the byte at a (a granule marked in flight has one), and its thread.
+std::pair<const Fiber*, const AsyncCopy*> find_copy(const Block& b, const Worker* w, uintptr_t a) {
+  for (int t = 0; t < b.nthreads; ++t)
+    for (const AsyncCopy& c : w->fibers[t]->copies)
+      if (a - c.dst < c.bytes) return {w->fibers[t].get(), &c};
+  return {nullptr, nullptr};
+}
+
+// An access by f to a granule that a cp.async has not finished writing. If the copy was issued by
+// another thread in this barrier interval, unordered with the access, the two race: the stage was
+// refilled while it was still being read (or the access wanted the copy's data and has neither the
+// wait nor the barrier). Otherwise the access comes too early: no wait has landed the copy.
+[[noreturn]] __attribute__((noinline)) void report_in_flight(Fiber* f, const Region& r, const char* region_name,
+                                                             size_t granule, size_t n, Access access, uint32_t code) {
+  const Block& b = *f->block;
+  const auto [issuer, copy] = find_copy(b, f->worker, r.lo + granule * 2);
+  const std::string who = thread_str(b, f->tid), offset = hex(granule * 2), bytes = std::to_string(n);
+  const char* does = access == Access::read ? " reads " : access == Access::write ? " writes " : "'s cp.async writes ";
+  const char* at = access == Access::read ? "read at " : access == Access::write ? "write at " : "copy issued at ";
+  const std::string copy_at = site_str(code_site(b, copy->code));
+  if (issuer != f && unordered_with(f, copy->epoch, copy->wepoch, issuer->tid))
+    fail(g_cur, "shared-memory race: " + who + does + bytes + " bytes of " + region_name + " memory (offset " + offset +
+                    ") that a cp.async of " + thread_str(b, issuer->tid) + ", issued in the same barrier interval, is "
+                    "writing (no __syncthreads() orders them: a stage reused too early, refilled while other threads "
+                    "still read it, or an access to the copy's data before cp.async.wait_group and __syncthreads())\n  " +
+                    at + code_str(b, code) + "\n  copy issued at " + copy_at);
+  const char* what = access == Access::read ? "read" : access == Access::write ? "write" : "cp.async";
+  std::string s = std::string(what) + " of shared memory that a cp.async has not finished writing: no "
+                  "cp.async.wait_group covers the copy issued at " + copy_at + " by " + thread_str(b, issuer->tid);
+  if (copy->group == issuer->committed) s += " (never committed: a wait covers committed groups only)";
+  s += "; " + who + does + bytes + " bytes of " + region_name + " memory (offset " + offset + ")";
+  if (issuer != f)
+    s += " (the issuing thread waits for its copy; other threads access the bytes after a __syncthreads() that "
+         "follows that wait)";
+  fail(g_cur, s + "\n  " + at + code_str(b, code));
+}
+
+// A cp.async by f into memory that another thread accessed in this barrier interval.
+[[noreturn]] __attribute__((noinline)) void report_reuse(Fiber* f, const char* region_name, size_t offset, size_t n,
+                                                         uint32_t code, bool other_wrote, int other,
+                                                         uint32_t other_code) {
+  const Block& b = *f->block;
+  const char* theirs = other_wrote ? "wrote" : "read";
+  fail(g_cur, "shared-memory race: " + thread_str(b, f->tid) + "'s cp.async writes " + std::to_string(n) +
+                  " bytes of " + region_name + " memory (offset " + hex(offset) + ") that " + thread_str(b, other) +
+                  " " + theirs + " in the same barrier interval (no __syncthreads() orders them: a stage reused too "
+                  "early, refilled while other threads still use it)\n  copy issued at " + code_str(b, code) + "\n  " +
+                  theirs + " at " + code_str(b, other_code));
+}
+
+void shared_access(Fiber* f, Region& r, const char* region_name, uintptr_t a, size_t n, bool write, uint32_t code) {
   const Block& b = *f->block;
   const uint32_t gen = f->worker->gen, epoch = b.epoch, wepoch = b.warp_epoch[f->warp];
   const int tid = f->tid, warp = f->warp;
-  const uint32_t pco = pc_offset(pc);
-  // an earlier access by `other` in interval (e, we) is unordered with this one: no barrier since,
-  // and no __syncwarp since if both threads are in one warp
+  const bool copies = b.in_flight != 0;  // only then can a granule be in flight
+  // an earlier access by `other` in interval (e, we) is unordered with this one (unordered_with, on
+  // the values loaded once)
   const auto unordered = [&](uint32_t e, uint32_t we, int other) {
     return e == epoch && !(other / 32 == warp && we != wepoch);
   };
@@ -781,22 +909,23 @@ void shared_access(Fiber* f, Region& r, const char* region_name, uintptr_t a, si
   for (size_t g = first; g <= last; ++g) {
     Shadow& s = r.shadow[g];
     if (s.gen != gen) {
-      if (!write) report_unwritten(f, region_name, g * 2, n, pc);
+      if (!write) report_unwritten(f, region_name, g * 2, n, code);
       s = Shadow{};
       s.gen = gen;
     }
+    if (copies && s.flight) report_in_flight(f, r, region_name, g, n, write ? Access::write : Access::read, code);
     if (s.w_epoch && s.w_tid != tid && unordered(s.w_epoch, s.w_wepoch, s.w_tid))
-      report_race(f, region_name, g * 2, n, write, pc, true, s.w_tid, s.w_pc);
+      report_race(f, region_name, g * 2, n, write, code, true, s.w_tid, s.w_pc);
     const bool reader_unordered = s.r_epoch && unordered(s.r_epoch, s.r_wepoch, s.r_tid);
     if (write) {
       if (reader_unordered) {
-        if (s.r_tid != tid) report_race(f, region_name, g * 2, n, true, pc, false, s.r_tid, s.r_pc);
-        if (s.r_multi && s.r2_tid != tid) report_race(f, region_name, g * 2, n, true, pc, false, s.r2_tid, s.r2_pc);
+        if (s.r_tid != tid) report_race(f, region_name, g * 2, n, true, code, false, s.r_tid, s.r_pc);
+        if (s.r_multi && s.r2_tid != tid) report_race(f, region_name, g * 2, n, true, code, false, s.r2_tid, s.r2_pc);
       }
       s.w_epoch = epoch;
       s.w_wepoch = wepoch;
       s.w_tid = uint16_t(tid);
-      s.w_pc = pco;
+      s.w_pc = code;
       s.r_epoch = 0;
       s.r_multi = 0;
     } else {
@@ -810,12 +939,57 @@ void shared_access(Fiber* f, Region& r, const char* region_name, uintptr_t a, si
       s.r_epoch = epoch;
       s.r_wepoch = wepoch;
       s.r_tid = uint16_t(tid);
-      s.r_pc = pco;
+      s.r_pc = code;
     }
   }
 }
 
-void global_access(Fiber* f, uintptr_t a, size_t n, bool write, const void* pc) {
+// A cp.async by f into [a, a + n): checked like a write that lasts until the copy lands (no other
+// thread may have touched the bytes since the last barrier), then marked in flight, which every
+// access checks until the wait that lands the copy (land_copy).
+void issue_copy(Fiber* f, Region& r, const char* region_name, uintptr_t a, size_t n, uint32_t code) {
+  const uint32_t gen = f->worker->gen;
+  const int tid = f->tid;
+  for (size_t g = (a - r.lo) / 2, last = (a + n - 1 - r.lo) / 2; g <= last; ++g) {
+    Shadow& s = r.shadow[g];
+    if (s.gen != gen) {
+      s = Shadow{};
+      s.gen = gen;
+    }
+    if (s.flight) report_in_flight(f, r, region_name, g, n, Access::copy, code);
+    if (s.w_epoch && s.w_tid != tid && unordered_with(f, s.w_epoch, s.w_wepoch, s.w_tid))
+      report_reuse(f, region_name, g * 2, n, code, true, s.w_tid, s.w_pc);
+    if (s.r_epoch && unordered_with(f, s.r_epoch, s.r_wepoch, s.r_tid)) {
+      if (s.r_tid != tid) report_reuse(f, region_name, g * 2, n, code, false, s.r_tid, s.r_pc);
+      if (s.r_multi && s.r2_tid != tid) report_reuse(f, region_name, g * 2, n, code, false, s.r2_tid, s.r2_pc);
+    }
+    s.flight = 1;
+  }
+}
+
+// A wait lands f's copy c: its bytes arrive, and to the race checker they are f's write now.
+void land_copy(Fiber* f, const AsyncCopy& c) {
+  if (c.full)
+    std::memcpy(reinterpret_cast<void*>(c.dst), c.data, c.bytes);
+  else
+    std::memset(reinterpret_cast<void*>(c.dst), 0, c.bytes);
+  const Block& b = *f->block;
+  if (!b.L->hooks || !b.L->opt.race_check) return;
+  const char* name;
+  Region& r = *shared_region(f->worker, c.dst, c.bytes, &name);  // checked at issue
+  for (size_t g = (c.dst - r.lo) / 2, last = (c.dst + c.bytes - 1 - r.lo) / 2; g <= last; ++g) {
+    Shadow& s = r.shadow[g];
+    s.flight = 0;
+    s.w_epoch = b.epoch;
+    s.w_wepoch = b.warp_epoch[f->warp];
+    s.w_tid = uint16_t(f->tid);
+    s.w_pc = c.code;
+    s.r_epoch = 0;
+    s.r_multi = 0;
+  }
+}
+
+void global_access(Fiber* f, uintptr_t a, size_t n, bool write, uint32_t code) {
   const Launch& L = *f->block->L;
   if (a - reinterpret_cast<uintptr_t>(f->stack.lo) < f->stack.size) return;  // its own stack
   if (a - reinterpret_cast<uintptr_t>(f) < sizeof(Fiber)) return;          // its coordinates
@@ -847,7 +1021,7 @@ void global_access(Fiber* f, uintptr_t a, size_t n, bool write, const void* pc) 
       s << ": it starts " << (lo - a) << " bytes before the start of '" << nearest->name << "'";
     s << " (" << nearest->bytes << " bytes at " << hex(lo) << ")";
   }
-  s << "\n  " << (write ? "write" : "read") << " at " << describe_code(reinterpret_cast<const char*>(pc) - 1);
+  s << "\n  " << (write ? "write" : "read") << " at " << code_str(*f->block, code);
   fail(f, s.str());
 }
 
@@ -858,14 +1032,14 @@ inline void on_access(const void* p, size_t n, bool write, const void* pc) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   const Launch& L = *f->block->L;
   if (w->tls.contains(a)) {
-    if (L.opt.race_check) shared_access(f, w->tls, "static shared", a, n, write, pc);
+    if (L.opt.race_check) shared_access(f, w->tls, "static shared", a, n, write, pc_offset(pc));
     return;
   }
   if (w->dyn.contains(a)) {
-    if (L.opt.race_check) shared_access(f, w->dyn, "dynamic shared", a, n, write, pc);
+    if (L.opt.race_check) shared_access(f, w->dyn, "dynamic shared", a, n, write, pc_offset(pc));
     return;
   }
-  if (L.opt.memcheck && !L.buffers.empty()) global_access(f, a, n, write, pc);
+  if (L.opt.memcheck && !L.buffers.empty()) global_access(f, a, n, write, pc_offset(pc));
 }
 
 }  // namespace
@@ -981,7 +1155,7 @@ void complete(Block& b, Worker* w, int warp, const WarpOp& op) {
   unsigned ballot = 0;
   for (int l = 0; l < 32; ++l)
     if (lanes[l] && lanes[l]->in) ballot |= 1u << l;
-  if (op.kind == kMma) {
+  if (op.fn) {
     void* data[32] = {};
     for (int l = 0; l < 32; ++l)
       if (lanes[l]) data[l] = reinterpret_cast<void*>(uintptr_t(lanes[l]->in));
@@ -996,7 +1170,11 @@ void complete(Block& b, Worker* w, int warp, const WarpOp& op) {
       case kAny: f->out = ballot != 0; break;
       case kAll: f->out = ballot == op.mask; break;
       case kSyncwarp:
-      case kMma: f->out = 0; break;
+      case kMma:
+      case kLdmatrixX4:
+      case kLdmatrixX4Trans:
+      case kLdmatrixX2:
+      case kLdmatrixX2Trans: f->out = 0; break;
       default: {
         const int width = op.width, base = l & ~(width - 1), arg = f->arg;
         int src = l;
@@ -1102,6 +1280,102 @@ void device_assert_failed(const char* condition, Site site) {
   Fiber* f = current("device assertion");
   fail(f, "device assertion `" + std::string(condition) + "` failed at " + site_str(site) + " in " +
               thread_str(*f->block, f->tid));
+}
+
+// ------------------------------------------------- asynchronous copies and ldmatrix (in fibers)
+
+void cp_async(Site site, void* dst, const void* src, int bytes, bool full) {
+  Fiber* f = current("cp.async");
+  Block& b = *f->block;
+  const Launch& L = *b.L;
+  const uintptr_t d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  const auto bad = [&](const std::string& why) {
+    fail(f, thread_str(b, f->tid) + "'s cp.async of " + std::to_string(bytes) + " bytes at " + site_str(site) +
+                " from " + hex(s) + " to " + hex(d) + ": " + why);
+  };
+  if (d % bytes) bad("the destination is not aligned to " + std::to_string(bytes) + " bytes");
+  if (full && s % bytes) bad("the source is not aligned to " + std::to_string(bytes) + " bytes");
+  const char* name;
+  Region* r = shared_region(f->worker, d, size_t(bytes), &name);
+  if (!r) bad("the destination is not in shared memory");
+  if (full && (f->worker->tls.contains(s) || f->worker->dyn.contains(s)))
+    bad("the source is in shared memory (cp.async copies global memory to shared memory)");
+  const uint32_t code = site_code(b, site);
+  if (full && L.hooks && L.opt.memcheck && !L.buffers.empty()) global_access(f, s, size_t(bytes), false, code);
+  if (L.hooks && L.opt.race_check) issue_copy(f, *r, name, d, size_t(bytes), code);
+  AsyncCopy c{d, f->committed, code, b.epoch, b.warp_epoch[f->warp], uint8_t(bytes), full, {}};
+  if (full) std::memcpy(c.data, src, size_t(bytes));  // a zero-fill copy reads nothing
+  f->copies.push_back(c);
+  ++b.in_flight;
+}
+
+void cp_async_commit() { ++current("cp.async.commit_group")->committed; }
+
+void cp_async_wait(int pending) {
+  Fiber* f = current("cp.async.wait_group");
+  if (f->committed <= uint32_t(pending)) return;
+  const uint32_t complete = f->committed - uint32_t(pending);  // groups [0, complete) complete now
+  size_t n = 0;
+  for (; n < f->copies.size() && f->copies[n].group < complete; ++n) land_copy(f, f->copies[n]);
+  f->copies.erase(f->copies.begin(), f->copies.begin() + ptrdiff_t(n));
+  f->block->in_flight -= int(n);
+}
+
+namespace {
+
+// One lane's part of an ldmatrix, on its stack while it waits at the collective.
+struct LdmatrixLane {
+  const void* row;
+  uint32_t* regs;
+  Site site;
+};
+
+// Runs once per warp-wide ldmatrix, on the lane that arrives last: checks the row each supplying lane
+// names and reads it (as that lane's read, for the race checker), then hands every lane its fragment:
+// register j of lane l holds the elements (low half first) of matrix j at row l / 4, columns
+// 2 (l % 4) and 2 (l % 4) + 1, or with .trans at rows 2 (l % 4) and 2 (l % 4) + 1, column l / 4.
+template <int Matrices, bool Trans>
+void ldmatrix_rows(void* const* lanes) {
+  constexpr int kind = Matrices == 4 ? (Trans ? kLdmatrixX4Trans : kLdmatrixX4) : (Trans ? kLdmatrixX2Trans : kLdmatrixX2);
+  Fiber* cur = g_cur;
+  Block& b = *cur->block;
+  Worker* w = cur->worker;
+  const bool race_check = b.L->hooks && b.L->opt.race_check;
+  uint16_t m[Matrices][8][8];
+  for (int l = 0; l < 8 * Matrices; ++l) {  // lane l supplies row l % 8 of matrix l / 8
+    const LdmatrixLane& lane = *static_cast<const LdmatrixLane*>(lanes[l]);
+    Fiber* f = w->fibers[cur->warp * 32 + l].get();
+    const uintptr_t a = reinterpret_cast<uintptr_t>(lane.row);
+    const auto bad = [&](const char* why) {
+      fail(cur, std::string(warp_kind_name(kind)) + " at " + site_str(lane.site) + ": lane " + std::to_string(l) +
+                    ", " + thread_str(b, f->tid) + ", supplies " + hex(a) + " as the address of row " +
+                    std::to_string(l % 8) + " of matrix " + std::to_string(l / 8) + ", which " + why);
+    };
+    if (a % 16) bad("is not 16-byte aligned (a row is 8 16-bit elements starting at a 16-byte boundary)");
+    const char* name;
+    Region* r = shared_region(w, a, 16, &name);
+    if (!r) bad("does not hold 16 bytes of shared memory (ldmatrix reads shared memory only)");
+    if (race_check) shared_access(f, *r, name, a, 16, false, site_code(b, lane.site));
+    std::memcpy(m[l / 8][l % 8], lane.row, 16);
+  }
+  for (int l = 0; l < 32; ++l) {
+    const LdmatrixLane& lane = *static_cast<const LdmatrixLane*>(lanes[l]);
+    const int g = l / 4, c = 2 * (l % 4);
+    for (int j = 0; j < Matrices; ++j) {
+      const uint32_t lo = Trans ? m[j][c][g] : m[j][g][c], hi = Trans ? m[j][c + 1][g] : m[j][g][c + 1];
+      lane.regs[j] = lo | hi << 16;
+    }
+  }
+}
+
+}  // namespace
+
+void ldmatrix(Site site, int matrices, bool trans, const void* row, uint32_t* regs) {
+  LdmatrixLane lane{row, regs, site};
+  const int kind = matrices == 4 ? (trans ? kLdmatrixX4Trans : kLdmatrixX4) : (trans ? kLdmatrixX2Trans : kLdmatrixX2);
+  void (*const rows)(void* const*) = matrices == 4 ? (trans ? &ldmatrix_rows<4, true> : &ldmatrix_rows<4, false>)
+                                                   : (trans ? &ldmatrix_rows<2, true> : &ldmatrix_rows<2, false>);
+  warp_op(site, kind, 0xffffffffu, uint64_t(reinterpret_cast<uintptr_t>(&lane)), 8, 0, 32, rows);
 }
 
 // ---------------------------------------------------------------------------------- 16-bit floats
