@@ -44,6 +44,9 @@ import pytest
 import torch
 
 os.environ.setdefault("FASTCONV_CPU_CACHE_POISON", "1")  # read at the CPU ops' first allocation
+# The simulated float32 GEMMs of 4 blocks or more run on the 8 x 8 SIMT kernel (on a GPU: 528 or
+# more), so the tests' small problems exercise both SIMT kernels; read when the extension loads.
+os.environ.setdefault("FASTCONV_SIM_SIMT8_MIN_BLOCKS", "4")
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 
 SEED = 1234

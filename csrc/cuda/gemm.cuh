@@ -38,6 +38,7 @@
 // into several launches when there are more), z = K splits.
 #pragma once
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/async_copy.cuh"
@@ -51,6 +52,16 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
 constexpr int kTM = 4, kTN = 4;  // register tile of a thread
 constexpr int kLoads = kBM * kBK / kThreads;  // consecutive K elements of each slab a thread loads per step
 constexpr int64_t kMaxGridY = 65535;
+// Blocks from which float32 runs on the 8 x 8 SIMT kernel (two waves of 132 SMs x 2 blocks);
+// FASTCONV_SIM_SIMT8_MIN_BLOCKS lowers it in the simulator, whose tests are small.
+#if defined(__CUDACC__)
+constexpr int64_t kSimt8MinBlocks = 528;
+#else
+inline const int64_t kSimt8MinBlocks = [] {
+  const char* v = std::getenv("FASTCONV_SIM_SIMT8_MIN_BLOCKS");
+  return v ? std::atoll(v) : int64_t(528);
+}();
+#endif
 
 // n / d for 0 <= n < 2^31 and 1 <= d < 2^31 as a multiply and a shift (Granlund and Montgomery's
 // round-up method: l = ceil(log2 d), mul = floor(2^32 (2^l - d) / d) + 1, n / d = (mulhi(n, mul) + n)
@@ -117,11 +128,11 @@ struct BlockTile {
   int64_t g, m0, n0, k_begin, k_end;
 };
 template <typename Problem>
-__device__ inline BlockTile block_tile(const Problem& p, const Tiles& tl, int bk) {
+__device__ inline BlockTile block_tile(const Problem& p, const Tiles& tl, int bk, int bm = kBM) {
   const int y = static_cast<int>(blockIdx.y), gy = tl.n_tiles.div(y);
   BlockTile b;
   b.g = tl.group0 + gy;
-  b.m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  b.m0 = static_cast<int64_t>(blockIdx.x) * bm;
   b.n0 = static_cast<int64_t>(y - gy * static_cast<int>(tl.n_tiles.d)) * kBN;
   b.k_begin = static_cast<int64_t>(blockIdx.z) * tl.steps * bk;
   const int64_t end = b.k_begin + static_cast<int64_t>(tl.steps) * bk;
@@ -232,6 +243,118 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p, Tiles tl) 
     for (int j = 0; j < kTN; ++j) {
       const int64_t n = n0 + tx * kTN + j;
       if (n < p.N) p.store(out, g, blockIdx.z, n, acc[i][j]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ SIMT, 8 x 8
+// The float32 SIMT kernel for problems with enough tiles to fill a large GPU: a 128-thread block per
+// 128 x 64 tile (kS8M x kBN), K in steps of 16 in double-buffered shared memory as above, each thread
+// accumulating 8 x 8 results: rows 4 ty + i and 64 + 4 ty + i, columns 4 tx + j and 32 + 4 tx + j
+// (i, j < 4; ty < 16, tx < 8), so that per k its four 16-byte shared loads are one wavefront each (a
+// warp reads 4 distinct A quads, broadcast, and 8 consecutive B quads) for 64 FMAs -- twice the FMAs
+// per shared load of the 4 x 4 kernel, and a block tile that reads 2 x 128 x 64 x 16 FLOPs' worth of
+// operands with 192 x 16 elements (85 FLOPs per element staged against 64).
+// Loads: thread t fills rows t % 64 and 64 + t % 64 of the A slab and column t % 64 of the B slab at
+// k = 8 (t / 64) .. 8 (t / 64) + 7 (the cursor jump is 9, as the tf32 kernel's).
+constexpr int kS8M = 128, kS8Threads = 128, kS8Loads = 8;
+
+template <typename Problem>
+__global__ void __launch_bounds__(kS8Threads, 2) gemm_simt8_kernel(Problem p, Tiles tl) {
+  __shared__ __align__(16) float as[2][kBK][kS8M];
+  __shared__ __align__(16) float bs[2][kBK][kBN];
+  const int t = threadIdx.x, tx = t % 8, ty = t / 8;
+  const BlockTile bt = block_tile(p, tl, kBK, kS8M);
+  const int64_t g = bt.g, m0 = bt.m0, n0 = bt.n0, k_end = bt.k_end;
+
+  const int lr = t % 64, lk = (t / 64) * kS8Loads;
+  const bool m_in0 = m0 + lr < p.M, m_in1 = m0 + 64 + lr < p.M, n_in = n0 + lr < p.N;
+  auto ac0 = p.a_begin(g, m_in0 ? m0 + lr : 0, bt.k_begin + lk);
+  auto ac1 = p.a_begin(g, m_in1 ? m0 + 64 + lr : 0, bt.k_begin + lk);
+  auto bc = p.b_begin(g, n_in ? n0 + lr : 0, bt.k_begin + lk);
+  int64_t kl = bt.k_begin + lk;
+  float ra0[kS8Loads], ra1[kS8Loads], rb[kS8Loads];
+  const auto load = [&]() {
+    FC_UNROLL
+    for (int i = 0; i < kS8Loads; ++i) {
+      const bool k_in = kl + i < k_end;
+      const float* pa0 = p.a_at(ac0);
+      const float* pa1 = p.a_at(ac1);
+      const float* pb = p.b_at(bc);
+      ra0[i] = m_in0 && k_in && pa0 ? *pa0 : 0.0f;
+      ra1[i] = m_in1 && k_in && pa1 ? *pa1 : 0.0f;
+      rb[i] = n_in && k_in && pb ? *pb : 0.0f;
+      if (i + 1 < kS8Loads) {
+        p.a_next(ac0);
+        p.a_next(ac1);
+        p.b_next(bc);
+      } else {
+        p.a_jump(ac0);
+        p.a_jump(ac1);
+        p.b_jump(bc);
+      }
+    }
+    kl += kBK;
+  };
+  const auto stage = [&](int buf) {
+    FC_UNROLL
+    for (int i = 0; i < kS8Loads; ++i) {
+      as[buf][lk + i][lr] = ra0[i];
+      as[buf][lk + i][64 + lr] = ra1[i];
+      bs[buf][lk + i][lr] = rb[i];
+    }
+  };
+
+  float acc[8][8];
+  FC_UNROLL
+  for (int i = 0; i < 8; ++i)
+    FC_UNROLL
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+  int buf = 0;
+  if (bt.k_begin < k_end) {
+    load();
+    stage(0);
+  }
+  __syncthreads();
+  for (int64_t k0 = bt.k_begin; k0 < k_end; k0 += kBK) {
+    const bool more = k0 + kBK < k_end;
+    if (more) load();
+    FC_UNROLL
+    for (int kk = 0; kk < kBK; ++kk) {
+      const Quad<float> a0 = *reinterpret_cast<const Quad<float>*>(&as[buf][kk][ty * 4]);
+      const Quad<float> a1 = *reinterpret_cast<const Quad<float>*>(&as[buf][kk][64 + ty * 4]);
+      const Quad<float> b0 = *reinterpret_cast<const Quad<float>*>(&bs[buf][kk][tx * 4]);
+      const Quad<float> b1 = *reinterpret_cast<const Quad<float>*>(&bs[buf][kk][32 + tx * 4]);
+      FC_UNROLL
+      for (int i = 0; i < 4; ++i)
+        FC_UNROLL
+        for (int j = 0; j < 4; ++j) {
+          acc[i][j] += a0.v[i] * b0.v[j];
+          acc[i][4 + j] += a0.v[i] * b1.v[j];
+          acc[4 + i][j] += a1.v[i] * b0.v[j];
+          acc[4 + i][4 + j] += a1.v[i] * b1.v[j];
+        }
+    }
+    if (more) stage(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
+
+  FC_UNROLL
+  for (int h = 0; h < 2; ++h) {  // the two groups of 4 rows
+    const int64_t m_first = m0 + 64 * h + ty * 4;
+    if (m_first >= p.M) break;
+    auto out = p.out_at(g, m_first);
+    FC_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      if (m_first + i >= p.M) break;
+      if (i > 0) p.out_next(out, 1);
+      FC_UNROLL
+      for (int j = 0; j < 8; ++j) {
+        const int64_t n = n0 + (j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4);
+        if (n < p.N) p.store(out, g, blockIdx.z, n, acc[4 * h + i][j]);
+      }
     }
   }
 }
@@ -527,15 +650,20 @@ int run(P p, int64_t splits, bool tf32, Stream stream) {
   const bool tc = tensor_cores_16 || (std::is_same<T, float>::value && tf32);
   const int per_word = tensor_cores_16 ? 2 : 1;
   const int bk = tc ? kTcWords * per_word : kBK;
-  p.set_jump(tc ? bk - kTcWordLoads * per_word + 1 : kBK - kLoads + 1);
-  if constexpr (HasSegments<P>::value) p.set_leap(bk);
   const int64_t n_tiles = ceil_div(p.N, static_cast<int64_t>(kBN));
   if (n_tiles > kMaxGridY) return kTooLarge;
+  // float32 on CUDA cores: the 8 x 8 kernel's 128-row tiles where they still give the GPU two waves of
+  // blocks (132 SMs x 2), else the 4 x 4 kernel's 64-row ones
+  const bool simt8 = std::is_same<T, float>::value && !tc &&
+                     ceil_div(p.M, static_cast<int64_t>(kS8M)) * n_tiles * p.groups * splits >= kSimt8MinBlocks;
+  const int64_t bm = simt8 ? kS8M : kBM;
+  p.set_jump(tc || simt8 ? bk - kTcWordLoads * per_word + 1 : kBK - kLoads + 1);
+  if constexpr (HasSegments<P>::value) p.set_leap(bk);
   const int64_t per_launch = kMaxGridY / n_tiles;
   for (int64_t g0 = 0; g0 < p.groups; g0 += per_launch) {
     const int64_t groups = p.groups - g0 < per_launch ? p.groups - g0 : per_launch;
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.M, static_cast<int64_t>(kBM))),
-                    static_cast<unsigned>(groups * n_tiles), static_cast<unsigned>(splits));
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.M, bm)), static_cast<unsigned>(groups * n_tiles),
+                    static_cast<unsigned>(splits));
     const Tiles tl{FastDiv(n_tiles), static_cast<int>(g0), steps_per_split(p.K, splits, bk)};
     int err = 0;
     if constexpr (std::is_same<T, __half>::value)
@@ -543,8 +671,9 @@ int run(P p, int64_t splits, bool tf32, Stream stream) {
     else if constexpr (std::is_same<T, __nv_bfloat16>::value)
       err = launch(gemm_tc_kernel<mma::BF16, P>, grid, dim3(kTcThreads), 0, stream, p, tl);
     else if constexpr (std::is_same<T, float>::value)
-      err = tf32 ? launch(gemm_tc_kernel<mma::TF32, P>, grid, dim3(kTcThreads), 0, stream, p, tl)
-                 : launch(gemm_kernel<float, P>, grid, dim3(kThreads), 0, stream, p, tl);
+      err = tf32     ? launch(gemm_tc_kernel<mma::TF32, P>, grid, dim3(kTcThreads), 0, stream, p, tl)
+            : simt8 ? launch(gemm_simt8_kernel<P>, grid, dim3(kS8Threads), 0, stream, p, tl)
+                    : launch(gemm_kernel<float, P>, grid, dim3(kThreads), 0, stream, p, tl);
     else
       err = launch(gemm_kernel<typename P::A, P>, grid, dim3(kThreads), 0, stream, p, tl);
     if (err) return err;
