@@ -5,10 +5,12 @@
 // strided view -- so no im2col or transposed copy ever exists in global memory, and stores each
 // result through its own epilogue (bias, activation, a split-K partial).
 //
-// Two kernels implement it: gemm_kernel on CUDA cores (float32, float64; described here) and
-// gemm_tc_kernel on tensor cores (float16, bfloat16, and float32 as tf32 when allowed; described
-// before it below), chosen per dtype by gemm::run. They share the Problem interface, the block tile,
-// the grid and split-K, so every op runs on either.
+// Three kernels implement it: gemm_kernel on CUDA cores (float32, float64; described here),
+// gemm_simt8_kernel on CUDA cores with 8 x 8 register tiles and 128-row block tiles (float32
+// problems with enough blocks to fill a large GPU; described before it), and gemm_tc_kernel on
+// tensor cores (float16, bfloat16, and float32 as tf32 when allowed; described before it), chosen per
+// dtype and size by gemm::run. They share the Problem interface, the grid and split-K, so every op
+// runs on any.
 //
 // No division in the main loops. Each thread walks K along its own row of A and column of B with a
 // cursor that the Problem decomposes once, in the prologue (e.g. k -> input channel, kernel row,
