@@ -289,8 +289,9 @@ struct ConvGradInput {
   }
 };
 
-// Grad weight: row m of A = output channel co of group g, k = (img, oh, ow): A(m, k) = dy; column n
-// of B = (ci, kh, kw): B(k, n) = the input pixel that tap (kh, kw) of output pixel (oh, ow) reads.
+// Grad weight: row m of A = output channel co of group g, k = (img, oh, ow): A(m, k) = dy (contiguous
+// within each image's plane: segments); column n of B = (ci, kh, kw): B(k, n) = the input pixel that
+// tap (kh, kw) of output pixel (oh, ow) reads.
 template <typename T>
 struct ConvGradWeight {
   using Storage = T;
@@ -304,6 +305,7 @@ struct ConvGradWeight {
   int64_t M, N, K, groups, splits;
   FastDiv div_pixels, div_ow, div_taps, div_kw;
   int j_img = 0, j_pix = 0, j_oh = 0, j_ow = 0;  // the jump over (img, pixel) and (img, oh, ow)
+  int l_img = 0, l_pix = 0;                      // the leap (a K step) over (img, pixel)
 
   ConvGradWeight(const T* dy_, const T* x_, T* dw_, A* partial_, const ConvShape& s, int64_t m, int64_t n, int64_t k,
                  int64_t splits_)
@@ -315,6 +317,10 @@ struct ConvGradWeight {
     j_pix = int(j % pixels);
     j_oh = j_pix / d.ow;
     j_ow = j_pix % d.ow;
+  }
+  void set_leap(int64_t j) {
+    l_img = int(j / pixels);
+    l_pix = int(j % pixels);
   }
 
   struct ACur {
@@ -341,6 +347,22 @@ struct ConvGradWeight {
       c.p += (c_out - 1) * pixels;
     }
     c.p += j_img * c_out * pixels;
+  }
+  // dy is contiguous along K within an image's plane: a segment that stays inside it loads as 16-byte
+  // copies (the leap then steps the cursor a whole K step)
+  __device__ int a_seg(const ACur& c, int len, const T*& p) const {
+    if (c.pix + len > pixels) return 0;
+    p = c.p;
+    return 1;
+  }
+  __device__ void a_leap(ACur& c) const {
+    c.pix += l_pix;
+    c.p += l_pix;
+    if (c.pix >= pixels) {
+      c.pix -= int(pixels);
+      c.p += (c_out - 1) * pixels;
+    }
+    c.p += l_img * c_out * pixels;
   }
   struct BCur {
     const T* chan;  // x[img][g cin_g + ci]
@@ -386,7 +408,7 @@ struct ConvGradWeight {
     }
     c.chan += j_img * c_in * plane;
   }
-  // dy is contiguous along K only within an image, x never
+  // dy is contiguous along K only within an image (a_seg), x never
   __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
   __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
 
