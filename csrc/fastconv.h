@@ -655,8 +655,8 @@ inline CrossEntropyArgs check_cross_entropy_backward(const at::Tensor& grad_loss
 }
 
 // What the forward's message of a bad target adds: the values it expected.
-inline std::string expected_targets(const CrossEntropyArgs& a) {
-  return c10::str(" (expected 0..", a.c - 1, " or ignore_index ", a.ignore_index, ")");
+inline std::string expected_targets(int64_t classes, int64_t ignore_index) {
+  return c10::str(" (expected 0..", classes - 1, " or ignore_index ", ignore_index, ")");
 }
 
 // The message of a target outside [0, C) that is not ignore_index, found by any backend; `hint` ends it.
@@ -666,5 +666,12 @@ inline std::string expected_targets(const CrossEntropyArgs& a) {
                     " classes", hint);
   __builtin_unreachable();
 }
+
+namespace sim {
+// fastconv.simulate(defer_errors=...): whether the simulated ops leave an error their kernels found in
+// the data to the next op or fastconv.check_errors(), as on a GPU, instead of raising it themselves;
+// returns the previous setting. Defined in csrc/cuda/glue.cpp (simulator build).
+bool set_defer_errors(bool enabled);
+}  // namespace sim
 
 }  // namespace fastconv
