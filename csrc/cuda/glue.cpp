@@ -55,6 +55,14 @@ void check_launch(int code, const char* op) {
   TORCH_CHECK(code == 0, "fastconv.", op, ": kernel launch failed: ", kernels::error_string(code));
 }
 
+// Launch limits: the kernels of batch_norm's statistics and of bias_grad run one block per channel, and a
+// CUDA grid's x dimension holds at most 2^31 - 1 blocks (every other kernel of this glue outside the
+// GEMMs has a grid-stride 1-D grid of at most 4096 blocks, or a single block).
+void check_channel_blocks(int64_t channels, const char* op) {
+  TORCH_CHECK_VALUE(channels <= std::numeric_limits<int32_t>::max(), "fastconv.", op, ": the CUDA kernels take at "
+                    "most 2^31 - 1 channels (one block each), got ", channels);
+}
+
 #if defined(FASTCONV_SIM)
 Stream stream_of(const at::Tensor&) { return nullptr; }
 struct DeviceGuard {
@@ -302,6 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm(
     var.fill_(std::numeric_limits<double>::quiet_NaN());
     return {y, mean, invstd, var};
   }
+  check_channel_blocks(s.c, "batch_norm");
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(w, "weight"), buf(b, "bias"), buf(rm, "running_mean"), buf(rv, "running_var"),
              buf(y, "output"), buf(mean, "mean"), buf(invstd, "invstd"), buf(var, "var"));
@@ -322,8 +331,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(const at::Ten
   const BatchNormShape s = check_batch_norm_backward(grad_output, input, weight, mean, invstd, training);
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = contiguous_or_none(weight),
                    mu = mean.contiguous(), is = invstd.contiguous();
+  check_channel_blocks(s.c, "batch_norm_backward");
   at::Tensor dx = at::empty(x.sizes(), x.options());
-  at::Tensor dw = at::zeros({s.c}, x.options()), db = at::zeros({s.c}, x.options());
+  // The kernels write every channel's sums; with no values they do not run, and the sums are zero.
+  const auto sums = [&] { return x.numel() == 0 ? at::zeros({s.c}, x.options()) : at::empty({s.c}, x.options()); };
+  at::Tensor dw = sums(), db = sums();
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(x, "input"), buf(w, "weight"), buf(mu, "mean"), buf(is, "invstd"),
              buf(dx, "grad_input"), buf(dw, "grad_weight"), buf(db, "grad_bias"));
@@ -464,6 +476,7 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
 at::Tensor bias_grad(const at::Tensor& grad_output, int64_t channel_dim) {
   raise_pending(grad_output);
   const BiasGradShape s = check_bias_grad(grad_output, channel_dim);
+  check_channel_blocks(s.channels, "bias_grad");
   const at::Tensor dy = grad_output.contiguous();
   at::Tensor db = at::empty({s.channels}, dy.options());
   DeviceGuard guard(dy.device());
