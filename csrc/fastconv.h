@@ -202,11 +202,12 @@ inline void check_grad_output_shape(const at::Tensor& grad_output, const ConvSha
                     ": grad_output must have shape ", at::IntArrayRef(expected), ", got ", grad_output.sizes());
 }
 
-// conv2d(input, weight, bias, stride, padding, dilation, groups).
+// conv2d(input, weight, bias, stride, padding, dilation, groups), and the convolution of conv2d_pool
+// (`op` names the one checked).
 inline ConvShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const char* op = "conv2d";
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                              const char* op = "conv2d") {
   check_pair_args(input, "input", weight, "weight", op);
   const ConvShape g = conv_shape(input.sizes(), weight.sizes(), stride, padding, dilation, groups, op);
   check_bias(bias, input, g.c_out, op, " (one value per output channel)");
@@ -368,7 +369,7 @@ inline std::pair<ConvShape, PoolShape> check_conv2d_pool(const at::Tensor& input
                                                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                                          at::IntArrayRef padding, at::IntArrayRef dilation,
                                                          int64_t groups, at::IntArrayRef pool) {
-  const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups, "conv2d_pool");
   TORCH_CHECK_VALUE(pool.size() == 2 && pool[0] >= 1 && pool[1] >= 1,
                     "fastconv.conv2d_pool: pool must be two positive ints, got ", pool);
   const PoolShape s{g.n, g.c_out, g.oh, g.ow, g.oh / pool[0], g.ow / pool[1], pool[0], pool[1], pool[0], pool[1],
