@@ -202,11 +202,12 @@ inline void check_grad_output_shape(const at::Tensor& grad_output, const ConvSha
                     ": grad_output must have shape ", at::IntArrayRef(expected), ", got ", grad_output.sizes());
 }
 
-// conv2d(input, weight, bias, stride, padding, dilation, groups).
+// conv2d(input, weight, bias, stride, padding, dilation, groups), and the convolution of conv2d_pool
+// (`op` names the one checked).
 inline ConvShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const char* op = "conv2d";
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                              const char* op = "conv2d") {
   check_pair_args(input, "input", weight, "weight", op);
   const ConvShape g = conv_shape(input.sizes(), weight.sizes(), stride, padding, dilation, groups, op);
   check_bias(bias, input, g.c_out, op, " (one value per output channel)");
@@ -368,7 +369,7 @@ inline std::pair<ConvShape, PoolShape> check_conv2d_pool(const at::Tensor& input
                                                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                                          at::IntArrayRef padding, at::IntArrayRef dilation,
                                                          int64_t groups, at::IntArrayRef pool) {
-  const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const ConvShape g = check_conv2d(input, weight, bias, stride, padding, dilation, groups, "conv2d_pool");
   TORCH_CHECK_VALUE(pool.size() == 2 && pool[0] >= 1 && pool[1] >= 1,
                     "fastconv.conv2d_pool: pool must be two positive ints, got ", pool);
   const PoolShape s{g.n, g.c_out, g.oh, g.ow, g.oh / pool[0], g.ow / pool[1], pool[0], pool[1], pool[0], pool[1],
@@ -655,8 +656,8 @@ inline CrossEntropyArgs check_cross_entropy_backward(const at::Tensor& grad_loss
 }
 
 // What the forward's message of a bad target adds: the values it expected.
-inline std::string expected_targets(const CrossEntropyArgs& a) {
-  return c10::str(" (expected 0..", a.c - 1, " or ignore_index ", a.ignore_index, ")");
+inline std::string expected_targets(int64_t classes, int64_t ignore_index) {
+  return c10::str(" (expected 0..", classes - 1, " or ignore_index ", ignore_index, ")");
 }
 
 // The message of a target outside [0, C) that is not ignore_index, found by any backend; `hint` ends it.
@@ -666,5 +667,12 @@ inline std::string expected_targets(const CrossEntropyArgs& a) {
                     " classes", hint);
   __builtin_unreachable();
 }
+
+namespace sim {
+// fastconv.simulate(defer_errors=...): whether the simulated ops leave an error their kernels found in
+// the data to the next op or fastconv.check_errors(), as on a GPU, instead of raising it themselves;
+// returns the previous setting. Defined in csrc/cuda/glue.cpp (simulator build).
+bool set_defer_errors(bool enabled);
+}  // namespace sim
 
 }  // namespace fastconv

@@ -70,6 +70,9 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
         "Tensor lse, int reduction, int ignore_index, float label_smoothing) -> Tensor");
   m.def("dropout(Tensor input, float p, Tensor seed) -> Tensor");
+  // Raises the error a kernel found in the data on `device`'s device and recorded there (after
+  // synchronising its current stream on a GPU), and clears it: fastconv.check_errors.
+  m.def("_check_errors(Tensor device) -> ()");
   // The tf32 switch of the CUDA GEMM kernels (fastconv.backends.allow_tf32).
   m.def("_set_allow_tf32(bool enabled) -> bool", &fastconv::set_allow_tf32);
   m.def("_allow_tf32() -> bool", &fastconv::allow_tf32);
@@ -81,6 +84,7 @@ TORCH_LIBRARY(fastconv, m) {
         &fastconv::sim::configure);
   m.def("_sim_selftest(str name, int n) -> Tensor", &fastconv::sim::selftest);
   m.def("_sim_stats() -> int[]", &fastconv::sim::stats);
+  m.def("_sim_defer_errors(bool enabled) -> bool", &fastconv::sim::set_defer_errors);
 }
 
 // The extension is a plain shared library whose static initialisers register the ops above;

@@ -3,6 +3,7 @@
     import fastconv.functional as FF     # conv2d, conv1d, relu, max_pool2d, cross_entropy, linear, dropout
     import fastconv.nn as fnn            # Conv2d, Conv1d, ReLU, MaxPool2d, Linear, Dropout, CrossEntropyLoss
     with fastconv.simulate(): ...        # the CUDA kernels, run on the CPU by fastconv's SIMT simulator
+    fastconv.check_errors()              # raises a bad target / index a CUDA kernel recorded (no sync per op)
     fastconv.backends.allow_tf32 = True  # float32 conv / linear on tensor cores (CUDA kernels; off by default)
 
 The ops live under ``torch.ops.fastconv``; autograd and fake (shape) kernels are in ``fastconv.ops``.
@@ -35,6 +36,7 @@ except ImportError as exc:
 from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import backends, functional, nn  # noqa: E402
 from .convert import convert  # noqa: E402
+from .errors import check_errors  # noqa: E402
 from .simulator import simulate  # noqa: E402
 
 __version__ = "0.1.0"
@@ -55,4 +57,4 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["backends", "functional", "nn", "ops", "build_info", "convert", "simulate"]
+__all__ = ["backends", "functional", "nn", "ops", "build_info", "check_errors", "convert", "simulate"]

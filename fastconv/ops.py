@@ -33,7 +33,8 @@ def pool_out(size, kernel, stride, padding, dilation, ceil_mode):
 
 def _same_device(op, **tensors):
     """The device check of the C++ kernels, for the fake kernels: a call that mixes devices (say CPU
-    and meta tensors) is dispatched to the fake kernel, which must refuse it as the real one would."""
+    and meta tensors) is dispatched to the fake kernel, which must refuse it as the real one would.
+    The first tensor is the one the C++ check compares the others with."""
     named = [(name, t) for name, t in tensors.items() if t is not None]
     first_name, first = named[0]
     for name, t in named[1:]:
@@ -124,6 +125,7 @@ torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_cont
 
 @torch.library.register_fake("fastconv::conv2d_pool")
 def _conv2d_pool_fake(input, weight, bias, stride, padding, dilation, groups, relu, pool, negative_slope=0.0):
+    _same_device("conv2d_pool", input=input, weight=weight, bias=bias)
     _check_activation("conv2d_pool", relu, negative_slope)
     conv = _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, negative_slope)
     n, c, oh, ow = conv.shape
@@ -289,7 +291,7 @@ def _batch_norm_fake(input, weight, bias, running_mean, running_var, training, e
 
 @torch.library.register_fake("fastconv::batch_norm_backward")
 def _batch_norm_backward_fake(grad_output, input, weight, mean, invstd, training):
-    _same_device("batch_norm_backward", grad_output=grad_output, input=input, weight=weight, mean=mean, invstd=invstd)
+    _same_device("batch_norm_backward", input=input, grad_output=grad_output, weight=weight, mean=mean, invstd=invstd)
     c = input.shape[1]
     return torch.empty_like(input, memory_format=torch.contiguous_format), input.new_empty((c,)), input.new_empty((c,))
 
@@ -332,7 +334,7 @@ def _local_response_norm_fake(input, size, alpha, beta, k):
 
 @torch.library.register_fake("fastconv::local_response_norm_backward")
 def _local_response_norm_backward_fake(grad_output, input, output, scale, size, alpha, beta):
-    _same_device("local_response_norm_backward", grad_output=grad_output, input=input, output=output, scale=scale)
+    _same_device("local_response_norm_backward", input=input, grad_output=grad_output, output=output, scale=scale)
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
@@ -451,6 +453,10 @@ def _cross_entropy_backward_fake(grad_loss, input, target, weight, lse, reductio
 
 @torch.library.register_fake("fastconv::dropout")
 def _dropout_fake(input, p, seed):
+    if seed.device != input.device:  # the C++ check's message (csrc/fastconv.h check_dropout)
+        where = "CPU" if input.device.type == "cpu" else str(input.device)
+        raise ValueError(f"fastconv.dropout: seed must be a {where} int64 tensor with one element, got "
+                         f"{seed.dtype} of shape {list(seed.shape)} on {seed.device}")
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 

@@ -16,6 +16,10 @@ check on or off (both on by default where the kernels were built with the access
 chooses in which order a block's threads run between meeting points: "forward", "reverse" or
 "random" (seeded by ``seed``); correct kernels give bitwise-identical results in all three.
 
+An error a kernel finds in the data (a bad target or max-pool index, fastconv.errors) is raised by the
+op whose kernel found it, as the CPU kernels do. ``defer_errors=True`` leaves it, as on a GPU, to the
+next fastconv op or ``fastconv.check_errors()``, and the op returns its outputs (NaN where affected).
+
 ``FASTCONV_SIMULATE=1`` turns the simulator on for a whole process (``FASTCONV_SIM_ORDER`` and
 ``FASTCONV_SIM_SEED`` set its order and seed). ``FASTCONV_SIM_THREADS`` caps the worker threads
 that run blocks (default: one per core).
@@ -39,6 +43,7 @@ class Settings:
     seed: int = 0
     race_check: bool = True
     memcheck: bool = True
+    defer_errors: bool = False
 
 
 _lock = threading.Lock()
@@ -51,11 +56,12 @@ def _apply(settings):
         raise ValueError(f"fastconv.simulate: order must be one of {ORDERS}, got {settings.order!r}")
     torch.ops.fastconv._sim_configure(settings.enabled, ORDERS.index(settings.order), int(settings.seed),
                                       bool(settings.race_check), bool(settings.memcheck))
+    torch.ops.fastconv._sim_defer_errors(bool(settings.defer_errors))
     _current = settings
 
 
 def settings() -> Settings:
-    """The simulator's current settings (enabled, order, seed, race_check, memcheck)."""
+    """The simulator's current settings (enabled, order, seed, race_check, memcheck, defer_errors)."""
     return _current
 
 
@@ -70,13 +76,13 @@ def stats() -> dict:
 
 
 @contextlib.contextmanager
-def simulate(order=None, seed=None, race_check=None, memcheck=None, enabled=True):
+def simulate(order=None, seed=None, race_check=None, memcheck=None, defer_errors=None, enabled=True):
     """Runs fastconv's CUDA kernels in the simulator inside the block (see the module docstring).
     Arguments left as None keep their current value; the previous settings come back on exit."""
     with _lock:
         before = _current
-        changes = {k: v for k, v in dict(order=order, seed=seed, race_check=race_check, memcheck=memcheck).items()
-                   if v is not None}
+        changes = {k: v for k, v in dict(order=order, seed=seed, race_check=race_check, memcheck=memcheck,
+                                         defer_errors=defer_errors).items() if v is not None}
         _apply(dataclasses.replace(before, enabled=enabled, **changes))
     try:
         yield settings()

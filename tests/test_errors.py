@@ -340,6 +340,66 @@ CASES = [
       r"fastconv\.dropout: input must be float32 or float64, got Long"),
     C("dropout-complex", lambda: FF.dropout(r(3, 4).to(torch.complex64), 0.5), TypeError, r"got ComplexFloat"),
 ]
+
+# ---------------------------------------------------------------- devices: every tensor argument of every op
+# The ops' tensor arguments whose device the cases above do not already check, each in valid arguments:
+# (op, argument, its position, the arguments, the argument the op's check compares it with). Each gives a
+# case where that argument alone is on meta, run on the kernel (on_cpu_kernel); and
+# test_fake_kernel_checks_every_device runs the same calls through the fake kernels.
+PLANE = t([[[[0, 1], [4, 7]]]])  # max-pool indices of a 2x2 output over a 5x5 plane
+BN = (r(2, 3, 4), r(3), r(3), r(3), r(3).abs())  # a batch-norm input and four per-channel tensors
+DEVICE_ARGS = [
+    ("conv2d_pool", "weight", 1, lambda: (r(*X), r(*W), None, *CONV, True, [1, 1]), "input"),
+    ("conv2d_pool", "bias", 2, lambda: (r(*X), r(*W), r(4), *CONV, True, [1, 1]), "input"),
+    ("conv2d_grad_input", "weight", 1, lambda: (r(1, 4, 3, 3), r(*W), list(X), *CONV), "grad_output"),
+    ("linear", "bias", 2, lambda: (r(2, 5), r(9, 5), r(9)), "input"),
+    ("linear_grad_input", "weight", 1, lambda: (r(2, 9), r(9, 5)), "grad_output"),
+    ("linear_grad_weight", "input", 1, lambda: (r(2, 9), r(2, 5)), "grad_output"),
+    ("batch_norm", "weight", 1, lambda: (*BN, True, 1e-5), "input"),
+    ("batch_norm", "bias", 2, lambda: (*BN, True, 1e-5), "input"),
+    ("batch_norm", "running_mean", 3, lambda: (*BN, True, 1e-5), "input"),
+    ("batch_norm", "running_var", 4, lambda: (*BN, True, 1e-5), "input"),
+    ("batch_norm_backward", "grad_output", 0, lambda: (r(2, 3, 4), *BN[:2], r(3), r(3).abs(), True), "input"),
+    ("batch_norm_backward", "weight", 2, lambda: (r(2, 3, 4), *BN[:2], r(3), r(3).abs(), True), "input"),
+    ("batch_norm_backward", "mean", 3, lambda: (r(2, 3, 4), *BN[:2], r(3), r(3).abs(), True), "input"),
+    ("batch_norm_backward", "invstd", 4, lambda: (r(2, 3, 4), *BN[:2], r(3), r(3).abs(), True), "input"),
+    ("batch_norm_update_stats", "running_var", 1, lambda: (r(3), r(3).abs(), r(3), r(3).abs(), 0.1), "running_mean"),
+    ("batch_norm_update_stats", "mean", 2, lambda: (r(3), r(3).abs(), r(3), r(3).abs(), 0.1), "running_mean"),
+    ("batch_norm_update_stats", "var", 3, lambda: (r(3), r(3).abs(), r(3), r(3).abs(), 0.1), "running_mean"),
+    ("local_response_norm_backward", "grad_output", 0,
+     lambda: (r(2, 3, 4), r(2, 3, 4), r(2, 3, 4), r(2, 3, 4).abs() + 1, 3, 1e-4, 0.75), "input"),
+    ("local_response_norm_backward", "output", 2,
+     lambda: (r(2, 3, 4), r(2, 3, 4), r(2, 3, 4), r(2, 3, 4).abs() + 1, 3, 1e-4, 0.75), "input"),
+    ("local_response_norm_backward", "scale", 3,
+     lambda: (r(2, 3, 4), r(2, 3, 4), r(2, 3, 4), r(2, 3, 4).abs() + 1, 3, 1e-4, 0.75), "input"),
+    ("cross_entropy", "weight", 2, lambda: (r(4, 5), t([0, 1, 2, 3]), r(5).abs(), 1, -100, 0.0), "input"),
+    ("cross_entropy_backward", "grad_loss", 0,
+     lambda: (r(), r(4, 5), t([0, 1, 2, 3]), r(5).abs(), r(4), 1, -100, 0.0), "input"),
+    ("cross_entropy_backward", "target", 2,
+     lambda: (r(), r(4, 5), t([0, 1, 2, 3]), r(5).abs(), r(4), 1, -100, 0.0), "input"),
+    ("cross_entropy_backward", "weight", 3,
+     lambda: (r(), r(4, 5), t([0, 1, 2, 3]), r(5).abs(), r(4), 1, -100, 0.0), "input"),
+    ("cross_entropy_backward", "lse", 4,
+     lambda: (r(), r(4, 5), t([0, 1, 2, 3]), r(5).abs(), r(4), 1, -100, 0.0), "input"),
+]
+
+
+def _with_meta(position, make):
+    """The arguments `make` gives, with the one at `position` moved to meta."""
+    args = list(make())
+    args[position] = meta(args[position])
+    return args
+
+
+def _device_message(op, name, reference):
+    return rf"fastconv\.{op}: {name} is on meta but {reference} is on cpu; move both to one device"
+
+
+CASES += [C(f"{op}-device-{name}", functools.partial(lambda op, pos, make: on_cpu_kernel(getattr(ops, op),
+                                                                                        *_with_meta(pos, make)),
+                                                     op, position, make),
+            RuntimeError, _device_message(op, name, reference))
+          for op, name, position, make, reference in DEVICE_ARGS]
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "duplicate case ids"
 
@@ -431,6 +491,21 @@ def test_subprocess_harness_survives_a_crash(backend):
 def test_mixed_meta_and_cpu_is_an_error(backend):
     with pytest.raises(RuntimeError, match="meta"):
         FF.conv2d(r(*X), meta(r(*W)))
+
+
+@pytest.mark.parametrize("op, name, position, make, reference",
+                         [pytest.param(*a, id=f"{a[0]}-{a[1]}") for a in DEVICE_ARGS])
+def test_fake_kernel_checks_every_device(backend, op, name, position, make, reference):
+    """A plain call that mixes CPU and meta tensors reaches the fake kernel, which refuses it as the
+    kernel does (the cases above), naming the argument."""
+    with pytest.raises(RuntimeError, match=_device_message(op, name, reference)):
+        getattr(ops, op)(*_with_meta(position, make))
+
+
+def test_fake_dropout_checks_the_seed_device(backend):
+    with pytest.raises(ValueError, match=r"fastconv\.dropout: seed must be a CPU int64 tensor with one element, got "
+                       r"torch\.int64 of shape \[1\] on meta"):
+        ops.dropout(r(3, 4), 0.5, meta(seed()))
 
 
 def test_meta_tensors_alone_give_shapes(backend):

@@ -122,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_impl(const CrossEntropyArgs& a,
           row_p[i] = T(0);
           continue;
         }
-        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, expected_targets(a));
+        if (ti < 0 || ti >= C) cross_entropy_bad_target(op, ti, i, C, expected_targets(C, ignore_index));
         T loss_i = T(1.0 - eps) * class_weight(w, ti) * (l - zi[ti]);
         if (eps > 0) {
           T smooth = 0;

@@ -16,7 +16,8 @@
 //                     through shared memory, merged again by shuffles in every warp).
 //                     Both write each row's loss to `loss` (reduction none) or, as (loss_i, w[t] or 0)
 //                     in double, to the workspace; ignored rows give 0, and a row whose target is out of
-//                     [0, C) does atomicMin(bad_row, row) and gives 0.
+//                     [0, C) is recorded in the error record (csrc/cuda/error_record.cuh) and gives NaN
+//                     (its lse too, and so the reduced loss).
 //   ce_reduce<T>      mean/sum: ONE 256-thread block; thread k sums rows k, k + 256, ... in double, then a
 //                     fixed tree in shared memory. The order depends on nothing but n, so the result is
 //                     deterministic (no float atomics); loss = total / denom (NaN for denom 0) or total.
@@ -26,13 +27,15 @@
 //                     sees the gradient).
 //   ce_backward<T>    one thread per logit, grid-stride over n*C in int64 (row and column stepped without
 //                     a division per element); softmax recomputed from z and the saved lse, so no
-//                     probability buffer exists.
+//                     probability buffer exists. A row whose target is out of [0, C) gets NaN, and its
+//                     column-0 thread records it.
 // Cost: forward reads the logits once, n*C*sizeof(T) bytes (twice with smoothing, the second read from
 // L1/L2 while the rows in flight fit there), with 1 exp and ~4 flops per logit; backward reads z and
 // writes dz, 2*n*C*sizeof(T) bytes, with 1 exp and ~6 flops per logit. Both are bandwidth bound, so the
 // design goal is one pass over the logits with coalesced loads: a warp per row keeps small rows from
 // idling most of a block, a block per row keeps long rows from serialising on one warp.
 #include "cuda/common.cuh"
+#include "cuda/error_record.cuh"
 
 namespace fastconv::FC_NS::kernels {
 namespace {
@@ -167,7 +170,7 @@ struct RowParams {
   T* lse;                  // [n]
   T* loss_rows;            // [n] for reduction none, else null
   double2* ws_rows;        // [n] (loss_i, w[t] or 0) for mean/sum, else null
-  long long* bad_row;
+  ErrorRecord* errors;
 };
 
 // The row's outputs, written by one thread once lse (and the smoothing sum) are known.
@@ -175,17 +178,18 @@ template <typename T>
 __device__ __forceinline__ void finish_row(const RowParams<T>& p, int64_t row, int64_t t, acc_t<T> l,
                                            acc_t<T> smooth) {
   using A = acc_t<T>;
-  p.lse[row] = from_acc<T>(l);
-  A loss = A(0), wt = A(0);
+  A lse = l, loss = A(0), wt = A(0);
   if (t != p.ignore_index) {
     if (t < 0 || t >= p.C) {
-      atomicMin(p.bad_row, static_cast<long long>(row));
+      record_error(p.errors, DataError::cross_entropy_target, t, row, p.C, p.ignore_index);
+      lse = loss = A(NAN);
     } else {
       wt = class_weight(p.w, t);
       loss = p.hard * wt * (l - to_acc(p.z[row * p.C + t]));
       if (p.smoothing) loss += p.soft * smooth;
     }
   }
+  p.lse[row] = from_acc<T>(lse);
   if (p.loss_rows) {
     p.loss_rows[row] = from_acc<T>(loss);
   } else {
@@ -304,7 +308,7 @@ struct BackParams {
   acc_t<T> soft;           // eps / C
   const double* ws;        // from ce_backward_prep
   T* dz;                   // [n, C]
-  long long* bad_row;
+  ErrorRecord* errors;
 };
 
 // Backward: thread k of the grid takes logits k, k + stride, ... of the flattened [n, C]; (row, column)
@@ -324,7 +328,8 @@ __global__ void ce_backward(BackParams<T> p) {
     A v = A(0);
     if (t != p.ignore_index) {
       if (t < 0 || t >= p.C) {
-        if (c == 0) atomicMin(p.bad_row, static_cast<long long>(i));
+        if (c == 0) record_error(p.errors, DataError::cross_entropy_backward_target, t, i, p.C, p.ignore_index);
+        v = A(NAN);
       } else {
         const A scale = p.reduction == Reduction::none ? to_acc(p.grad[i]) : shared_scale;
         const A hard = static_cast<A>(p.one_minus_eps * static_cast<double>(class_weight(p.w, t)));
@@ -345,7 +350,7 @@ __global__ void ce_backward(BackParams<T> p) {
 
 template <typename T>
 int forward_impl(const void* logits, const int64_t* target, const void* weight, const CrossEntropyArgs& a,
-                 void* loss, void* lse, void* workspace, int64_t* bad_row, Stream stream) {
+                 void* loss, void* lse, void* workspace, ErrorRecord* errors, Stream stream) {
   using A = acc_t<T>;
   double2* ws_rows = a.reduction != Reduction::none ? static_cast<double2*>(workspace) : nullptr;
   if (a.n > 0) {
@@ -362,7 +367,7 @@ int forward_impl(const void* logits, const int64_t* target, const void* weight, 
     p.lse = static_cast<T*>(lse);
     p.loss_rows = a.reduction == Reduction::none ? static_cast<T*>(loss) : nullptr;
     p.ws_rows = ws_rows;
-    p.bad_row = reinterpret_cast<long long*>(bad_row);
+    p.errors = errors;
     const int rc = a.c <= kWarpRowMaxC
                        ? launch(ce_rows_warp<T>, grid_1d(a.n, kRowsPerWarpBlock, kMaxBlocks), dim3(kWarpBlock), 0,
                                 stream, p)
@@ -379,7 +384,7 @@ int forward_impl(const void* logits, const int64_t* target, const void* weight, 
 
 template <typename T>
 int backward_impl(const void* grad_loss, const void* logits, const int64_t* target, const void* weight,
-                  const void* lse, const CrossEntropyArgs& a, void* dlogits, void* workspace, int64_t* bad_row,
+                  const void* lse, const CrossEntropyArgs& a, void* dlogits, void* workspace, ErrorRecord* errors,
                   Stream stream) {
   using A = acc_t<T>;
   if (a.n == 0 || a.c == 0) return 0;
@@ -403,7 +408,7 @@ int backward_impl(const void* grad_loss, const void* logits, const int64_t* targ
   p.soft = static_cast<A>(soft);
   p.ws = ws;
   p.dz = static_cast<T*>(dlogits);
-  p.bad_row = reinterpret_cast<long long*>(bad_row);
+  p.errors = errors;
   return launch(ce_backward<T>, grid_1d(a.n * a.c, kElemBlock, kMaxBlocks), dim3(kElemBlock), 0, stream, p);
 }
 
@@ -417,19 +422,19 @@ int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a) {
 }
 
 int cross_entropy_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
-                          const CrossEntropyArgs& a, void* loss, void* lse, void* workspace, int64_t* bad_row,
+                          const CrossEntropyArgs& a, void* loss, void* lse, void* workspace, ErrorRecord* errors,
                           Stream stream) {
   int rc = 0;
-  FC_DISPATCH(dtype, T, rc = forward_impl<T>(logits, target, weight, a, loss, lse, workspace, bad_row, stream));
+  FC_DISPATCH(dtype, T, rc = forward_impl<T>(logits, target, weight, a, loss, lse, workspace, errors, stream));
   return rc;
 }
 
 int cross_entropy_backward(DType dtype, const void* grad_loss, const void* logits, const int64_t* target,
                            const void* weight, const void* lse, const CrossEntropyArgs& a, void* dlogits,
-                           void* workspace, int64_t* bad_row, Stream stream) {
+                           void* workspace, ErrorRecord* errors, Stream stream) {
   int rc = 0;
   FC_DISPATCH(dtype, T,
-              rc = backward_impl<T>(grad_loss, logits, target, weight, lse, a, dlogits, workspace, bad_row, stream));
+              rc = backward_impl<T>(grad_loss, logits, target, weight, lse, a, dlogits, workspace, errors, stream));
   return rc;
 }
 

@@ -22,6 +22,31 @@ constexpr int kBadDType = 100000;
 // A GEMM whose N tiles (N / 64, rounded up) exceed the 65535 rows of a grid.
 constexpr int kTooLarge = 100001;
 
+// The op whose kernel found bad data (ErrorRecord::op).
+enum class DataError : int32_t {
+  none = 0,
+  max_pool2d_backward_index = 1,     // an index outside its input plane
+  cross_entropy_target = 2,          // a target outside [0, C) that is not ignore_index
+  cross_entropy_backward_target = 3,
+};
+
+// Where kernels record an error they find in the data (an index outside its plane, a target outside
+// [0, C)), so that no launcher needs a value back from the device: one record per device, in host
+// memory that the device writes directly (pinned and mapped on a GPU, ordinary memory in the
+// simulator), owned by the glue (csrc/cuda/glue.cpp), which builds the error's message from it alone,
+// raises it and clears it. The first error wins: the thread whose atomicCAS turns `claimed` from 0 to 1
+// writes the values, then publishes `op` last (after a system-wide fence), so a host that reads
+// op != 0 reads complete values; every later error leaves the record as it is. Kernels also write NaN
+// into the outputs the bad value affects, so nothing computed from it passes for a result.
+struct ErrorRecord {
+  int32_t claimed;       // 0 free, 1 taken by the thread that fills it
+  int32_t op;            // a DataError, written last: none while the record is free or being filled
+  int64_t value;         // the bad index or target
+  int64_t where;         // its flat output position (max-pool) or its row (cross-entropy)
+  int64_t extent;        // the input plane's size (max-pool) or the number of classes
+  int64_t ignore_index;  // cross_entropy's, for the message
+};
+
 }  // namespace fastconv
 
 #ifndef FC_NS
@@ -51,11 +76,11 @@ int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, co
 int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolShape& g,
                        Stream stream);
 // Max-pool backward by gathering (deterministic, no atomics on floats): each input element sums, in
-// output order, the gradients of the windows that cover it and chose it. First `*bad` (one int64 in
-// device memory that the caller sets to INT64_MAX) receives the smallest flat output position whose
-// index lies outside its input plane (the caller reports it), then dx is written.
+// output order, the gradients of the windows that cover it and chose it. Then an index outside its
+// input plane is recorded in `*errors` (DataError::max_pool2d_backward_index: the index, its flat output
+// position, the plane's size) and makes its plane of dx NaN.
 int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolShape& g,
-                        int64_t* bad, Stream stream);
+                        ErrorRecord* errors, Stream stream);
 
 // Average pooling (avg_pool2d and adaptive_avg_pool2d, windows from avg_pool_range in csrc/shapes.h):
 // y = the window sums over their divisors.
@@ -116,14 +141,16 @@ int linear_grad_weight(DType dtype, const void* dy, const void* x, void* dw, voi
 // Bytes of device workspace that cross_entropy_forward / _backward need for a problem.
 int64_t cross_entropy_workspace_bytes(const CrossEntropyArgs& a);
 // Fused softmax + cross-entropy forward: lse [n] and loss ([n] for reduction none, else one value).
-// `*bad_row` (set to INT64_MAX by the caller) receives the smallest row whose target is neither
-// ignore_index nor in [0, c); that row's loss is then meaningless and the caller raises.
+// A row whose target is neither ignore_index nor in [0, c) is recorded in `*errors`
+// (DataError::cross_entropy_target: the target, its row, c, ignore_index); its lse and loss are NaN,
+// and so is a reduced loss.
 int cross_entropy_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
-                          const CrossEntropyArgs& a, void* loss, void* lse, void* workspace, int64_t* bad_row,
+                          const CrossEntropyArgs& a, void* loss, void* lse, void* workspace, ErrorRecord* errors,
                           Stream stream);
-// Backward: dlogits [n, c] from grad_loss ([n] or one value) and the saved lse.
+// Backward: dlogits [n, c] from grad_loss ([n] or one value) and the saved lse. A bad target is recorded
+// as in the forward (DataError::cross_entropy_backward_target); its row of dlogits is NaN.
 int cross_entropy_backward(DType dtype, const void* grad_loss, const void* logits, const int64_t* target,
                            const void* weight, const void* lse, const CrossEntropyArgs& a, void* dlogits,
-                           void* workspace, int64_t* bad_row, Stream stream);
+                           void* workspace, ErrorRecord* errors, Stream stream);
 
 }  // namespace fastconv::FC_NS::kernels

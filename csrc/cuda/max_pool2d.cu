@@ -6,17 +6,20 @@
 //       pool_one) and keeps the first maximum, or the last NaN; the index is the flat position
 //       ih * W + iw in the input plane. Cost: kh * kw comparisons and loads per output (the loads
 //       of neighbouring windows overlap and hit in L1/L2), sizeof(T) + 8 bytes written per output.
-//   max_pool2d_check_kernel        one thread per output: an index outside [0, H * W) lowers *bad
-//       to its flat output position (atomicMin on int64), so the caller reports the smallest one
-//       as the CPU kernel does. 8 bytes read per output.
 //   max_pool2d_gather_kernel<T>    one thread per input element (n, c, ih, iw), grid-stride. It
 //       visits the outputs whose window covers it in increasing (oh, ow) order and sums, in
 //       acc_t<T> from 0, the gradients of those whose index chose it, then writes dx once. That is
 //       the order in which the CPU kernel adds outputs into dx, so float and double results are
 //       bitwise the CPU's; there are no float atomics and no separate zeroing pass. Cost: kh * kw
 //       candidate windows per input, each an 8-byte index load (and a gradient load when chosen);
-//       sizeof(T) bytes written per input.
+//       sizeof(T) bytes written per input. An index outside the plane matches no input element, so
+//       the gather reads nothing out of bounds whatever the indices hold.
+//   max_pool2d_check_kernel<T>     one thread per output, after the gather: an index outside
+//       [0, H * W) is recorded in the error record (the first error wins, csrc/cuda/error_record.cuh)
+//       and its plane of dx, which misses that output's gradient, is overwritten with NaN (by the
+//       thread that found it; threads of one plane write the same NaN). 8 bytes read per output.
 #include "cuda/common.cuh"
+#include "cuda/error_record.cuh"
 
 namespace fastconv::FC_NS::kernels {
 namespace {
@@ -54,16 +57,6 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict
   }
 }
 
-// One thread per output element, grid-stride.
-__global__ void max_pool2d_check_kernel(const int64_t* __restrict__ indices, int64_t total, int64_t plane_size,
-                                        int64_t* __restrict__ bad) {
-  for (const int64_t o : grid_stride(total)) {
-    const int64_t i = indices[o];
-    if (i < 0 || i >= plane_size)
-      atomicMin(reinterpret_cast<long long*>(bad), static_cast<long long>(o));
-  }
-}
-
 // One thread per input element (n, c, ih, iw), grid-stride.
 template <typename T>
 __global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t* __restrict__ indices,
@@ -96,6 +89,20 @@ __global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t
   }
 }
 
+// One thread per output element, grid-stride; runs after the gather, whose dx it overwrites.
+template <typename T>
+__global__ void max_pool2d_check_kernel(const int64_t* __restrict__ indices, T* __restrict__ dx, PoolShape g,
+                                        ErrorRecord* errors) {
+  const int64_t outputs = g.oh * g.ow, plane_size = g.h * g.w;
+  for (const int64_t o : grid_stride(g.n * g.c * outputs)) {
+    const int64_t i = indices[o];
+    if (i >= 0 && i < plane_size) continue;
+    record_error(errors, DataError::max_pool2d_backward_index, i, o, plane_size);
+    T* __restrict__ plane = dx + (o / outputs) * plane_size;
+    for (int64_t e = 0; e < plane_size; ++e) plane[e] = from_acc<T>(acc_t<T>(NAN));
+  }
+}
+
 }  // namespace
 
 int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolShape& g,
@@ -111,17 +118,16 @@ int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, co
 }
 
 int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolShape& g,
-                        int64_t* bad, Stream stream) {
+                        ErrorRecord* errors, Stream stream) {
   const int64_t outputs = g.n * g.c * g.oh * g.ow, inputs = g.n * g.c * g.h * g.w;
   if (inputs == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
-    if (outputs != 0)
-      err = launch(max_pool2d_check_kernel, grid_1d(outputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
-                   indices, outputs, g.h * g.w, bad);
+    err = launch(max_pool2d_gather_kernel<T>, grid_1d(inputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(dy), indices, static_cast<T*>(dx), g);
     if (err == 0)
-      err = launch(max_pool2d_gather_kernel<T>, grid_1d(inputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
-                   static_cast<const T*>(dy), indices, static_cast<T*>(dx), g);
+      err = launch(max_pool2d_check_kernel<T>, grid_1d(outputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
+                   indices, static_cast<T*>(dx), g, errors);
   });
   return err;
 }
