@@ -170,9 +170,11 @@ struct __align__(16) Quad {
 };
 
 // One block of 256 threads per (M tile, group x N tile, K split); see the file comment. Launch bounds
-// of two blocks per SM leave it up to 128 registers.
+// of two blocks per SM leave it up to 128 registers (float32); float64, whose accumulators and
+// staged values take two registers each, gets 255 (one block per SM): at 128 the grad-input
+// cursor's float64 build spilled on sm_90.
 template <typename A, typename Problem>
-__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(Problem p, Tiles tl) {
+__global__ void __launch_bounds__(kThreads, sizeof(A) == 8 ? 1 : 2) gemm_kernel(Problem p, Tiles tl) {
   __shared__ __align__(16) A as[2][kBK][kBM];
   __shared__ __align__(16) A bs[2][kBK][kBN];
   const int t = threadIdx.x, tx = t % 16, ty = t / 16;
