@@ -5,10 +5,11 @@ Install with `pip install --no-build-isolation .` so the build uses the torch al
 
 Three sets of sources go into the one extension:
   - the CPU kernels and the op schemas (csrc/registration.cpp, csrc/cpu/*.cpp);
-  - the SIMT simulator, built everywhere: its runtime and the simulator build of the CUDA glue
-    (csrc/sim/runtime.cpp, csrc/sim/glue.cpp), plus every CUDA kernel file (csrc/cuda/*.cu and
-    csrc/sim/selftest.cu) compiled by the C++ compiler as C++ with the simulator's access hooks
-    (-fsanitize=thread instrumentation resolved by csrc/sim/runtime.cpp, not by ThreadSanitizer);
+  - the SIMT simulator, built everywhere unless FASTCONV_SIM=0: its runtime and the simulator build
+    of the CUDA glue (csrc/sim/runtime.cpp, csrc/sim/glue.cpp), plus every CUDA kernel file
+    (csrc/cuda/*.cu and csrc/sim/selftest.cu) compiled by the C++ compiler as C++ with the
+    simulator's access hooks (-fsanitize=thread instrumentation resolved by csrc/sim/runtime.cpp,
+    not by ThreadSanitizer);
   - the CUDA kernels for GPUs, when torch was built with CUDA and nvcc is found: csrc/cuda/*.cu by
     nvcc for TORCH_CUDA_ARCH_LIST (default 8.0;9.0) and csrc/cuda/glue.cpp.
 """
@@ -50,9 +51,13 @@ def env_flag(name, default):
     return value == "1"
 
 
+# FASTCONV_SIM=0 builds no simulator at all (a GPU machine's quick build: no g++ build of every
+# kernel file). The CPU registrations then call the CPU kernels only (FASTCONV_NO_SIMULATOR in
+# csrc/sim/sim.h) and fastconv.simulate() raises.
+SIM = env_flag("FASTCONV_SIM", "1")
 # FASTCONV_SIM_HOOKS=0 compiles the simulator's kernels without the access hooks: faster, but the
 # race checker and the memory check are then unavailable.
-SIM_HOOKS = env_flag("FASTCONV_SIM_HOOKS", "1")
+SIM_HOOKS = SIM and env_flag("FASTCONV_SIM_HOOKS", "1")
 
 
 def cuda_wanted():
@@ -71,7 +76,9 @@ if CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
 
 
 def sources():
-    files = ["csrc/registration.cpp", "csrc/autograd.cpp", "csrc/sim/runtime.cpp", "csrc/sim/glue.cpp"]
+    files = ["csrc/registration.cpp", "csrc/autograd.cpp"]
+    if SIM:
+        files += ["csrc/sim/runtime.cpp", "csrc/sim/glue.cpp"]
     files += sorted(os.path.join("csrc/cpu", f) for f in os.listdir(os.path.join(ROOT, "csrc/cpu"))
                     if f.endswith(".cpp"))
     if CUDA:
@@ -100,7 +107,7 @@ def write_build_info():
         "torch_version": torch.__version__,
         "cpu_arch": os.environ.get("FASTCONV_CPU_ARCH", "native"),
         "cuda_archs": os.environ["TORCH_CUDA_ARCH_LIST"].split(";") if CUDA else [],
-        "simulator": True,
+        "simulator": SIM,
         "sim_hooks": SIM_HOOKS,
         "sanitize": SANITIZE,
     }
@@ -114,6 +121,8 @@ write_build_info()
 
 cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas",
              f"-DFASTCONV_SIM_HOOKS={int(SIM_HOOKS)}", *arch_flags()]
+if not SIM:
+    cxx_flags.append("-DFASTCONV_NO_SIMULATOR")
 link_flags = ["-fopenmp"]
 
 if SANITIZE:
@@ -135,9 +144,15 @@ if SIM_HOOKS:
 
 
 class Build(BuildExtension):
-    """BuildExtension, plus the simulator's kernel objects compiled first and linked in."""
+    """BuildExtension, plus the simulator's kernel objects compiled first and linked in (where the
+    simulator is built)."""
 
     def build_extension(self, ext):
+        if SIM:
+            ext.extra_objects = list(ext.extra_objects or []) + self.sim_kernel_objects()
+        super().build_extension(ext)
+
+    def sim_kernel_objects(self):
         out_dir = os.path.join(os.path.abspath(self.build_temp), "sim_kernels")
         os.makedirs(out_dir, exist_ok=True)
         headers = [os.path.join(ROOT, "csrc", "philox.h")] + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.*")) + \
@@ -161,9 +176,7 @@ class Build(BuildExtension):
 
         jobs = max(1, min(len(sim_kernel_sources()), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            objects = list(pool.map(compile_one, sim_kernel_sources()))
-        ext.extra_objects = list(ext.extra_objects or []) + objects
-        super().build_extension(ext)
+            return list(pool.map(compile_one, sim_kernel_sources()))
 
 
 Extension = CUDAExtension if CUDA else CppExtension

@@ -79,12 +79,15 @@ TORCH_LIBRARY(fastconv, m) {
   // The cache of the CPU ops' output memory (csrc/cpu/alloc.cpp; fastconv.backends.cpu_cache).
   m.def("_cpu_cache_stats() -> int[]", &fastconv::cpu::cache_stats);
   m.def("_cpu_cache_empty() -> ()", &fastconv::cpu::cache_empty);
-  // The SIMT simulator (fastconv.simulate): its switch and options, and its self-test kernels.
+#if !defined(FASTCONV_NO_SIMULATOR)
+  // The SIMT simulator (fastconv.simulate): its switch and options, and its self-test kernels; a build
+  // without it (FASTCONV_SIM=0) has none of these ops.
   m.def("_sim_configure(bool enabled, int order, int seed, bool race_check, bool memcheck) -> ()",
         &fastconv::sim::configure);
   m.def("_sim_selftest(str name, int n) -> Tensor", &fastconv::sim::selftest);
   m.def("_sim_stats() -> int[]", &fastconv::sim::stats);
   m.def("_sim_defer_errors(bool enabled) -> bool", &fastconv::sim::set_defer_errors);
+#endif
 }
 
 // The extension is a plain shared library whose static initialisers register the ops above;

@@ -50,7 +50,8 @@ def build_info() -> dict:
         "torch (running)": torch.__version__,
         "cpu kernels": f"yes (-march={_build_info.cpu_arch})",
         "cuda kernels": ", ".join(_build_info.cuda_archs) or "not built",
-        "simulator": ("built, with the race checker and memory check" if _build_info.sim_hooks
+        "simulator": ("not built (FASTCONV_SIM=0)" if not _build_info.simulator
+                      else "built, with the race checker and memory check" if _build_info.sim_hooks
                       else "built, without the access hooks (no race checker or memory check)"),
         "ops": sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
                       if name.startswith("fastconv::")),

@@ -23,6 +23,9 @@ next fastconv op or ``fastconv.check_errors()``, and the op returns its outputs 
 ``FASTCONV_SIMULATE=1`` turns the simulator on for a whole process (``FASTCONV_SIM_ORDER`` and
 ``FASTCONV_SIM_SEED`` set its order and seed). ``FASTCONV_SIM_THREADS`` caps the worker threads
 that run blocks (default: one per core).
+
+A build made with ``FASTCONV_SIM=0`` has no simulator: there ``simulate()``, ``stats()`` and
+``FASTCONV_SIMULATE=1`` raise ``RuntimeError`` (``NOT_BUILT``), and every op runs its CPU kernel.
 """
 import contextlib
 import dataclasses
@@ -34,6 +37,15 @@ import torch
 from . import _build_info
 
 ORDERS = ("forward", "reverse", "random")
+
+NOT_BUILT = ("this build of fastconv has no simulator (it was built with FASTCONV_SIM=0); rebuild it with the "
+             "simulator, the default (FASTCONV_SIM unset or 1): `pip install --no-build-isolation --force-reinstall "
+             "--no-deps .` from the fastconv source folder")
+
+
+def _require_simulator(what):
+    if not _build_info.simulator:
+        raise RuntimeError(f"{what}: {NOT_BUILT}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +83,20 @@ def is_enabled() -> bool:
 
 def stats() -> dict:
     """Kernel launches, blocks and threads the simulator has run in this process."""
+    _require_simulator("fastconv.simulator.stats")
     launches, blocks, threads = torch.ops.fastconv._sim_stats()
     return {"launches": launches, "blocks": blocks, "threads": threads}
 
 
-@contextlib.contextmanager
 def simulate(order=None, seed=None, race_check=None, memcheck=None, defer_errors=None, enabled=True):
     """Runs fastconv's CUDA kernels in the simulator inside the block (see the module docstring).
     Arguments left as None keep their current value; the previous settings come back on exit."""
+    _require_simulator("fastconv.simulate")  # when called, not only when the block is entered
+    return _simulate(order, seed, race_check, memcheck, defer_errors, enabled)
+
+
+@contextlib.contextmanager
+def _simulate(order, seed, race_check, memcheck, defer_errors, enabled):
     with _lock:
         before = _current
         changes = {k: v for k, v in dict(order=order, seed=seed, race_check=race_check, memcheck=memcheck,
@@ -99,6 +117,10 @@ def _from_environment():
         raise ValueError(f"FASTCONV_SIMULATE must be 1 or 0, got {enabled!r}")
     if not seed.lstrip("-").isdigit():
         raise ValueError(f"FASTCONV_SIM_SEED must be an integer, got {seed!r}")
+    if not _build_info.simulator:
+        if enabled == "1":
+            raise RuntimeError(f"FASTCONV_SIMULATE=1: {NOT_BUILT}")
+        return
     hooks = _build_info.sim_hooks
     _apply(Settings(enabled=enabled == "1", order=order, seed=int(seed), race_check=hooks, memcheck=hooks))
 

@@ -80,16 +80,22 @@ DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id=
 REDUCED_DTYPES = [pytest.param(torch.float16, id="f16"), pytest.param(torch.bfloat16, id="bf16")]
 
 
+# Why the sim backend's tests are skipped in a build without the simulator (setup.py's FASTCONV_SIM=0).
+NO_SIMULATOR = "fastconv was built without the simulator (FASTCONV_SIM=0)"
+
+
 @dataclasses.dataclass(frozen=True)
 class _BackendSpec:
     device: str
     context: Callable[[], ContextManager] = contextlib.nullcontext
     available: Callable[[], bool] = lambda: True
+    unavailable_reason: str = "not available on this machine"
 
 
 _BACKEND_SPECS = {
     "cpu": _BackendSpec("cpu"),
-    "sim": _BackendSpec("cpu", fastconv.simulate),
+    "sim": _BackendSpec("cpu", fastconv.simulate, available=lambda: fastconv._build_info.simulator,
+                        unavailable_reason=NO_SIMULATOR),
     "cuda": _BackendSpec("cuda", available=_cuda_available),
 }
 
@@ -145,7 +151,7 @@ def pytest_generate_tests(metafunc):
 def backend(request):
     spec = _BACKEND_SPECS[request.param]
     if not spec.available():
-        pytest.skip(f"backend {request.param!r} is not available on this machine")
+        pytest.skip(f"backend {request.param!r}: {spec.unavailable_reason}")
     context = spec.context()
     if request.param == "sim" and request.node.get_closest_marker("sim_unchecked"):
         context = fastconv.simulate(race_check=False, memcheck=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastconv
 from conftest import FASTCONV_DIR, FASTCONV_PATH
 from fastconv import _build_info
 
@@ -36,6 +37,25 @@ def test_python_m_fastconv_prints_build_info(tmp_path):
     assert rows["torch (running)"] == torch.__version__
     listed = set(rows["ops"].split(", "))
     assert OPS <= listed, OPS - listed
+    assert rows["simulator"] == fastconv.build_info()["simulator"]
+
+
+def test_build_info_says_whether_the_simulator_is_built():
+    """The normal build has the simulator and records it. Where the tests run with FASTCONV_SIM=0 in the
+    environment (the build made with it, as scripts/gpu.sh does), the build must say it has none, have none of
+    the simulator's ops, and refuse fastconv.simulate() with one clear error."""
+    built = os.environ.get("FASTCONV_SIM", "1") == "1"
+    assert _build_info.simulator is built
+    line = fastconv.build_info()["simulator"]
+    sim_ops = {op for op in fastconv.build_info()["ops"] if op.startswith("_sim_")}
+    if built:
+        assert line.startswith("built"), line
+        assert sim_ops == {"_sim_configure", "_sim_selftest", "_sim_stats"}
+    else:
+        assert line == "not built (FASTCONV_SIM=0)"
+        assert not sim_ops
+        with pytest.raises(RuntimeError, match=r"^fastconv.simulate: this build of fastconv has no simulator"):
+            fastconv.simulate()
 
 
 def test_import_with_mismatched_torch_says_how_to_rebuild(tmp_path):

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FF
-from conftest import FASTCONV_PATH, assert_bitwise_equal
+from conftest import FASTCONV_PATH, NO_SIMULATOR, assert_bitwise_equal
 
 # the simulator's runtime: run by the sanitizer on the sim backend too
-pytestmark = pytest.mark.sanitize_sim
+pytestmark = [pytest.mark.sanitize_sim, pytest.mark.skipif(not fastconv._build_info.simulator, reason=NO_SIMULATOR)]
 
 ops = torch.ops.fastconv
 SELFTEST_CU = Path(__file__).resolve().parents[1] / "csrc" / "sim" / "selftest.cu"

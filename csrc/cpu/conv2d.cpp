@@ -1035,6 +1035,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_pool_cpu(const at::Tensor& input, cons
       input, weight, bias);
 }
 
+#if !defined(FASTCONV_NO_SIMULATOR)
 // Under fastconv.simulate(): the simulated CUDA convolution, then the simulated max-pooling.
 std::tuple<at::Tensor, at::Tensor> conv2d_pool_sim(const at::Tensor& input, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -1045,6 +1046,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_pool_sim(const at::Tensor& input, cons
   const int64_t zero[2] = {0, 0}, one[2] = {1, 1};
   return sim::max_pool2d(y, pool, pool, zero, one, false);
 }
+#endif
 
 // Sum of grad_output over every dimension but `channel_dim`: the gradient of a per-channel bias.
 at::Tensor bias_grad_impl(const BiasGradShape& shape, const at::Tensor& grad_output) {
@@ -1081,7 +1083,11 @@ at::Tensor bias_grad_cpu(const at::Tensor& grad_output, int64_t channel_dim) {
 // Under fastconv.simulate() these ops run their CUDA kernels in the simulator (csrc/sim/sim.h).
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d", &sim::Routed<conv2d_cpu, sim::conv2d>::call);
+#if defined(FASTCONV_NO_SIMULATOR)
+  m.impl("conv2d_pool", &conv2d_pool_cpu);
+#else
   m.impl("conv2d_pool", &sim::Routed<conv2d_pool_cpu, conv2d_pool_sim>::call);
+#endif
   m.impl("conv2d_grad_input", &sim::Routed<conv2d_grad_input_cpu, sim::conv2d_grad_input>::call);
   m.impl("conv2d_grad_weight", &sim::Routed<conv2d_grad_weight_cpu, sim::conv2d_grad_weight>::call);
   m.impl("bias_grad", &sim::Routed<bias_grad_cpu, sim::bias_grad>::call);

@@ -3,7 +3,8 @@
 // The torch glue of the CUDA kernels (csrc/cuda/glue.cpp) is compiled a second time for the
 // simulator (csrc/sim/glue.cpp), into the functions declared here: the same arguments as the ops,
 // CPU tensors, and the CUDA kernels run on the CPU. Under fastconv.simulate() (active() is true) the
-// CPU registration of every op routes to them.
+// CPU registration of every op routes to them. A build without the simulator (FASTCONV_NO_SIMULATOR)
+// declares them but defines none of them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -79,12 +80,18 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
                                   int64_t ignore_index, double label_smoothing);
 
 // Routed<cpu_kernel, sim_kernel>::call, registered as an op's CPU kernel: the simulated CUDA kernel
-// under fastconv.simulate(), the CPU kernel otherwise.
+// under fastconv.simulate(), the CPU kernel otherwise. A build without the simulator (setup.py defines
+// FASTCONV_NO_SIMULATOR for FASTCONV_SIM=0) calls the CPU kernel only: Sim is then only named as a
+// template argument, which refers to no symbol, so the functions above need no definition.
 template <auto Cpu, auto Sim>
 struct Routed;
 template <typename R, typename... A, R (*Cpu)(A...), R (*Sim)(A...)>
 struct Routed<Cpu, Sim> {
+#if defined(FASTCONV_NO_SIMULATOR)
+  static R call(A... args) { return Cpu(args...); }
+#else
   static R call(A... args) { return active() ? Sim(args...) : Cpu(args...); }
+#endif
 };
 
 }  // namespace fastconv::sim
