@@ -4,7 +4,8 @@
 Input: one argument, the folder of nvcc_check.sh's logs, where it has written one
 `<file>.sm_<arch>.sass` per kernel file and architecture (the output of `cuobjdump -sass`).
 
-Output (stdout): one row per GEMM kernel build (gemm_kernel, gemm_tc_kernel) with its counts of
+Output (stdout): one row per GEMM kernel build (gemm_kernel, gemm_simt8_kernel, gemm_tc_kernel) with
+its counts of
   HMMA     tensor-core multiply-accumulates (mma.sync),
   LDGSTS   asynchronous global -> shared copies (cp.async),
   LDSM     shared -> register matrix loads (ldmatrix),
@@ -66,7 +67,8 @@ def main(logs):
     print(f"{'arch':<6} " + " ".join(f"{k:>7}" for k in COUNTED) + "  kernel")
     for (arch, _, c), full in zip(rows, names):
         short = short_name(full)
-        is_tc, is_gemm = "gemm_tc_kernel" in full, "gemm_kernel" in full or "gemm_tc_kernel" in full
+        is_tc = "gemm_tc_kernel" in full
+        is_gemm = any(k in full for k in ("gemm_kernel", "gemm_simt8_kernel", "gemm_tc_kernel"))
         if is_gemm:
             print(f"{arch:<6} " + " ".join(f"{c[k]:>7}" for k in COUNTED) + f"  {short}")
         if is_tc:
