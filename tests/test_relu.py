@@ -112,3 +112,20 @@ def test_relu_non_contiguous(backend, layout):
     g = make_layout(torch.randn_like(y), "transposed")  # non-contiguous grad too
     (gx,) = torch.autograd.grad(y, x, g)
     assert_bitwise_equal(gx, torch.where(x.detach() > 0, g, torch.zeros_like(g)))
+
+
+def test_relu_ops_keep_channels_last(backend):
+    """On the CUDA kernels relu and leaky_relu (and their backward ops) keep a channels_last tensor's
+    layout themselves, so a channels_last net's activations are never copied to NCHW and back."""
+    x = make_layout(backend.randn(2, 6, 5, 7), "channels_last")
+    dy = make_layout(backend.randn(2, 6, 5, 7), "channels_last")
+    results = {
+        "relu": (ops.relu(x), torch.relu(x)),
+        "relu_backward": (ops.relu_backward(dy, torch.relu(x)), torch.where(x > 0, dy, torch.zeros_like(dy))),
+        "leaky_relu": (ops.leaky_relu(x, 0.2), F.leaky_relu(x, 0.2)),
+        "leaky_relu_backward": (ops.leaky_relu_backward(dy, x, 0.2), torch.where(x > 0, dy, dy * 0.2)),
+    }
+    for name, (got, want) in results.items():
+        assert_bitwise_equal(got.contiguous(), want.contiguous())
+        if backend.name in ("sim", "cuda"):
+            assert got.is_contiguous(memory_format=torch.channels_last), name

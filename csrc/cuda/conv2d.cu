@@ -36,6 +36,133 @@ struct Dims {
         sw(int(s.sw)), dh(int(s.dh)), dw(int(s.dw)), pt(int(s.pt)), pl(int(s.pl)), taps(int(s.kh * s.kw)) {}
 };
 
+// An NCHW output row's cursor: &out[img][0][pix] for GEMM row m = (img, pix) of planes of `plane`
+// pixels and `channels` channels; moved forward by dm rows without dividing (dm may pass a plane).
+template <typename T>
+struct PlaneRow {
+  T* p;
+  int pix;
+  __device__ static PlaneRow at(T* out, int64_t m, const FastDiv& div_plane, int64_t channels) {
+    const int mi = int(m), img = div_plane.div(mi), pix = mi - img * int(div_plane.d);
+    return PlaneRow{out + img * channels * int64_t(div_plane.d) + pix, pix};
+  }
+  __device__ void next(int dm, int64_t plane, int64_t channels) {
+    pix += dm;
+    p += dm;
+    while (pix >= plane) {
+      pix -= int(plane);
+      p += (channels - 1) * plane;
+    }
+  }
+};
+
+// A kernel tap (kh, kw) and the input coordinates (ih, iw) it reads for one output pixel, moved over
+// the taps row by row (kw fastest) with adds: what the forward cursors of both layouts carry.
+struct Tap {
+  int ih, iw, kh, kw;
+  // the next tap; true when that wraps past the last kernel row, back to (0, 0)
+  __device__ bool next(const Dims& d) {
+    iw += d.dw;
+    if (++kw < d.kw) return false;
+    kw = 0;
+    iw -= d.kw * d.dw;
+    ih += d.dh;
+    if (++kh < d.kh) return false;
+    kh = 0;
+    ih -= d.kh * d.dh;
+    return true;
+  }
+  // q columns and r rows further (q < kw, r < kh, a carry each); true when that wraps past the last row
+  __device__ bool add(int q, int r, const Dims& d) {
+    kw += q;
+    iw += q * d.dw;
+    if (kw >= d.kw) {
+      kw -= d.kw;
+      iw -= d.kw * d.dw;
+      ++kh;
+      ih += d.dh;
+    }
+    kh += r;
+    ih += r * d.dh;
+    if (kh < d.kh) return false;
+    kh -= d.kh;
+    ih -= d.kh * d.dh;
+    return true;
+  }
+  __device__ bool inside(const Dims& d) const { return unsigned(ih) < unsigned(d.h) && unsigned(iw) < unsigned(d.w); }
+};
+// tap (kh, kw) of output pixel (oh, ow)
+__device__ inline Tap tap_of(int oh, int ow, int kh, int kw, const Dims& d) {
+  return Tap{oh * d.sh - d.pt + kh * d.dh, ow * d.sw - d.pl + kw * d.dw, kh, kw};
+}
+
+// What a grad-input cursor steps by, as QRs by the stride: dh, dw, kh dh and kw dw.
+struct StrideSteps {
+  QR dh, dw, kh, kw;
+  StrideSteps() = default;
+  explicit StrideSteps(const ConvShape& s)
+      : dh(gemm::qr_of(s.dh, s.sh)), dw(gemm::qr_of(s.dw, s.sw)), kh(gemm::qr_of(s.kh * s.dh, s.sh)),
+        kw(gemm::qr_of(s.kw * s.dw, s.sw)) {}
+};
+// A jump's kernel columns and rows (q, r), and q dw, r dh as QRs by the stride.
+struct BackJump {
+  int q = 0, r = 0;
+  QR w{}, h{};
+  BackJump() = default;
+  BackJump(int q_, int r_, const Dims& d)
+      : q(q_), r(r_), w(gemm::qr_of(int64_t(q_) * d.dw, d.sw)), h(gemm::qr_of(int64_t(r_) * d.dh, d.sh)) {}
+};
+__device__ inline QR qr_by(int v, const FastDiv& div) {
+  const int q = div.div(v);
+  return QR{q, v - q * int(div.d)};
+}
+// The tap of a grad-input cursor: kernel tap (kh, kw) of input pixel (ih, iw), with nh = ih + pt -
+// kh dh and nw = iw + pl - kw dw as QRs by the stride: the tap lands on output pixel (nh / sh, nw /
+// sw) when both remainders are 0 and the quotients inside the output. Moved over the taps row by row
+// with the precomputed QRs, as Tap.
+struct BackTap {
+  int kh, kw;
+  QR nh, nw;
+  __device__ bool lands(const Dims& d) const {
+    return nh.r == 0 && nw.r == 0 && unsigned(nh.q) < unsigned(d.oh) && unsigned(nw.q) < unsigned(d.ow);
+  }
+  __device__ int64_t pixel(const Dims& d) const { return int64_t(nh.q) * d.ow + nw.q; }
+  __device__ bool next(const Dims& d, const StrideSteps& s) {
+    gemm::qr_sub(nw, s.dw, d.sw);
+    if (++kw < d.kw) return false;
+    kw = 0;
+    gemm::qr_add(nw, s.kw, d.sw);
+    gemm::qr_sub(nh, s.dh, d.sh);
+    if (++kh < d.kh) return false;
+    kh = 0;
+    gemm::qr_add(nh, s.kh, d.sh);
+    return true;
+  }
+  __device__ bool add(const BackJump& j, const Dims& d, const StrideSteps& s) {
+    kw += j.q;
+    gemm::qr_sub(nw, j.w, d.sw);
+    if (kw >= d.kw) {
+      kw -= d.kw;
+      gemm::qr_add(nw, s.kw, d.sw);
+      ++kh;
+      gemm::qr_sub(nh, s.dh, d.sh);
+    }
+    kh += j.r;
+    gemm::qr_sub(nh, j.h, d.sh);
+    if (kh < d.kh) return false;
+    kh -= d.kh;
+    gemm::qr_add(nh, s.kh, d.sh);
+    return true;
+  }
+};
+__device__ inline BackTap back_tap(int ih, int iw, int kh, int kw, const Dims& d, const FastDiv& div_sh,
+                                   const FastDiv& div_sw) {
+  BackTap t{kh, kw, qr_by(ih + d.pt, div_sh), qr_by(iw + d.pl, div_sw)};
+  gemm::qr_sub(t.nh, qr_by(kh * d.dh, div_sh), d.sh);
+  gemm::qr_sub(t.nw, qr_by(kw * d.dw, div_sw), d.sw);
+  return t;
+}
+
 // A jump of j K elements over (channel, kernel row, kernel column): j = (c taps + r kw + q).
 struct TapJump {
   int c, r, q;
@@ -44,80 +171,19 @@ struct TapJump {
       : c(int(j / d.taps)), r(int(j % d.taps / d.kw)), q(int(j % d.taps % d.kw)) {}
 };
 
-// Forward: row m of A = output pixel (img, oh, ow); k = (ci, kh, kw). The cursor holds the input
-// channel's plane, the kernel tap and the input coordinates it reads, and carries kw -> kh -> ci.
+// The forward's filters in both layouts, as its B operand and in its epilogue: B(k, n) = w[g N + n][k]
+// (a filter is contiguous along K: a pointer cursor, and 16-byte copies of whole steps when the rows
+// are aligned); a result gets the bias, then the activation as the relu and leaky_relu kernels compute
+// them (NaN stays NaN, as in the CPU kernel).
 template <typename T>
-struct ConvForward {
-  using Storage = T;
-  using A = acc_t<T>;
-  const T* x;
+struct Filters {
   const T* w;
   const T* bias;
-  T* y;
-  Dims d;
-  int64_t c_in, cin_g, c_out, plane, pixels;  // plane = h w, pixels = oh ow
   Activation act;
-  int64_t M, N, K, groups;
-  FastDiv div_pixels, div_ow, div_taps, div_kw;
+  int64_t N, K;
   bool b_vec = false;  // filters contiguous along K with 16-byte aligned rows
-  TapJump jmp{};
   int64_t jmp_k = 0;
 
-  ConvForward(const T* x_, const T* w_, const T* bias_, T* y_, const ConvShape& s, Activation a)
-      : x(x_), w(w_), bias(bias_), y(y_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out), plane(s.h * s.w),
-        pixels(s.oh * s.ow), act(a), M(s.n * s.oh * s.ow), N(s.cout_g()), K(s.k_gemm()), groups(s.groups),
-        div_pixels(s.oh * s.ow), div_ow(s.ow), div_taps(s.kh * s.kw), div_kw(s.kw) {}
-  void set_jump(int64_t j) {
-    jmp = TapJump(j, d);
-    jmp_k = j;
-  }
-
-  struct ACur {
-    const T* chan;  // x[img][g cin_g + ci]
-    int ih, iw, kh, kw;
-  };
-  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
-    const int mi = int(m), img = div_pixels.div(mi), r = mi - img * int(pixels), oh = div_ow.div(r),
-              ow = r - oh * d.ow;
-    const int ki = int(k), ci = div_taps.div(ki), t = ki - ci * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
-    return ACur{x + (img * c_in + g * cin_g + ci) * plane, oh * d.sh - d.pt + kh * d.dh, ow * d.sw - d.pl + kw * d.dw,
-                kh, kw};
-  }
-  __device__ const T* a_at(const ACur& c) const {
-    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w) ? c.chan + c.ih * d.w + c.iw : nullptr;
-  }
-  __device__ void a_next(ACur& c) const {
-    c.iw += d.dw;
-    if (++c.kw == d.kw) {
-      c.kw = 0;
-      c.iw -= d.kw * d.dw;
-      c.ih += d.dh;
-      if (++c.kh == d.kh) {
-        c.kh = 0;
-        c.ih -= d.kh * d.dh;
-        c.chan += plane;
-      }
-    }
-  }
-  __device__ void a_jump(ACur& c) const {
-    c.kw += jmp.q;
-    c.iw += jmp.q * d.dw;
-    if (c.kw >= d.kw) {
-      c.kw -= d.kw;
-      c.iw -= d.kw * d.dw;
-      ++c.kh;
-      c.ih += d.dh;
-    }
-    c.kh += jmp.r;
-    c.ih += jmp.r * d.dh;
-    if (c.kh >= d.kh) {
-      c.kh -= d.kh;
-      c.ih -= d.kh * d.dh;
-      c.chan += plane;
-    }
-    c.chan += jmp.c * plane;
-  }
-  // B(k, n) = w[g N + n][k]: a filter is contiguous along K
   struct BCur {
     const T* p;
   };
@@ -125,32 +191,68 @@ struct ConvForward {
   __device__ const T* b_at(const BCur& c) const { return c.p; }
   __device__ void b_next(BCur& c) const { ++c.p; }
   __device__ void b_jump(BCur& c) const { c.p += jmp_k; }
-  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
   __device__ const T* b_run(int64_t g, int64_t n) const { return b_vec ? w + (g * N + n) * K : nullptr; }
-
-  struct Out {
-    T* p;     // &y[img][0][pix]
-    int pix;
-  };
-  __device__ Out out_at(int64_t, int64_t m) const {
-    const int mi = int(m), img = div_pixels.div(mi), pix = mi - img * int(pixels);
-    return Out{y + img * c_out * pixels + pix, pix};
-  }
-  __device__ void out_next(Out& o, int dm) const {
-    o.pix += dm;
-    o.p += dm;
-    while (o.pix >= pixels) {
-      o.pix -= int(pixels);
-      o.p += (c_out - 1) * pixels;
-    }
-  }
-  __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
-    const int64_t co = g * N + n;
+  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
+  __device__ acc_t<T> finish(int64_t co, acc_t<T> v) const {
+    using A = acc_t<T>;
     if (bias) v += to_acc(bias[co]);
-    // as the relu and leaky_relu kernels compute them: NaN stays NaN, as in the CPU kernel
     if (act.kind == Activation::relu) v = v < A(0) ? A(0) : v;
     else if (act.kind == Activation::leaky_relu) v = v > A(0) ? v : v * A(act.slope);
-    o.p[co * pixels] = from_acc<T>(v);
+    return v;
+  }
+};
+
+// Forward: row m of A = output pixel (img, oh, ow); k = (ci, kh, kw). The cursor holds the input
+// channel's plane, the kernel tap and the input coordinates it reads, and carries kw -> kh -> ci.
+template <typename T>
+struct ConvForward : Filters<T> {
+  using Storage = T;
+  using A = acc_t<T>;
+  using F = Filters<T>;
+  using F::N;
+  const T* x;
+  T* y;
+  Dims d;
+  int64_t c_in, cin_g, c_out, plane, pixels;  // plane = h w, pixels = oh ow
+  int64_t M, groups;
+  FastDiv div_pixels, div_ow, div_taps, div_kw;
+  TapJump jmp{};
+
+  ConvForward(const T* x_, const T* w_, const T* bias_, T* y_, const ConvShape& s, Activation a)
+      : F{w_, bias_, a, s.cout_g(), s.k_gemm()}, x(x_), y(y_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out),
+        plane(s.h * s.w), pixels(s.oh * s.ow), M(s.n * s.oh * s.ow), groups(s.groups), div_pixels(s.oh * s.ow),
+        div_ow(s.ow), div_taps(s.kh * s.kw), div_kw(s.kw) {}
+  void set_jump(int64_t j) {
+    jmp = TapJump(j, d);
+    this->jmp_k = j;
+  }
+
+  struct ACur {
+    const T* chan;  // x[img][g cin_g + ci]
+    Tap tap;
+  };
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int mi = int(m), img = div_pixels.div(mi), r = mi - img * int(pixels), oh = div_ow.div(r),
+              ow = r - oh * d.ow;
+    const int ki = int(k), ci = div_taps.div(ki), t = ki - ci * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
+    return ACur{x + (img * c_in + g * cin_g + ci) * plane, tap_of(oh, ow, kh, kw, d)};
+  }
+  __device__ const T* a_at(const ACur& c) const {
+    return c.tap.inside(d) ? c.chan + c.tap.ih * d.w + c.tap.iw : nullptr;
+  }
+  __device__ void a_next(ACur& c) const {
+    if (c.tap.next(d)) c.chan += plane;
+  }
+  __device__ void a_jump(ACur& c) const {
+    if (c.tap.add(jmp.q, jmp.r, d)) c.chan += plane;
+    c.chan += jmp.c * plane;
+  }
+  using Out = PlaneRow<T>;  // &y[img][0][pix]
+  __device__ Out out_at(int64_t, int64_t m) const { return Out::at(y, m, div_pixels, c_out); }
+  __device__ void out_next(Out& o, int dm) const { o.next(dm, pixels, c_out); }
+  __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
+    const int64_t co = g * N + n;
+    o.p[co * pixels] = from_acc<T>(this->finish(co, v));
   }
 };
 
@@ -169,73 +271,35 @@ struct ConvGradInput {
   int64_t c_in, c_out, cout_g, plane, out_plane;  // h w, oh ow
   int64_t M, N, K, groups;
   FastDiv div_plane, div_w, div_taps, div_kw, div_sh, div_sw;
-  QR q_dh, q_dw, q_kh, q_kw;  // dh, dw, kh dh, kw dw by the stride
+  StrideSteps steps;
   TapJump jmp{};
-  QR q_jh{}, q_jw{};  // the jump's kernel rows and columns, times the dilation, by the stride
+  BackJump bj{};
 
   ConvGradInput(const T* dy_, const T* w_, T* dx_, const ConvShape& s)
       : dy(dy_), w(w_), dx(dx_), d(s), c_in(s.c_in), c_out(s.c_out), cout_g(s.cout_g()), plane(s.h * s.w),
         out_plane(s.oh * s.ow), M(s.n * s.h * s.w), N(s.cin_g()), K(s.cout_g() * s.kh * s.kw), groups(s.groups),
         div_plane(s.h * s.w), div_w(s.w), div_taps(s.kh * s.kw), div_kw(s.kw), div_sh(s.sh), div_sw(s.sw),
-        q_dh(gemm::qr_of(s.dh, s.sh)), q_dw(gemm::qr_of(s.dw, s.sw)), q_kh(gemm::qr_of(s.kh * s.dh, s.sh)),
-        q_kw(gemm::qr_of(s.kw * s.dw, s.sw)) {}
+        steps(s) {}
   void set_jump(int64_t j) {
     jmp = TapJump(j, d);
-    q_jh = gemm::qr_of(int64_t(jmp.r) * d.dh, d.sh);
-    q_jw = gemm::qr_of(int64_t(jmp.q) * d.dw, d.sw);
+    bj = BackJump(jmp.q, jmp.r, d);
   }
 
   struct ACur {
     const T* chan;  // dy[img][g cout_g + co]
-    int kh, kw;
-    QR nh, nw;
+    BackTap tap;
   };
-  __device__ QR qr(int v, const FastDiv& div) const {
-    const int q = div.div(v);
-    return QR{q, v - q * int(div.d)};
-  }
   __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
     const int mi = int(m), img = div_plane.div(mi), r = mi - img * int(plane), ih = div_w.div(r), iw = r - ih * d.w;
     const int ki = int(k), co = div_taps.div(ki), t = ki - co * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
-    ACur c{dy + (img * c_out + g * cout_g + co) * out_plane, kh, kw, qr(ih + d.pt, div_sh), qr(iw + d.pl, div_sw)};
-    gemm::qr_sub(c.nh, qr(kh * d.dh, div_sh), d.sh);
-    gemm::qr_sub(c.nw, qr(kw * d.dw, div_sw), d.sw);
-    return c;
+    return ACur{dy + (img * c_out + g * cout_g + co) * out_plane, back_tap(ih, iw, kh, kw, d, div_sh, div_sw)};
   }
-  __device__ const T* a_at(const ACur& c) const {
-    return c.nh.r == 0 && c.nw.r == 0 && unsigned(c.nh.q) < unsigned(d.oh) && unsigned(c.nw.q) < unsigned(d.ow)
-               ? c.chan + c.nh.q * d.ow + c.nw.q
-               : nullptr;
-  }
+  __device__ const T* a_at(const ACur& c) const { return c.tap.lands(d) ? c.chan + c.tap.pixel(d) : nullptr; }
   __device__ void a_next(ACur& c) const {
-    gemm::qr_sub(c.nw, q_dw, d.sw);
-    if (++c.kw == d.kw) {
-      c.kw = 0;
-      gemm::qr_add(c.nw, q_kw, d.sw);
-      gemm::qr_sub(c.nh, q_dh, d.sh);
-      if (++c.kh == d.kh) {
-        c.kh = 0;
-        gemm::qr_add(c.nh, q_kh, d.sh);
-        c.chan += out_plane;
-      }
-    }
+    if (c.tap.next(d, steps)) c.chan += out_plane;
   }
   __device__ void a_jump(ACur& c) const {
-    c.kw += jmp.q;
-    gemm::qr_sub(c.nw, q_jw, d.sw);
-    if (c.kw >= d.kw) {
-      c.kw -= d.kw;
-      gemm::qr_add(c.nw, q_kw, d.sw);
-      ++c.kh;
-      gemm::qr_sub(c.nh, q_dh, d.sh);
-    }
-    c.kh += jmp.r;
-    gemm::qr_sub(c.nh, q_jh, d.sh);
-    if (c.kh >= d.kh) {
-      c.kh -= d.kh;
-      gemm::qr_add(c.nh, q_kh, d.sh);
-      c.chan += out_plane;
-    }
+    if (c.tap.add(bj, d, steps)) c.chan += out_plane;
     c.chan += jmp.c * out_plane;
   }
   // column n = input channel ci of group g: B(k, n) = w[g cout_g + co][ci][kh][kw] for k = (co, t)
@@ -268,32 +332,20 @@ struct ConvGradInput {
   __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
   __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
 
-  struct Out {
-    T* p;     // &dx[img][0][pix]
-    int pix;
-  };
-  __device__ Out out_at(int64_t, int64_t m) const {
-    const int mi = int(m), img = div_plane.div(mi), pix = mi - img * int(plane);
-    return Out{dx + img * c_in * plane + pix, pix};
-  }
-  __device__ void out_next(Out& o, int dm) const {
-    o.pix += dm;
-    o.p += dm;
-    while (o.pix >= plane) {
-      o.pix -= int(plane);
-      o.p += (c_in - 1) * plane;
-    }
-  }
+  using Out = PlaneRow<T>;  // &dx[img][0][pix]
+  __device__ Out out_at(int64_t, int64_t m) const { return Out::at(dx, m, div_plane, c_in); }
+  __device__ void out_next(Out& o, int dm) const { o.next(dm, plane, c_in); }
   __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
     o.p[(g * N + n) * plane] = from_acc<T>(v);
   }
 };
 
-// Grad weight: row m of A = output channel co of group g, k = (img, oh, ow): A(m, k) = dy (contiguous
-// within each image's plane: segments); column n of B = (ci, kh, kw): B(k, n) = the input pixel that
-// tap (kh, kw) of output pixel (oh, ow) reads.
+// What the two grad-weight Problems (NCHW, NHWC) share: the sizes, the jump over k = (img, oh, ow),
+// a B column's walk over the output pixels (its tap's input coordinates carried along ow -> oh ->
+// image) and the epilogue into dw or the split-K partials. The layouts differ in the order of n =
+// (ci, kh, kw), in A's cursor and in the address of an input pixel.
 template <typename T>
-struct ConvGradWeight {
+struct WeightGemm {
   using Storage = T;
   using A = acc_t<T>;
   const T* dy;
@@ -303,79 +355,32 @@ struct ConvGradWeight {
   Dims d;
   int64_t c_in, cin_g, c_out, plane, pixels;  // h w, oh ow
   int64_t M, N, K, groups, splits;
-  FastDiv div_pixels, div_ow, div_taps, div_kw;
+  FastDiv div_pixels, div_ow, div_kw;
   int j_img = 0, j_pix = 0, j_oh = 0, j_ow = 0;  // the jump over (img, pixel) and (img, oh, ow)
-  int l_img = 0, l_pix = 0;                      // the leap (a K step) over (img, pixel)
 
-  ConvGradWeight(const T* dy_, const T* x_, T* dw_, A* partial_, const ConvShape& s, int64_t m, int64_t n, int64_t k,
-                 int64_t splits_)
+  WeightGemm(const T* dy_, const T* x_, T* dw_, A* partial_, const ConvShape& s, int64_t m, int64_t n, int64_t k,
+             int64_t splits_)
       : dy(dy_), x(x_), dw(dw_), partial(partial_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out),
         plane(s.h * s.w), pixels(s.oh * s.ow), M(m), N(n), K(k), groups(s.groups), splits(splits_),
-        div_pixels(s.oh * s.ow), div_ow(s.ow), div_taps(s.kh * s.kw), div_kw(s.kw) {}
+        div_pixels(s.oh * s.ow), div_ow(s.ow), div_kw(s.kw) {}
   void set_jump(int64_t j) {
     j_img = int(j / pixels);
     j_pix = int(j % pixels);
     j_oh = j_pix / d.ow;
     j_ow = j_pix % d.ow;
   }
-  void set_leap(int64_t j) {
-    l_img = int(j / pixels);
-    l_pix = int(j % pixels);
-  }
 
-  struct ACur {
-    const T* p;  // dy[img][g M + m][pix]
-    int pix;
-  };
-  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
-    const int ki = int(k), img = div_pixels.div(ki), pix = ki - img * int(pixels);
-    return ACur{dy + (img * c_out + g * M + m) * pixels + pix, pix};
-  }
-  __device__ const T* a_at(const ACur& c) const { return c.p; }
-  __device__ void a_next(ACur& c) const {
-    ++c.p;
-    if (++c.pix == pixels) {
-      c.pix = 0;
-      c.p += (c_out - 1) * pixels;
-    }
-  }
-  __device__ void a_jump(ACur& c) const {
-    c.pix += j_pix;
-    c.p += j_pix;
-    if (c.pix >= pixels) {
-      c.pix -= int(pixels);
-      c.p += (c_out - 1) * pixels;
-    }
-    c.p += j_img * c_out * pixels;
-  }
-  // dy is contiguous along K within an image's plane: a segment that stays inside it loads as 16-byte
-  // copies (the leap then steps the cursor a whole K step)
-  __device__ int a_seg(const ACur& c, int len, const T*& p) const {
-    if (c.pix + len > pixels) return 0;
-    p = c.p;
-    return 1;
-  }
-  __device__ void a_leap(ACur& c) const {
-    c.pix += l_pix;
-    c.p += l_pix;
-    if (c.pix >= pixels) {
-      c.pix -= int(pixels);
-      c.p += (c_out - 1) * pixels;
-    }
-    c.p += l_img * c_out * pixels;
-  }
   struct BCur {
-    const T* chan;  // x[img][g cin_g + ci]
+    const T* img;  // the image's pixel data of the column's input channel (NCHW: its plane)
     int ih, iw, oh, ow;
   };
-  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const {
-    const int ni = int(n), ci = div_taps.div(ni), t = ni - ci * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
+  // the column of tap (kh, kw) whose channel's data starts at chan (image 0), at k
+  __device__ BCur walk(const T* chan, int kh, int kw, int64_t k) const {
     const int ki = int(k), img = div_pixels.div(ki), r = ki - img * int(pixels), oh = div_ow.div(r), ow = r - oh * d.ow;
-    return BCur{x + (img * c_in + g * cin_g + ci) * plane, oh * d.sh + kh * d.dh - d.pt, ow * d.sw + kw * d.dw - d.pl,
-                oh, ow};
+    return BCur{chan + img * c_in * plane, oh * d.sh + kh * d.dh - d.pt, ow * d.sw + kw * d.dw - d.pl, oh, ow};
   }
-  __device__ const T* b_at(const BCur& c) const {
-    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w) ? c.chan + c.ih * d.w + c.iw : nullptr;
+  __device__ bool inside(const BCur& c) const {
+    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w);
   }
   __device__ void b_next(BCur& c) const {
     c.iw += d.sw;
@@ -386,7 +391,7 @@ struct ConvGradWeight {
       if (++c.oh == d.oh) {
         c.oh = 0;
         c.ih -= d.oh * d.sh;
-        c.chan += c_in * plane;
+        c.img += c_in * plane;
       }
     }
   }
@@ -404,11 +409,11 @@ struct ConvGradWeight {
     if (c.oh >= d.oh) {
       c.oh -= d.oh;
       c.ih -= d.oh * d.sh;
-      c.chan += c_in * plane;
+      c.img += c_in * plane;
     }
-    c.chan += j_img * c_in * plane;
+    c.img += j_img * c_in * plane;
   }
-  // dy is contiguous along K only within an image (a_seg), x never
+  // dy is contiguous along K only within an image (NCHW: a_seg), x never
   __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
   __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
 
@@ -422,6 +427,67 @@ struct ConvGradWeight {
       partial[split * c_out * N + o.i + n] = v;
     else
       dw[o.i + n] = from_acc<T>(v);
+  }
+};
+
+// Grad weight, NCHW: row m of A = output channel co of group g, k = (img, oh, ow): A(m, k) = dy
+// (contiguous within each image's plane: segments); column n of B = (ci, kh, kw): B(k, n) = the input
+// pixel that tap (kh, kw) of output pixel (oh, ow) reads.
+template <typename T>
+struct ConvGradWeight : WeightGemm<T> {
+  using W = WeightGemm<T>;
+  using W::c_out, W::cin_g, W::d, W::div_kw, W::dy, W::j_img, W::j_pix, W::M, W::pixels, W::plane, W::x;
+  FastDiv div_taps;
+  int l_img = 0, l_pix = 0;  // the leap (a K step) over (img, pixel)
+
+  ConvGradWeight(const T* dy_, const T* x_, T* dw_, typename W::A* partial_, const ConvShape& s, int64_t m,
+                 int64_t n, int64_t k, int64_t splits_)
+      : W(dy_, x_, dw_, partial_, s, m, n, k, splits_), div_taps(s.kh * s.kw) {}
+  void set_leap(int64_t j) {
+    l_img = int(j / pixels);
+    l_pix = int(j % pixels);
+  }
+
+  struct ACur {
+    const T* p;  // dy[img][g M + m][pix]
+    int pix;
+  };
+  __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
+    const int ki = int(k), img = this->div_pixels.div(ki), pix = ki - img * int(pixels);
+    return ACur{dy + (img * c_out + g * M + m) * pixels + pix, pix};
+  }
+  __device__ const T* a_at(const ACur& c) const { return c.p; }
+  __device__ void a_next(ACur& c) const {
+    ++c.p;
+    if (++c.pix == pixels) {
+      c.pix = 0;
+      c.p += (c_out - 1) * pixels;
+    }
+  }
+  __device__ void step(ACur& c, int d_img, int d_pix) const {
+    c.pix += d_pix;
+    c.p += d_pix;
+    if (c.pix >= pixels) {
+      c.pix -= int(pixels);
+      c.p += (c_out - 1) * pixels;
+    }
+    c.p += d_img * c_out * pixels;
+  }
+  __device__ void a_jump(ACur& c) const { step(c, j_img, j_pix); }
+  // a segment that stays inside an image's plane loads as 16-byte copies (the leap then steps the
+  // cursor a whole K step)
+  __device__ int a_seg(const ACur& c, int len, const T*& p) const {
+    if (c.pix + len > pixels) return 0;
+    p = c.p;
+    return 1;
+  }
+  __device__ void a_leap(ACur& c) const { step(c, l_img, l_pix); }
+  __device__ typename W::BCur b_begin(int64_t g, int64_t n, int64_t k) const {
+    const int ni = int(n), ci = div_taps.div(ni), t = ni - ci * d.taps, kh = div_kw.div(t), kw = t - kh * d.kw;
+    return this->walk(x + (g * cin_g + ci) * plane, kh, kw, k);
+  }
+  __device__ const T* b_at(const typename W::BCur& c) const {
+    return this->inside(c) ? c.img + c.ih * d.w + c.iw : nullptr;
   }
 };
 
@@ -441,96 +507,66 @@ struct ChannelJump {
 };
 
 template <typename T>
-struct ConvForwardNhwc {
+struct ConvForwardNhwc : Filters<T> {
   using Storage = T;
   using A = acc_t<T>;
+  using F = Filters<T>;
+  using F::N;
   const T* x;
-  const T* w;
-  const T* bias;
   T* y;
   Dims d;
   int cin_g;
   int64_t c_in, c_out, plane, pixels;
-  Activation act;
-  int64_t M, N, K, groups;
+  int64_t M, groups;
   FastDiv div_pixels, div_ow, div_cin, div_kw;
-  bool b_vec = false;
   ChannelJump jmp{}, lp{};
-  int64_t jmp_k = 0;
 
   ConvForwardNhwc(const T* x_, const T* w_, const T* bias_, T* y_, const ConvShape& s, Activation a)
-      : x(x_), w(w_), bias(bias_), y(y_), d(s), cin_g(int(s.cin_g())), c_in(s.c_in), c_out(s.c_out),
-        plane(s.h * s.w), pixels(s.oh * s.ow), act(a), M(s.n * s.oh * s.ow), N(s.cout_g()), K(s.k_gemm()),
-        groups(s.groups), div_pixels(s.oh * s.ow), div_ow(s.ow), div_cin(s.cin_g()), div_kw(s.kw) {}
+      : F{w_, bias_, a, s.cout_g(), s.k_gemm()}, x(x_), y(y_), d(s), cin_g(int(s.cin_g())), c_in(s.c_in),
+        c_out(s.c_out), plane(s.h * s.w), pixels(s.oh * s.ow), M(s.n * s.oh * s.ow), groups(s.groups),
+        div_pixels(s.oh * s.ow), div_ow(s.ow), div_cin(s.cin_g()), div_kw(s.kw) {}
   void set_jump(int64_t j) {
     jmp = ChannelJump(j, cin_g, d);
-    jmp_k = j;
+    this->jmp_k = j;
   }
   void set_leap(int64_t j) { lp = ChannelJump(j, cin_g, d); }
 
   struct ACur {
     const T* img;  // &x[img][0][0][g cin_g]
-    int ih, iw, kh, kw, ci;
+    Tap tap;
+    int ci;
   };
   __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
     const int mi = int(m), img = div_pixels.div(mi), r = mi - img * int(pixels), oh = div_ow.div(r),
               ow = r - oh * d.ow;
     const int ki = int(k), t = div_cin.div(ki), ci = ki - t * cin_g, kh = div_kw.div(t), kw = t - kh * d.kw;
-    return ACur{x + img * plane * c_in + g * cin_g, oh * d.sh - d.pt + kh * d.dh, ow * d.sw - d.pl + kw * d.dw, kh, kw,
-                ci};
+    return ACur{x + img * plane * c_in + g * cin_g, tap_of(oh, ow, kh, kw, d), ci};
   }
-  __device__ bool inside(const ACur& c) const { return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w); }
-  __device__ const T* a_at(const ACur& c) const {
-    return inside(c) ? c.img + (int64_t(c.ih) * d.w + c.iw) * c_in + c.ci : nullptr;
-  }
+  __device__ const T* pixel(const ACur& c) const { return c.img + (int64_t(c.tap.ih) * d.w + c.tap.iw) * c_in + c.ci; }
+  __device__ const T* a_at(const ACur& c) const { return c.tap.inside(d) ? pixel(c) : nullptr; }
+  // (the tap only wraps past the last kernel row beyond K, where nothing is read)
   __device__ void a_next(ACur& c) const {
     if (++c.ci == cin_g) {
       c.ci = 0;
-      c.iw += d.dw;
-      if (++c.kw == d.kw) {
-        c.kw = 0;
-        c.iw -= d.kw * d.dw;
-        ++c.kh;
-        c.ih += d.dh;
-      }
+      c.tap.next(d);
     }
   }
   __device__ void add(ACur& c, const ChannelJump& j) const {
     c.ci += j.e;
     if (c.ci >= cin_g) {
       c.ci -= cin_g;
-      ++c.kw;
-      c.iw += d.dw;
+      c.tap.next(d);
     }
-    c.kw += j.q;
-    c.iw += j.q * d.dw;
-    if (c.kw >= d.kw) {
-      c.kw -= d.kw;
-      c.iw -= d.kw * d.dw;
-      ++c.kh;
-      c.ih += d.dh;
-    }
-    c.kh += j.r;
-    c.ih += j.r * d.dh;
+    c.tap.add(j.q, j.r, d);
   }
   __device__ void a_jump(ACur& c) const { add(c, jmp); }
   __device__ void a_leap(ACur& c) const { add(c, lp); }
   __device__ int a_seg(const ACur& c, int len, const T*& p) const {
     if (c.ci + len > cin_g) return 0;
-    if (!inside(c)) return 2;
-    p = c.img + (int64_t(c.ih) * d.w + c.iw) * c_in + c.ci;
+    if (!c.tap.inside(d)) return 2;
+    p = pixel(c);
     return 1;
   }
-  // B(k, n) = w[g N + n][kh][kw][ci]: a filter is contiguous along K
-  struct BCur {
-    const T* p;
-  };
-  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const { return BCur{w + (g * N + n) * K + k}; }
-  __device__ const T* b_at(const BCur& c) const { return c.p; }
-  __device__ void b_next(BCur& c) const { ++c.p; }
-  __device__ void b_jump(BCur& c) const { c.p += jmp_k; }
-  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
-  __device__ const T* b_run(int64_t g, int64_t n) const { return b_vec ? w + (g * N + n) * K : nullptr; }
 
   struct Out {
     T* p;  // &y[m][0]
@@ -539,10 +575,7 @@ struct ConvForwardNhwc {
   __device__ void out_next(Out& o, int dm) const { o.p += dm * c_out; }
   __device__ void store(const Out& o, int64_t g, int, int64_t n, A v) const {
     const int64_t co = g * N + n;
-    if (bias) v += to_acc(bias[co]);
-    if (act.kind == Activation::relu) v = v < A(0) ? A(0) : v;
-    else if (act.kind == Activation::leaky_relu) v = v > A(0) ? v : v * A(act.slope);
-    o.p[co] = from_acc<T>(v);
+    o.p[co] = from_acc<T>(this->finish(co, v));
   }
 };
 
@@ -561,86 +594,57 @@ struct ConvGradInputNhwc {
   int64_t c_in, c_out, plane, out_plane;
   int64_t M, N, K, groups;
   FastDiv div_plane, div_w, div_cout, div_kw, div_sh, div_sw;
-  QR q_dh, q_dw, q_kw;
+  StrideSteps steps;
   ChannelJump jmp{}, lp{};
-  QR q_jw{}, q_jh{}, q_lw{}, q_lh{};
+  BackJump bj{}, bl{};
 
   ConvGradInputNhwc(const T* dy_, const T* w_, T* dx_, const ConvShape& s)
       : dy(dy_), w(w_), dx(dx_), d(s), cout_g(int(s.cout_g())), cin_g(int(s.cin_g())), c_in(s.c_in), c_out(s.c_out),
         plane(s.h * s.w), out_plane(s.oh * s.ow), M(s.n * s.h * s.w), N(s.cin_g()), K(s.cout_g() * s.kh * s.kw),
         groups(s.groups), div_plane(s.h * s.w), div_w(s.w), div_cout(s.cout_g()), div_kw(s.kw), div_sh(s.sh),
-        div_sw(s.sw), q_dh(gemm::qr_of(s.dh, s.sh)), q_dw(gemm::qr_of(s.dw, s.sw)),
-        q_kw(gemm::qr_of(s.kw * s.dw, s.sw)) {}
+        div_sw(s.sw), steps(s) {}
   void set_jump(int64_t j) {
     jmp = ChannelJump(j, cout_g, d);
-    q_jw = gemm::qr_of(int64_t(jmp.q) * d.dw, d.sw);
-    q_jh = gemm::qr_of(int64_t(jmp.r) * d.dh, d.sh);
+    bj = BackJump(jmp.q, jmp.r, d);
   }
   void set_leap(int64_t j) {
     lp = ChannelJump(j, cout_g, d);
-    q_lw = gemm::qr_of(int64_t(lp.q) * d.dw, d.sw);
-    q_lh = gemm::qr_of(int64_t(lp.r) * d.dh, d.sh);
+    bl = BackJump(lp.q, lp.r, d);
   }
 
   struct ACur {
     const T* img;  // &dy[img][0][0][g cout_g]
-    int kh, kw, co;
-    QR nh, nw;
+    BackTap tap;
+    int co;
   };
-  __device__ QR qr(int v, const FastDiv& div) const {
-    const int q = div.div(v);
-    return QR{q, v - q * int(div.d)};
-  }
   __device__ ACur a_begin(int64_t g, int64_t m, int64_t k) const {
     const int mi = int(m), img = div_plane.div(mi), r = mi - img * int(plane), ih = div_w.div(r), iw = r - ih * d.w;
     const int ki = int(k), t = div_cout.div(ki), co = ki - t * cout_g, kh = div_kw.div(t), kw = t - kh * d.kw;
-    ACur c{dy + img * out_plane * c_out + g * cout_g, kh, kw, co, qr(ih + d.pt, div_sh), qr(iw + d.pl, div_sw)};
-    gemm::qr_sub(c.nh, qr(kh * d.dh, div_sh), d.sh);
-    gemm::qr_sub(c.nw, qr(kw * d.dw, div_sw), d.sw);
-    return c;
+    return ACur{dy + img * out_plane * c_out + g * cout_g, back_tap(ih, iw, kh, kw, d, div_sh, div_sw), co};
   }
-  __device__ bool lands(const ACur& c) const {
-    return c.nh.r == 0 && c.nw.r == 0 && unsigned(c.nh.q) < unsigned(d.oh) && unsigned(c.nw.q) < unsigned(d.ow);
-  }
-  __device__ const T* a_at(const ACur& c) const {
-    return lands(c) ? c.img + (int64_t(c.nh.q) * d.ow + c.nw.q) * c_out + c.co : nullptr;
-  }
+  __device__ const T* pixel(const ACur& c) const { return c.img + c.tap.pixel(d) * c_out + c.co; }
+  __device__ const T* a_at(const ACur& c) const { return c.tap.lands(d) ? pixel(c) : nullptr; }
+  // (the tap only wraps past the last kernel row beyond K, where nothing is read)
   __device__ void a_next(ACur& c) const {
     if (++c.co == cout_g) {
       c.co = 0;
-      gemm::qr_sub(c.nw, q_dw, d.sw);
-      if (++c.kw == d.kw) {
-        c.kw = 0;
-        gemm::qr_add(c.nw, q_kw, d.sw);
-        ++c.kh;
-        gemm::qr_sub(c.nh, q_dh, d.sh);
-      }
+      c.tap.next(d, steps);
     }
   }
-  __device__ void add(ACur& c, const ChannelJump& j, const QR& jw, const QR& jh) const {
+  __device__ void add(ACur& c, const ChannelJump& j, const BackJump& b) const {
     c.co += j.e;
     if (c.co >= cout_g) {
       c.co -= cout_g;
-      ++c.kw;
-      gemm::qr_sub(c.nw, q_dw, d.sw);
+      c.tap.next(d, steps);
     }
-    c.kw += j.q;
-    gemm::qr_sub(c.nw, jw, d.sw);
-    if (c.kw >= d.kw) {
-      c.kw -= d.kw;
-      gemm::qr_add(c.nw, q_kw, d.sw);
-      ++c.kh;
-      gemm::qr_sub(c.nh, q_dh, d.sh);
-    }
-    c.kh += j.r;
-    gemm::qr_sub(c.nh, jh, d.sh);
+    c.tap.add(b, d, steps);
   }
-  __device__ void a_jump(ACur& c) const { add(c, jmp, q_jw, q_jh); }
-  __device__ void a_leap(ACur& c) const { add(c, lp, q_lw, q_lh); }
+  __device__ void a_jump(ACur& c) const { add(c, jmp, bj); }
+  __device__ void a_leap(ACur& c) const { add(c, lp, bl); }
   __device__ int a_seg(const ACur& c, int len, const T*& p) const {
     if (c.co + len > cout_g) return 0;
-    if (!lands(c)) return 2;
-    p = c.img + (int64_t(c.nh.q) * d.ow + c.nw.q) * c_out + c.co;
+    if (!c.tap.lands(d)) return 2;
+    p = pixel(c);
     return 1;
   }
   struct BCur {
@@ -684,30 +688,18 @@ struct ConvGradInputNhwc {
 // dy[img][oh][ow][g M + m]; column n = (kh, kw, ci) with the channel fastest: B(k, n) = the input
 // pixel's channel g cin_g + ci that tap (kh, kw) of output pixel k reads; dw stored [co][kh][kw][ci].
 template <typename T>
-struct ConvGradWeightNhwc {
-  using Storage = T;
-  using A = acc_t<T>;
-  const T* dy;
-  const T* x;
-  T* dw;
-  A* partial;
-  Dims d;
-  int64_t c_in, cin_g, c_out, plane, pixels;
-  int64_t M, N, K, groups, splits;
-  FastDiv div_pixels, div_ow, div_cin, div_kw;
-  int j_img = 0, j_oh = 0, j_ow = 0;
+struct ConvGradWeightNhwc : WeightGemm<T> {
+  using W = WeightGemm<T>;
+  using W::c_in, W::c_out, W::cin_g, W::d, W::div_kw, W::dy, W::M, W::x;
+  FastDiv div_cin;
   int64_t j_k = 0;
 
-  ConvGradWeightNhwc(const T* dy_, const T* x_, T* dw_, A* partial_, const ConvShape& s, int64_t m, int64_t n,
-                     int64_t k, int64_t splits_)
-      : dy(dy_), x(x_), dw(dw_), partial(partial_), d(s), c_in(s.c_in), cin_g(s.cin_g()), c_out(s.c_out),
-        plane(s.h * s.w), pixels(s.oh * s.ow), M(m), N(n), K(k), groups(s.groups), splits(splits_),
-        div_pixels(s.oh * s.ow), div_ow(s.ow), div_cin(s.cin_g()), div_kw(s.kw) {}
+  ConvGradWeightNhwc(const T* dy_, const T* x_, T* dw_, typename W::A* partial_, const ConvShape& s, int64_t m,
+                     int64_t n, int64_t k, int64_t splits_)
+      : W(dy_, x_, dw_, partial_, s, m, n, k, splits_), div_cin(s.cin_g()) {}
   void set_jump(int64_t j) {
+    W::set_jump(j);
     j_k = j;
-    j_img = int(j / pixels);
-    j_oh = int(j % pixels / d.ow);
-    j_ow = int(j % pixels % d.ow);
   }
 
   struct ACur {
@@ -717,65 +709,12 @@ struct ConvGradWeightNhwc {
   __device__ const T* a_at(const ACur& c) const { return c.p; }
   __device__ void a_next(ACur& c) const { c.p += c_out; }
   __device__ void a_jump(ACur& c) const { c.p += j_k * c_out; }
-  struct BCur {
-    const T* img;  // &x[img][0][0][g cin_g + ci]
-    int ih, iw, oh, ow;
-  };
-  __device__ BCur b_begin(int64_t g, int64_t n, int64_t k) const {
+  __device__ typename W::BCur b_begin(int64_t g, int64_t n, int64_t k) const {
     const int ni = int(n), t = div_cin.div(ni), ci = ni - t * int(cin_g), kh = div_kw.div(t), kw = t - kh * d.kw;
-    const int ki = int(k), img = div_pixels.div(ki), r = ki - img * int(pixels), oh = div_ow.div(r), ow = r - oh * d.ow;
-    return BCur{x + img * plane * c_in + g * cin_g + ci, oh * d.sh + kh * d.dh - d.pt, ow * d.sw + kw * d.dw - d.pl, oh,
-                ow};
+    return this->walk(x + g * cin_g + ci, kh, kw, k);
   }
-  __device__ const T* b_at(const BCur& c) const {
-    return unsigned(c.ih) < unsigned(d.h) && unsigned(c.iw) < unsigned(d.w)
-               ? c.img + (int64_t(c.ih) * d.w + c.iw) * c_in
-               : nullptr;
-  }
-  __device__ void b_next(BCur& c) const {
-    c.iw += d.sw;
-    if (++c.ow == d.ow) {
-      c.ow = 0;
-      c.iw -= d.ow * d.sw;
-      c.ih += d.sh;
-      if (++c.oh == d.oh) {
-        c.oh = 0;
-        c.ih -= d.oh * d.sh;
-        c.img += plane * c_in;
-      }
-    }
-  }
-  __device__ void b_jump(BCur& c) const {
-    c.ow += j_ow;
-    c.iw += j_ow * d.sw;
-    if (c.ow >= d.ow) {
-      c.ow -= d.ow;
-      c.iw -= d.ow * d.sw;
-      ++c.oh;
-      c.ih += d.sh;
-    }
-    c.oh += j_oh;
-    c.ih += j_oh * d.sh;
-    if (c.oh >= d.oh) {
-      c.oh -= d.oh;
-      c.ih -= d.oh * d.sh;
-      c.img += plane * c_in;
-    }
-    c.img += j_img * plane * c_in;
-  }
-  __device__ const T* a_run(int64_t, int64_t) const { return nullptr; }
-  __device__ const T* b_run(int64_t, int64_t) const { return nullptr; }
-
-  struct Out {
-    int64_t i;  // (g M + m) N
-  };
-  __device__ Out out_at(int64_t g, int64_t m) const { return Out{(g * M + m) * N}; }
-  __device__ void out_next(Out& o, int dm) const { o.i += dm * N; }
-  __device__ void store(const Out& o, int64_t, int split, int64_t n, A v) const {
-    if (splits > 1)
-      partial[split * c_out * N + o.i + n] = v;
-    else
-      dw[o.i + n] = from_acc<T>(v);
+  __device__ const T* b_at(const typename W::BCur& c) const {
+    return this->inside(c) ? c.img + (int64_t(c.ih) * d.w + c.iw) * c_in : nullptr;
   }
 };
 

@@ -193,11 +193,25 @@ void check_errors(const at::Tensor& device) {
   raise_pending(device);
 }
 
+namespace {
+// Whether a convolution runs channels-last: its 4-d activation (input, or grad_output) is laid out
+// NHWC. The kernels then read and write NHWC directly (the weight, small, is made NHWC if it is
+// not), and the result is NHWC too, as torch's own convolution gives. The element-wise ops keep the
+// layout of their main tensor the same way (their kernels run over memory in order), so a
+// channels_last net stays NHWC through its activations without copies.
+bool channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+at::MemoryFormat format_of(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
+at::MemoryFormat format_of(const at::Tensor& t) { return format_of(channels_last(t)); }
+}  // namespace
+
 at::Tensor relu(const at::Tensor& input) {
   raise_pending(input);
   check_elementwise(input, "relu");
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  const at::MemoryFormat f = format_of(input);
+  const at::Tensor x = input.contiguous(f);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(f));
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"));
   check_launch(kernels::relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(), stream_of(x)),
@@ -208,8 +222,9 @@ at::Tensor relu(const at::Tensor& input) {
 at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
   raise_pending(grad_output);
   check_elementwise_backward(grad_output, result, "relu_backward");
-  const at::Tensor dy = grad_output.contiguous(), y = result.contiguous();
-  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  const at::MemoryFormat f = format_of(grad_output);
+  const at::Tensor dy = grad_output.contiguous(f), y = result.contiguous(f);
+  at::Tensor dx = at::empty(dy.sizes(), dy.options().memory_format(f));
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(y, "result"), buf(dx, "grad_input"));
   check_launch(kernels::relu_backward(dtype_of(dy), dy.const_data_ptr(), y.const_data_ptr(), dx.mutable_data_ptr(),
@@ -221,8 +236,9 @@ at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result
 at::Tensor leaky_relu(const at::Tensor& input, double negative_slope) {
   raise_pending(input);
   check_elementwise(input, "leaky_relu");
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  const at::MemoryFormat f = format_of(input);
+  const at::Tensor x = input.contiguous(f);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(f));
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"));
   check_launch(kernels::leaky_relu_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), x.numel(),
@@ -234,8 +250,9 @@ at::Tensor leaky_relu(const at::Tensor& input, double negative_slope) {
 at::Tensor leaky_relu_backward(const at::Tensor& grad_output, const at::Tensor& self, double negative_slope) {
   raise_pending(grad_output);
   check_elementwise_backward(grad_output, self, "leaky_relu_backward", "self");
-  const at::Tensor dy = grad_output.contiguous(), s = self.contiguous();
-  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  const at::MemoryFormat f = format_of(grad_output);
+  const at::Tensor dy = grad_output.contiguous(f), s = self.contiguous(f);
+  at::Tensor dx = at::empty(dy.sizes(), dy.options().memory_format(f));
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(s, "self"), buf(dx, "grad_input"));
   check_launch(kernels::leaky_relu_backward(dtype_of(dy), dy.const_data_ptr(), s.const_data_ptr(), dx.mutable_data_ptr(),
@@ -414,13 +431,6 @@ at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
   return at::empty({bytes}, like.options().dtype(at::kByte));
 }
 
-// Whether a convolution runs channels-last: its 4-d activation (input, or grad_output) is laid out
-// NHWC. The kernels then read and write NHWC directly (the weight, small, is made NHWC if it is
-// not), and the result is NHWC too, as torch's own convolution gives.
-bool channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
-at::MemoryFormat format_of(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 }  // namespace
 
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
