@@ -176,10 +176,13 @@ def test_cross_entropy_outputs_are_nan_where_the_target_is_bad(backend, reductio
 
 
 @pytest.mark.backends("sim", "cuda")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
-def test_max_pool_grad_is_nan_in_the_plane_of_a_bad_index(backend, dtype):
-    dy = backend.randn(2, 2, 2, 2, dtype=dtype)
+def test_max_pool_grad_is_nan_in_the_plane_of_a_bad_index(backend, dtype, layout):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    dy = backend.randn(2, 2, 2, 2, dtype=dtype).contiguous(memory_format=fmt)
     good = torch.tensor([0, 3, 4, 7], device=backend.device).view(1, 1, 2, 2).expand(2, 2, 2, 2).contiguous()
+    good = good.contiguous(memory_format=fmt)
     bad = good.clone()
     bad[1, 0, 1, 0] = -5
     with deferred(backend):

@@ -254,3 +254,29 @@ def test_opcheck_max_pool2d(backend):
     out, idx = ops.max_pool2d(x.detach(), [3, 3], [1, 1], [1, 1], [1, 1], False)
     torch.library.opcheck(ops.max_pool2d_backward,
                           (torch.randn_like(out), idx, list(x.shape), [3, 3], [1, 1], [1, 1], [1, 1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, dilation=1),
+                                    dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), dilation=(2, 1))])
+def test_max_pool2d_ops_keep_channels_last(backend, dtype, kwargs):
+    """On the CUDA kernels a channels_last input is pooled in place as NHWC: output, indices and the
+    backward's grad_input are channels_last from the kernels themselves; values, indices and gradients
+    as torch's (7 channels: a warp's lanes span pixels as well as channels)."""
+    x = make_layout(backend.randn(2, 7, 9, 10, dtype=dtype), "channels_last")
+    k, s, p, d = (kwargs.get(n, dflt) for n, dflt in (("kernel_size", 2), ("stride", None), ("padding", 0),
+                                                       ("dilation", 1)))
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]
+    args = (pair(k), pair(s if s is not None else k), pair(p), pair(d), False)
+    y, idx = ops.max_pool2d(x, *args)
+    ref, ref_idx = F.max_pool2d(x, k, s, p, d, return_indices=True)
+    assert_bitwise_equal(y.contiguous(), ref.contiguous())
+    assert torch.equal(idx.contiguous(), ref_idx.contiguous())
+    dy = make_layout(torch.randn_like(ref), "channels_last")
+    dx = ops.max_pool2d_backward(dy, idx, list(x.shape), *args[:4])
+    xr = x.detach().requires_grad_()
+    (ref_dx,) = torch.autograd.grad(F.max_pool2d(xr, k, s, p, d), xr, dy)
+    torch.testing.assert_close(dx, ref_dx, **tol(dtype, 4))
+    if backend.name in ("sim", "cuda"):
+        for t in (y, idx, dx):
+            assert t.is_contiguous(memory_format=torch.channels_last)

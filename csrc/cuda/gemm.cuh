@@ -644,9 +644,9 @@ namespace fastconv::FC_NS::kernels {
 namespace gemm {
 
 // Runs a Problem on the right engine: tensor cores for float16 / bfloat16 (float32 accumulators),
-// and for float32 when tf32 is allowed; the SIMT kernel otherwise (float32, float64). The jump of the
-// cursors is the kernel's: from a thread's last element of one step to its first of the next. Grids
-// of more than 65535 group x N tiles are launched in slices of whole groups.
+// and for float32 when tf32 is allowed; a SIMT kernel otherwise (float32: 8 x 8 or 4 x 4 by size,
+// float64: 4 x 4). The cursors' jump and leap are the kernel's (set on this copy of the Problem).
+// Grids of more than 65535 group x N tiles are launched in slices of whole groups.
 template <typename P>
 int run(P p, int64_t splits, bool tf32, Stream stream) {
   using T = typename P::Storage;
@@ -661,7 +661,9 @@ int run(P p, int64_t splits, bool tf32, Stream stream) {
   const bool simt8 = std::is_same<T, float>::value && !tc &&
                      ceil_div(p.M, static_cast<int64_t>(kS8M)) * n_tiles * p.groups * splits >= kSimt8MinBlocks;
   const int64_t bm = simt8 ? kS8M : kBM;
-  p.set_jump(tc || simt8 ? bk - kTcWordLoads * per_word + 1 : kBK - kLoads + 1);
+  // jump: from a thread's last element of one step to its first of the next (a step, less the elements
+  // it loads, + 1); leap: a whole step
+  p.set_jump(tc ? bk - kTcWordLoads * per_word + 1 : simt8 ? kBK - kS8Loads + 1 : kBK - kLoads + 1);
   if constexpr (HasSegments<P>::value) p.set_leap(bk);
   const int64_t per_launch = kMaxGridY / n_tiles;
   for (int64_t g0 = 0; g0 < p.groups; g0 += per_launch) {

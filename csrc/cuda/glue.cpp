@@ -565,13 +565,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
                                               at::IntArrayRef dilation, bool ceil_mode) {
   raise_pending(input);
   const PoolShape s = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options());
-  at::Tensor idx = at::empty({s.n, s.c, s.oh, s.ow}, x.options().dtype(at::kLong));
+  const bool nhwc = channels_last(input);
+  const at::MemoryFormat f = format_of(nhwc);
+  const at::Tensor x = input.contiguous(f);
+  at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options().memory_format(f));
+  at::Tensor idx = at::empty({s.n, s.c, s.oh, s.ow}, x.options().dtype(at::kLong).memory_format(f));
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"), buf(idx, "indices"));
   check_launch(kernels::max_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(),
-                                           idx.mutable_data_ptr<int64_t>(), s, stream_of(x)),
+                                           idx.mutable_data_ptr<int64_t>(), s, nhwc, stream_of(x)),
                "max_pool2d");
   return {y, idx};
 }
@@ -582,14 +584,16 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   raise_pending(grad_output);
   const PoolShape s =
       check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation);
-  const at::Tensor dy = grad_output.contiguous(), ix = indices.contiguous();
-  at::Tensor dx = at::empty(input_size, dy.options());
+  const bool nhwc = channels_last(grad_output) && input_size.size() == 4;
+  const at::MemoryFormat f = format_of(nhwc);
+  const at::Tensor dy = grad_output.contiguous(f), ix = indices.contiguous(f);
+  at::Tensor dx = at::empty(input_size, dy.options().memory_format(f));
   DeviceGuard guard(dy.device());
   const RecordAddress errors = error_record(dy);
   {
     FC_BUFFERS(buf(dy, "grad_output"), buf(ix, "indices"), buf(dx, "grad_input"), FC_RECORD_BUFFER(errors));
     check_launch(kernels::max_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), ix.const_data_ptr<int64_t>(),
-                                              dx.mutable_data_ptr(), s, errors.device, stream_of(dy)),
+                                              dx.mutable_data_ptr(), s, nhwc, errors.device, stream_of(dy)),
                  "max_pool2d_backward");
   }
   raise_if_synchronous(errors);

@@ -73,14 +73,15 @@ int dropout_forward(DType dtype, const void* x, void* y, int64_t n, double p, co
 
 // Max-pool forward: y and flat indices ih * w + iw per output (the first maximum, or the last NaN, as
 // the CPU kernel).
-int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolShape& g,
+// channels_last: x, y and the indices NHWC-contiguous (the indices still plane positions).
+int max_pool2d_forward(DType dtype, const void* x, void* y, int64_t* indices, const PoolShape& g, bool channels_last,
                        Stream stream);
 // Max-pool backward by gathering (deterministic, no atomics on floats): each input element sums, in
 // output order, the gradients of the windows that cover it and chose it. Then an index outside its
 // input plane is recorded in `*errors` (DataError::max_pool2d_backward_index: the index, its flat output
 // position, the plane's size) and makes its plane of dx NaN.
 int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, void* dx, const PoolShape& g,
-                        ErrorRecord* errors, Stream stream);
+                        bool channels_last, ErrorRecord* errors, Stream stream);
 
 // Average pooling (avg_pool2d and adaptive_avg_pool2d, windows from avg_pool_range in csrc/shapes.h):
 // y = the window sums over their divisors.
