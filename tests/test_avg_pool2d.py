@@ -201,3 +201,30 @@ def test_bad_arguments():
         FF.avg_pool2d(x.long(), 2)
     with pytest.raises(ValueError, match="is not the output of pooling"):
         ops.avg_pool2d_backward(torch.randn(2, 3, 3, 3), [2, 3, 8, 8], [2, 2], [2, 2], [0, 0], False, True, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avg_pool_ops_keep_channels_last(backend, dtype):
+    """On the CUDA kernels a channels_last input is pooled in place as NHWC: avg_pool2d,
+    adaptive_avg_pool2d and their backward ops give channels_last results from the kernels themselves,
+    with torch's values (7 channels: a warp spans pixels as well as channels)."""
+    x = make_layout(backend.randn(2, 7, 9, 10, dtype=dtype), "channels_last")
+    cases = [
+        (lambda t: ops.avg_pool2d(t, [3, 2], [2, 2], [1, 1], True, False, 0),
+         lambda t: F.avg_pool2d(t, (3, 2), 2, 1, ceil_mode=True, count_include_pad=False),
+         lambda dy: ops.avg_pool2d_backward(dy, list(x.shape), [3, 2], [2, 2], [1, 1], True, False, 0)),
+        (lambda t: ops.adaptive_avg_pool2d(t, [4, 3]), lambda t: F.adaptive_avg_pool2d(t, (4, 3)),
+         lambda dy: ops.adaptive_avg_pool2d_backward(dy, list(x.shape))),
+    ]
+    for ours, theirs, backward in cases:
+        y = ours(x)
+        xr = x.detach().requires_grad_()
+        ref = theirs(xr)
+        torch.testing.assert_close(y, ref, **tol(dtype, 6))
+        dy = make_layout(torch.randn_like(ref), "channels_last")
+        dx = backward(dy)
+        (ref_dx,) = torch.autograd.grad(ref, xr, dy)
+        torch.testing.assert_close(dx, ref_dx, **tol(dtype, 6))
+        if backend.name in ("sim", "cuda"):
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            assert dx.is_contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,8 @@
 //       the outputs whose window covers it (candidates from avg_pool_cover, each checked against its
 //       range) in increasing (oh, ow) order and sums their gradient over their divisor, then writes dx
 //       once: no atomics, no zeroing pass, the same result whatever the schedule.
+// Both take NCHW or channels_last (NHWC) tensors, a thread's element the next in memory order either
+// way (PlanePos, common.cuh), so loads and stores stay coalesced and no layout copy is made.
 #include "cuda/common.cuh"
 
 namespace fastconv::FC_NS::kernels {
@@ -30,32 +32,31 @@ __device__ __forceinline__ A divisor(const AvgPoolShape& g, const PoolRange& r, 
 
 // One thread per output element (n, c, oh, ow), grid-stride.
 template <typename T>
-__global__ void avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, AvgPoolShape g) {
+__global__ void avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, AvgPoolShape g, bool nhwc) {
   using A = acc_t<T>;
   const int64_t total = g.n * g.c * g.oh * g.ow;
   for (const int64_t o : grid_stride(total)) {
-    const int64_t ow = o % g.ow, rest = o / g.ow;
-    const int64_t oh = rest % g.oh, plane = rest / g.oh;
-    const PoolRange r = row_range(g, oh), c = col_range(g, ow);
-    const T* xp = x + plane * g.h * g.w;
+    const PlanePos out = plane_pos(o, g.c, g.oh, g.ow, nhwc);
+    const PoolRange r = row_range(g, out.row), c = col_range(g, out.col);
+    const T* xp = x + out.base_of(g.h * g.w);
     A sum = A(0);
     for (int64_t ih = r.lo; ih < r.hi; ++ih)
-      for (int64_t iw = c.lo; iw < c.hi; ++iw) sum += to_acc(xp[ih * g.w + iw]);
+      for (int64_t iw = c.lo; iw < c.hi; ++iw) sum += to_acc(xp[(ih * g.w + iw) * out.pitch]);
     y[o] = from_acc<T>(sum / divisor<A>(g, r, c));
   }
 }
 
 // One thread per input element (n, c, ih, iw), grid-stride.
 template <typename T>
-__global__ void avg_pool2d_gather_kernel(const T* __restrict__ dy, T* __restrict__ dx, AvgPoolShape g) {
+__global__ void avg_pool2d_gather_kernel(const T* __restrict__ dy, T* __restrict__ dx, AvgPoolShape g, bool nhwc) {
   using A = acc_t<T>;
   const int64_t total = g.n * g.c * g.h * g.w;
   for (const int64_t e : grid_stride(total)) {
-    const int64_t iw = e % g.w, rest = e / g.w;
-    const int64_t ih = rest % g.h, plane = rest / g.h;
+    const PlanePos in = plane_pos(e, g.c, g.h, g.w, nhwc);
+    const int64_t ih = in.row, iw = in.col;
     const PoolRange rows = avg_pool_cover(ih, g.h, g.oh, g.kh, g.sh, g.ph, g.adaptive);
     const PoolRange cols = avg_pool_cover(iw, g.w, g.ow, g.kw, g.sw, g.pw, g.adaptive);
-    const T* gp = dy + plane * g.oh * g.ow;
+    const T* gp = dy + in.base_of(g.oh * g.ow);
     A sum = A(0);
     for (int64_t oh = rows.lo; oh <= rows.hi; ++oh) {
       const PoolRange r = row_range(g, oh);
@@ -63,7 +64,7 @@ __global__ void avg_pool2d_gather_kernel(const T* __restrict__ dy, T* __restrict
       for (int64_t ow = cols.lo; ow <= cols.hi; ++ow) {
         const PoolRange c = col_range(g, ow);
         if (iw < c.lo || iw >= c.hi) continue;
-        sum += to_acc(gp[oh * g.ow + ow]) / divisor<A>(g, r, c);
+        sum += to_acc(gp[(oh * g.ow + ow) * in.pitch]) / divisor<A>(g, r, c);
       }
     }
     dx[e] = from_acc<T>(sum);
@@ -72,24 +73,26 @@ __global__ void avg_pool2d_gather_kernel(const T* __restrict__ dy, T* __restrict
 
 }  // namespace
 
-int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& g, Stream stream) {
+int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& g, bool channels_last,
+                       Stream stream) {
   const int64_t outputs = g.n * g.c * g.oh * g.ow;
   if (outputs == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     err = launch(avg_pool2d_forward_kernel<T>, grid_1d(outputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
-                 static_cast<const T*>(x), static_cast<T*>(y), g);
+                 static_cast<const T*>(x), static_cast<T*>(y), g, channels_last);
   });
   return err;
 }
 
-int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, Stream stream) {
+int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, bool channels_last,
+                        Stream stream) {
   const int64_t inputs = g.n * g.c * g.h * g.w;
   if (inputs == 0) return 0;
   int err = 0;
   FC_DISPATCH(dtype, T, {
     err = launch(avg_pool2d_gather_kernel<T>, grid_1d(inputs, kThreads, kMaxBlocks), dim3(kThreads), 0, stream,
-                 static_cast<const T*>(dy), static_cast<T*>(dx), g);
+                 static_cast<const T*>(dy), static_cast<T*>(dx), g, channels_last);
   });
   return err;
 }

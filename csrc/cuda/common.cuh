@@ -132,6 +132,26 @@ __device__ inline GridStride grid_stride(int64_t n, int64_t from = 0) {
                     static_cast<int64_t>(gridDim.x) * blockDim.x};
 }
 
+// Element e of an [n, c, rows, cols] tensor stored NCHW or NHWC (channels_last), counted in memory
+// order, as (plane = n c + channel, row, col); pitch = the distance between two pixels of a plane (1
+// or c). For the element-wise kernels that take either layout and keep each thread on the next
+// element in memory (coalesced either way).
+struct PlanePos {
+  int64_t plane, row, col, channels, pitch;
+  // the offset of pixel 0 of the same (n, channel) plane in a tensor of this layout whose planes hold
+  // `plane_size` pixels (the other side of a pooling: its input, or its output)
+  __device__ int64_t base_of(int64_t plane_size) const {
+    return pitch == 1 ? plane * plane_size : plane / channels * plane_size * channels + plane % channels;
+  }
+};
+__device__ inline PlanePos plane_pos(int64_t e, int64_t c, int64_t rows, int64_t cols, bool nhwc) {
+  if (nhwc) {
+    const int64_t pixel = e / c, n = pixel / cols / rows;
+    return PlanePos{n * c + e % c, pixel / cols % rows, pixel % cols, c, c};
+  }
+  return PlanePos{e / cols / rows, e / cols % rows, e % cols, c, 1};
+}
+
 // Arithmetic type of a storage type: float16 and bfloat16 are loaded, computed in float32 and rounded
 // back (round-to-nearest-even), float32 and float64 compute in themselves.
 template <typename T> struct Acc { using type = T; };

@@ -263,21 +263,27 @@ at::Tensor leaky_relu_backward(const at::Tensor& grad_output, const at::Tensor& 
 
 namespace {
 at::Tensor avg_pool_forward(const AvgPoolShape& s, const at::Tensor& input, const char* op) {
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options());
+  const bool nhwc = channels_last(input);
+  const at::MemoryFormat f = format_of(nhwc);
+  const at::Tensor x = input.contiguous(f);
+  at::Tensor y = at::empty({s.n, s.c, s.oh, s.ow}, x.options().memory_format(f));
   DeviceGuard guard(x.device());
   FC_BUFFERS(buf(x, "input"), buf(y, "output"));
-  check_launch(kernels::avg_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), s, stream_of(x)), op);
+  check_launch(
+      kernels::avg_pool2d_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(), s, nhwc, stream_of(x)), op);
   return y;
 }
 
 at::Tensor avg_pool_backward(const AvgPoolShape& s, const at::Tensor& grad_output, const char* op) {
-  const at::Tensor dy = grad_output.contiguous();
-  at::Tensor dx = at::empty({s.n, s.c, s.h, s.w}, dy.options());
+  const bool nhwc = channels_last(grad_output);
+  const at::MemoryFormat f = format_of(nhwc);
+  const at::Tensor dy = grad_output.contiguous(f);
+  at::Tensor dx = at::empty({s.n, s.c, s.h, s.w}, dy.options().memory_format(f));
   DeviceGuard guard(dy.device());
   FC_BUFFERS(buf(dy, "grad_output"), buf(dx, "grad_input"));
-  check_launch(kernels::avg_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), dx.mutable_data_ptr(), s, stream_of(dy)),
-               op);
+  check_launch(
+      kernels::avg_pool2d_backward(dtype_of(dy), dy.const_data_ptr(), dx.mutable_data_ptr(), s, nhwc, stream_of(dy)),
+      op);
   return dx;
 }
 }  // namespace

@@ -85,10 +85,12 @@ int max_pool2d_backward(DType dtype, const void* dy, const int64_t* indices, voi
 
 // Average pooling (avg_pool2d and adaptive_avg_pool2d, windows from avg_pool_range in csrc/shapes.h):
 // y = the window sums over their divisors.
-int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& g, Stream stream);
+// channels_last: x and y (dy and dx) NHWC-contiguous.
+int avg_pool2d_forward(DType dtype, const void* x, void* y, const AvgPoolShape& g, bool channels_last, Stream stream);
 // Its backward by gathering: each input element sums the gradients of the windows that cover it over
 // their divisors, in output order (deterministic, no atomics).
-int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, Stream stream);
+int avg_pool2d_backward(DType dtype, const void* dy, void* dx, const AvgPoolShape& g, bool channels_last,
+                        Stream stream);
 
 // Batch normalization: the statistics (batch or running, csrc/shapes.h BatchNormShape) into mean,
 // invstd and var (unbiased when training), then y. w, b, rm, rv may be null where absent.

@@ -31,31 +31,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 4096;
 
-// Element e of an [n, c, rows, cols] tensor in memory order as (plane = n c + ch, row, col), with the
-// offsets of its plane's pixel 0 and the distance between two pixels of the plane.
-struct PlanePos {
-  int64_t plane, row, col, base, pitch;
-};
-__device__ inline PlanePos plane_pos(int64_t e, int64_t c, int64_t rows, int64_t cols, bool nhwc) {
-  PlanePos p;
-  if (nhwc) {
-    const int64_t ch = e % c, pixel = e / c;
-    p.col = pixel % cols;
-    p.row = pixel / cols % rows;
-    const int64_t n = pixel / cols / rows;
-    p.plane = n * c + ch;
-    p.base = n * rows * cols * c + ch;
-    p.pitch = c;
-  } else {
-    p.col = e % cols;
-    p.row = e / cols % rows;
-    p.plane = e / cols / rows;
-    p.base = p.plane * rows * cols;
-    p.pitch = 1;
-  }
-  return p;
-}
-
 // One thread per output element (n, c, oh, ow), grid-stride.
 template <typename T>
 __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t* __restrict__ indices,
@@ -71,9 +46,8 @@ __global__ void max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict
     int64_t w0 = ow * g.sw - g.pw;
     const int64_t w1 = w0 + (g.kw - 1) * g.dw + 1 < g.w ? w0 + (g.kw - 1) * g.dw + 1 : g.w;
     if (w0 < 0) w0 += ceil_div(-w0, g.dw) * g.dw;
-    // the input plane: pixels out.pitch apart, from n h w c + ch (NHWC) or plane h w (NCHW)
-    const T* __restrict__ xp =
-        x + (nhwc ? out.plane / g.c * (g.h * g.w * g.c) + out.plane % g.c : out.plane * g.h * g.w);
+    // the input plane of the same (n, c), its pixels out.pitch apart
+    const T* __restrict__ xp = x + out.base_of(g.h * g.w);
     A best = -INFINITY;
     int64_t best_i = h0 * g.w + w0;
     for (int64_t ih = h0; ih < h1; ih += g.dh)
@@ -98,8 +72,7 @@ __global__ void max_pool2d_gather_kernel(const T* __restrict__ dy, const int64_t
     const PlanePos in = plane_pos(e, g.c, g.h, g.w, nhwc);
     const int64_t ih = in.row, iw = in.col;
     const int64_t self = ih * g.w + iw;
-    // the output plane of the same (n, c): NHWC n oh ow c + ch, NCHW plane oh ow
-    const int64_t out_base = nhwc ? in.plane / g.c * g.oh * g.ow * g.c + in.plane % g.c : in.plane * g.oh * g.ow;
+    const int64_t out_base = in.base_of(g.oh * g.ow);  // the output plane of the same (n, c)
     const int64_t* __restrict__ ip = indices + out_base;
     const T* __restrict__ gp = dy + out_base;
     A sum = A(0);
@@ -134,9 +107,8 @@ __global__ void max_pool2d_check_kernel(const int64_t* __restrict__ indices, T* 
     const PlanePos out = plane_pos(o, g.c, g.oh, g.ow, nhwc);
     record_error(errors, DataError::max_pool2d_backward_index, i, (out.plane * g.oh + out.row) * g.ow + out.col,
                  plane_size);
-    const int64_t pitch = nhwc ? g.c : 1;
-    T* __restrict__ plane = dx + (nhwc ? out.plane / g.c * plane_size * g.c + out.plane % g.c : out.plane * plane_size);
-    for (int64_t e = 0; e < plane_size; ++e) plane[e * pitch] = from_acc<T>(acc_t<T>(NAN));
+    T* __restrict__ plane = dx + out.base_of(plane_size);
+    for (int64_t e = 0; e < plane_size; ++e) plane[e * out.pitch] = from_acc<T>(acc_t<T>(NAN));
   }
 }
 
