@@ -1,5 +1,5 @@
-// conv2d.cpp: 2-D convolution on the CPU: Winograd F(4x4, 3x3) for float32 3x3 stride-1 layers
-// (winograd.h), otherwise direct GEMMs that read their B operand straight from the (padded) image.
+// conv2d.cpp: 2-D convolution on the CPU: Winograd F(4x4, 3x3) and F(2x2, 5x5) for float32 3x3 and 5x5
+// stride-1 layers (winograd.h), otherwise direct GEMMs that read their B operand straight from the (padded) image.
 //
 // Forward, per (image n, group g, range of NR-pixel panels):
 //   C[co][p] = sum_k W[co][k] * col[k][p],  k = (ci, kh, kw) of the group, p = (oh, ow)
@@ -721,9 +721,9 @@ void grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw, int6
   });
 }
 
-// ---------------------------------------------------------------- Winograd (3x3, stride 1)
+// ---------------------------------------------------------------- Winograd (3x3 and 5x5, stride 1)
 
-// Which algorithm a float32 3x3 stride-1 dilation-1 layer uses. FASTCONV_CPU_CONV=winograd or =gemm
+// Which algorithm a float32 3x3 or 5x5 stride-1 dilation-1 layer uses. FASTCONV_CPU_CONV=winograd or =gemm
 // forces one (for tests and measurements); otherwise Winograd where it measured faster than the direct
 // GEMM (batch 128, AMD EPYC AVX2 + FMA, 2 threads; the transforms cost O(C + M) per tile, the products
 // O(C * M), so small channel counts favour the GEMM):
@@ -748,6 +748,14 @@ inline int64_t winograd_min_grad_weight_pixels() {
   static const int64_t px = __builtin_cpu_is("amd") ? 256 : 64;
   return px;
 }
+// 5x5 kernels (F(2x2, 5x5)) take the forward and grad input thresholds of 3x3 ones, and Winograd for the
+// grad weight where C_in * C_out >= 1024, on any output size (AMD EPYC Zen 4, AVX-512, 2 threads, batch 128,
+// GEMM / Winograd ms, `python bench/conv_layers.py 16,32,20,5 32,64,16,5 64,64,8,5 3,32,32,5`):
+//   forward      16 -> 32 at 20x20 8.1 / 6.5; 32 -> 64 at 16x16 20.5 / 9.8; 64 -> 64 at 8x8 10.9 / 4.5;
+//                3 -> 32 at 32x32 5.0 / 7.7
+//   grad input   8.3 / 6.2; 20.8 / 10.0; 11.3 / 4.7; 9.7 / 8.9 (the same layers)
+//   grad weight  8.0 / 9.2; 20.4 / 11.1; 11.7 / 8.1; 4.6 / 16.9
+constexpr int64_t kWinograd5MinGradWeightProduct = 1024;
 
 enum class Algo { kAuto, kWinograd, kGemm };
 
@@ -759,9 +767,12 @@ inline Algo forced_algo() {
   TORCH_CHECK(false, "FASTCONV_CPU_CONV must be auto, winograd or gemm, not '", e, "'");
 }
 
+// The kernel sizes Winograd takes: 3x3 (F(4x4, 3x3)) and 5x5 (F(2x2, 5x5)).
+inline bool winograd_kernel(const ConvShape& g) { return g.kh == g.kw && (g.kh == 3 || g.kh == 5); }
+
 template <typename T>
 bool use_winograd(const ConvShape& g, bool faster) {
-  if (!std::is_same_v<T, float> || g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
+  if (!std::is_same_v<T, float> || !winograd_kernel(g) || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
     return false;
   switch (forced_algo()) {
     case Algo::kWinograd: return true;
@@ -779,8 +790,10 @@ class ForwardPlan {
     const int64_t M = g.cout_g(), C = g.cin_g();
     if constexpr (std::is_same_v<T, float>) {
       if (winograd_) {
-        weights_ = winograd::transform_weights<float>(
-            g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * 9 + r]; });
+        const int64_t taps = g.kh * g.kw;
+        auto tap = [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * M + m) * C + c) * taps + r]; };
+        weights_ = g.kh == 3 ? winograd::transform_weights<float, 3>(g.groups, M, C, tap)
+                             : winograd::transform_weights<float, 5>(g.groups, M, C, tap);
         return;
       }
     }
@@ -797,8 +810,9 @@ class ForwardPlan {
     const T* xs = x + n0 * g.c_in * g.h * g.w;
     if constexpr (std::is_same_v<T, float>) {
       if (winograd_) {
-        winograd::conv_batch(count, g.groups, xs, g.cin_g(), weights_.data(), g.cout_g(), out,
-                             winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, Act<float>(act));
+        (g.kh == 3 ? winograd::conv_batch<3> : winograd::conv_batch<5>)(
+            count, g.groups, xs, g.cin_g(), weights_.data(), g.cout_g(), out,
+            winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow}, bias, Act<float>(act));
         return;
       }
     }
@@ -814,15 +828,18 @@ class ForwardPlan {
   std::vector<T, AlignedAllocator<T>> weights_;
 };
 
-// Grad input: grad_output padded by 2 - padding, convolved with the flipped kernel, channels swapped.
+// Grad input: grad_output padded by R - 1 - padding, convolved with the flipped kernel, channels swapped.
 template <typename T>
 void grad_input_winograd(const ConvShape& g, const T* dy, const T* w, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
-    const int64_t M = g.cin_g(), C = g.cout_g();
-    const auto u = winograd::transform_weights<float>(
-        g.groups, M, C, [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * C + c) * M + m) * 9 + 8 - r]; });
-    winograd::conv_batch(g.n, g.groups, dy, C, u.data(), M, dx,
-                         winograd::Planes{g.c_out, g.oh, g.ow, 2 - g.pt, 2 - g.pl, g.c_in, g.h, g.w}, nullptr, Act<float>{});
+    const int64_t M = g.cin_g(), C = g.cout_g(), taps = g.kh * g.kw;
+    auto tap = [&](int64_t gi, int64_t m, int64_t c, int r) { return w[((gi * C + c) * M + m) * taps + taps - 1 - r]; };
+    const auto u = g.kh == 3 ? winograd::transform_weights<float, 3>(g.groups, M, C, tap)
+                             : winograd::transform_weights<float, 5>(g.groups, M, C, tap);
+    (g.kh == 3 ? winograd::conv_batch<3> : winograd::conv_batch<5>)(
+        g.n, g.groups, dy, C, u.data(), M, dx,
+        winograd::Planes{g.c_out, g.oh, g.ow, g.kh - 1 - g.pt, g.kw - 1 - g.pl, g.c_in, g.h, g.w}, nullptr,
+        Act<float>{});
   }
 }
 
@@ -938,11 +955,13 @@ template <typename T>
 void grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
   if constexpr (std::is_same_v<T, float>) {
     const bool faster = std::min(g.cin_g(), g.cout_g()) >= kWinogradMinGradWeight &&
-                        g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct &&
-                        g.oh * g.ow >= winograd_min_grad_weight_pixels();
+                        (g.kh == 5 ? g.cin_g() * g.cout_g() >= kWinograd5MinGradWeightProduct
+                                   : g.cin_g() * g.cout_g() >= kWinogradMinGradWeightProduct &&
+                                         g.oh * g.ow >= winograd_min_grad_weight_pixels());
     if (use_winograd<T>(g, faster)) {
-      winograd::grad_weight_batch(g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
-                                  winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow});
+      (g.kh == 3 ? winograd::grad_weight_batch<3> : winograd::grad_weight_batch<5>)(
+          g.n, g.groups, x, g.cin_g(), dy, g.cout_g(), dw,
+          winograd::Planes{g.c_in, g.h, g.w, g.pt, g.pl, g.c_out, g.oh, g.ow});
       return;
     }
   }

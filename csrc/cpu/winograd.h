@@ -1,28 +1,34 @@
-// winograd.h: 3x3, stride-1, dilation-1 convolution as Winograd F(4x4, 3x3) on the CPU.
+// winograd.h: stride-1, dilation-1 convolution as Winograd F(4x4, 3x3) (3x3 kernels) and F(2x2, 5x5)
+// (5x5 kernels) on the CPU.
 //
-// A 4x4 block of outputs ("tile") of one channel needs a 6x6 patch d of the input. With the
-// transforms below (interpolation points 0, 1, -1, 2, -2 and infinity),
+// An m x m block of outputs ("tile") of one channel needs a 6x6 patch d of the input (m = 4 for 3x3
+// kernels, m = 2 for 5x5: m + R - 1 = 6 either way). With the transforms below (interpolation points 0,
+// 1, -1, 2, -2 and infinity),
 //   y = A^T [ sum_c (G g_c G^T) .* (B^T d_c B) ] A
-// gives the 16 outputs from 36 products per input channel instead of 144. Summed over the input
-// channels, each of the 36 points xi is a GEMM of its own:
+// gives the m^2 outputs from 36 products per input channel instead of m^2 R^2 (144 for 3x3, 100 for
+// 5x5). B^T (6 x 6) depends on the points only, so both kernel sizes share the input transform; G (6 x R)
+// evaluates the filter at the points (row p: [1, p, .., p^(R-1)] times the Lagrange factor of p: 1/4,
+// -1/6, -1/6, 1/24, 1/24, and for infinity the leading coefficient), and A^T (m x 6) the powers 0 .. m-1
+// of the points (infinity adding into the highest). Summed over the input channels, each of the 36
+// points xi is a GEMM of its own:
 //   M[xi][co][t] = sum_c U[xi][co][c] * V[xi][c][t],   U = G g G^T (weights), V = B^T d B (input)
-// FLOPs per tile and channel pair: 72 instead of the direct convolution's 288 (4x fewer); the
-// transforms cost O(C + M) per tile, not O(C * M).
+// FLOPs per tile and channel pair: 72 instead of the direct convolution's 288 (3x3: 4x fewer) or 200
+// (5x5, 2x2 tiles: 2.8x fewer); the transforms cost O(C + M) per tile, not O(C * M).
 //
 // Layout. A work item is (a few images, group[, a range of panels when the batch is too small to
-// keep the threads busy]). Its images' C planes are copied, zero-padded, into scratch (4 th + 2 rows
-// of 4 tw + 2, so that every 6x6 patch lies inside); their tiles are numbered in one sequence
+// keep the threads busy]). Its images' C planes are copied, zero-padded, into scratch (m th + R - 1
+// rows of m tw + R - 1, so that every 6x6 patch lies inside); their tiles are numbered in one sequence
 // (image, tile row, tile column) and cut into panels of NR tiles, one tile per vector lane, so every
 // transform is whole-vector arithmetic over NR tiles. Per panel: the patches are gathered and
 // transformed channel by channel into V[xi][c][NR] -- for each xi the packed B operand of gemm.h's
 // micro-kernel --, multiplied by U[xi] (packed A panels of MR output channels, prepared once per
-// call) into M[co][xi][NR], and transformed back into 4x4 tiles with the bias and ReLU, written
+// call) into M[co][xi][NR], and transformed back into m x m tiles with the bias and ReLU, written
 // straight into the output planes (tiles across the planes' right or bottom edge cropped; a staging
 // copy of 4 th x 4 tw planes copied out in rows measured 2-12% slower on AMD EPYC Zen 5, AVX-512, and
 // 2% faster on one layer, 32 -> 64 at 24 x 24). Loop order per panel: xi outer, output-channel panels inner, so the B panel
 // (C x NR) and U[xi] (C x M) stay in L1 while the MR x NR tiles are computed.
 //
-// Grad input of such a layer is the same computation on grad_output, padded by 2 - padding, with
+// Grad input of such a layer is the same computation on grad_output, padded by R - 1 - padding, with
 // the kernel flipped and its channel axes swapped (conv2d.cpp). Grad weight is the transposed map:
 //   dW[co][c] = G^T [ sum_t (A dY_t A^T)[co] .* (B^T d_t B)[c] ] G
 // a GEMM over tiles per xi (grad_weight_batch below).
@@ -40,9 +46,15 @@
 
 namespace fastconv::cpu::winograd {
 
-constexpr int kOut = 4;    // output tile edge
-constexpr int kIn = 6;     // input tile edge: kOut + 3 - 1
+constexpr int kIn = 6;     // input tile edge: m + R - 1
 constexpr int kXi = 36;    // transformed points: kIn * kIn
+
+// The output tile edge m of F(m x m, R x R): 4 for R = 3, 2 for R = 5.
+template <int R>
+constexpr int out_edge() {
+  static_assert(R == 3 || R == 5, "Winograd takes 3x3 and 5x5 kernels");
+  return kIn - R + 1;
+}
 
 // ---------------------------------------------------------------- the 1-D transforms
 // A 2-D transform applies its 1-D map along both axes of a tile. X is a scalar or a vector type;
@@ -60,50 +72,84 @@ inline void input_1d(const X* d, int s, X* v, int vs) {
   v[5 * vs] = 4 * d1 - 5 * d3 + d5;
 }
 
-// y = A^T m
-template <typename X>
+// y = A^T m (6 -> m)
+template <int R, typename X>
 inline void output_1d(const X* m, int s, X* y, int ys) {
   const X m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s], m5 = m[5 * s];
   const X p12 = m1 + m2, n12 = m1 - m2, p34 = m3 + m4, n34 = m3 - m4;
   y[0] = m0 + p12 + p34;
-  y[ys] = n12 + 2 * n34;
-  y[2 * ys] = p12 + 4 * p34;
-  y[3 * ys] = n12 + 8 * n34 + m5;
+  if constexpr (R == 3) {
+    y[ys] = n12 + 2 * n34;
+    y[2 * ys] = p12 + 4 * p34;
+    y[3 * ys] = n12 + 8 * n34 + m5;
+  } else {
+    y[ys] = n12 + 2 * n34 + m5;
+  }
 }
 
-// u = G g (true divisions: products with rounded reciprocals pushed one output of test_winograd past
-// its float32 tolerance)
-template <typename X>
+// u = G g (R -> 6; true divisions: products with rounded reciprocals pushed one output of test_winograd
+// past its float32 tolerance)
+template <int R, typename X>
 inline void weight_1d(const X* g, int s, X* u, int us) {
-  const X g0 = g[0], g1 = g[s], g2 = g[2 * s];
-  u[0] = g0 / 4;
-  u[us] = -(g0 + g1 + g2) / 6;
-  u[2 * us] = -(g0 - g1 + g2) / 6;
-  u[3 * us] = g0 / 24 + g1 / 12 + g2 / 6;
-  u[4 * us] = g0 / 24 - g1 / 12 + g2 / 6;
-  u[5 * us] = g2;
+  if constexpr (R == 3) {
+    const X g0 = g[0], g1 = g[s], g2 = g[2 * s];
+    u[0] = g0 / 4;
+    u[us] = -(g0 + g1 + g2) / 6;
+    u[2 * us] = -(g0 - g1 + g2) / 6;
+    u[3 * us] = g0 / 24 + g1 / 12 + g2 / 6;
+    u[4 * us] = g0 / 24 - g1 / 12 + g2 / 6;
+    u[5 * us] = g2;
+  } else {
+    const X g0 = g[0], g1 = g[s], g2 = g[2 * s], g3 = g[3 * s], g4 = g[4 * s];
+    const X even = g0 + g2 + g4, odd = g1 + g3, even2 = g0 + 4 * g2 + 16 * g4, odd2 = 2 * g1 + 8 * g3;
+    u[0] = g0 / 4;
+    u[us] = -(even + odd) / 6;
+    u[2 * us] = -(even - odd) / 6;
+    u[3 * us] = (even2 + odd2) / 24;
+    u[4 * us] = (even2 - odd2) / 24;
+    u[5 * us] = g4;
+  }
 }
 
-// z = A y (the transpose of output_1d: 4 -> 6)
-template <typename X>
+// z = A y (the transpose of output_1d: m -> 6)
+template <int R, typename X>
 inline void grad_output_1d(const X* y, int s, X* z, int zs) {
-  const X y0 = y[0], y1 = y[s], y2 = y[2 * s], y3 = y[3 * s];
-  const X e = y0 + y2, o = y1 + y3, e4 = y0 + 4 * y2, o8 = 2 * y1 + 8 * y3;
-  z[0] = y0;
-  z[zs] = e + o;
-  z[2 * zs] = e - o;
-  z[3 * zs] = e4 + o8;
-  z[4 * zs] = e4 - o8;
-  z[5 * zs] = y3;
+  if constexpr (R == 3) {
+    const X y0 = y[0], y1 = y[s], y2 = y[2 * s], y3 = y[3 * s];
+    const X e = y0 + y2, o = y1 + y3, e4 = y0 + 4 * y2, o8 = 2 * y1 + 8 * y3;
+    z[0] = y0;
+    z[zs] = e + o;
+    z[2 * zs] = e - o;
+    z[3 * zs] = e4 + o8;
+    z[4 * zs] = e4 - o8;
+    z[5 * zs] = y3;
+  } else {
+    const X y0 = y[0], y1 = y[s];
+    z[0] = y0;
+    z[zs] = y0 + y1;
+    z[2 * zs] = y0 - y1;
+    z[3 * zs] = y0 + 2 * y1;
+    z[4 * zs] = y0 - 2 * y1;
+    z[5 * zs] = y1;
+  }
 }
 
-// g = G^T s (the transpose of weight_1d: 6 -> 3)
-template <typename X>
+// g = G^T s (the transpose of weight_1d: 6 -> R)
+template <int R, typename X>
 inline void grad_weight_1d(const X* s6, int s, X* g, int gs) {
   const X s0 = s6[0], s1 = s6[s], s2 = s6[2 * s], s3 = s6[3 * s], s4 = s6[4 * s], s5 = s6[5 * s];
-  g[0] = s0 / 4 - (s1 + s2) / 6 + (s3 + s4) / 24;
-  g[gs] = (s2 - s1) / 6 + (s3 - s4) / 12;
-  g[2 * gs] = (s3 + s4 - s1 - s2) / 6 + s5;
+  if constexpr (R == 3) {
+    g[0] = s0 / 4 - (s1 + s2) / 6 + (s3 + s4) / 24;
+    g[gs] = (s2 - s1) / 6 + (s3 - s4) / 12;
+    g[2 * gs] = (s3 + s4 - s1 - s2) / 6 + s5;
+  } else {
+    const X p12 = s1 + s2, n21 = s2 - s1, p34 = s3 + s4, n34 = s3 - s4;
+    g[0] = s0 / 4 - p12 / 6 + p34 / 24;
+    g[gs] = n21 / 6 + n34 / 12;
+    g[2 * gs] = (p34 - p12) / 6;
+    g[3 * gs] = n21 / 6 + n34 / 3;
+    g[4 * gs] = 2 * p34 / 3 - p12 / 6 + s5;
+  }
 }
 
 // 2-D, on scalars: out[i][j] (out_n x out_n) from in[k][l] (in_n x in_n), both row-major, by f on the
@@ -118,9 +164,9 @@ inline void transform_2d(const X* in, X* out, F f) {
 
 // ---------------------------------------------------------------- weights
 
-// U for a set of 3x3 filters: u[gi][xi][ip][c][MR] = (G w(gi, m, c) G^T)[xi], m = ip * MR + i,
-// zero for the padding rows m >= M. w(gi, m, c, r) returns tap r = kh * 3 + kw of filter (m, c).
-template <typename T, typename Weight>
+// U for a set of R x R filters: u[gi][xi][ip][c][MR] = (G w(gi, m, c) G^T)[xi], m = ip * MR + i,
+// zero for the padding rows m >= M. w(gi, m, c, r) returns tap r = kh * R + kw of filter (m, c).
+template <typename T, int R, typename Weight>
 std::vector<T, AlignedAllocator<T>> transform_weights(int64_t groups, int64_t M, int64_t C, Weight w) {
   constexpr int MR = Tile<T>::MR;
   const int64_t m_panels = ceil_div(M, MR);
@@ -135,10 +181,10 @@ std::vector<T, AlignedAllocator<T>> transform_weights(int64_t groups, int64_t M,
       const int64_t gi = row / m_panels, ip = row % m_panels;
       const int rows = (int)std::min<int64_t>(MR, M - ip * MR);
       for (int64_t c = 0; c < C; ++c) {
-        VW g[9] = {}, t[kXi];
-        for (int r = 0; r < 9; ++r)
+        VW g[R * R] = {}, t[kXi];
+        for (int r = 0; r < R * R; ++r)
           for (int i = 0; i < rows; ++i) g[r][i] = w(gi, ip * MR + i, c, r);
-        transform_2d<3, kIn>(g, t, [](const VW* a, int s, VW* o, int os) { weight_1d(a, s, o, os); });
+        transform_2d<R, kIn>(g, t, [](const VW* a, int s, VW* o, int os) { weight_1d<R>(a, s, o, os); });
         for (int xi = 0; xi < kXi; ++xi)
           std::memcpy(u.data() + (((gi * kXi + xi) * m_panels + ip) * C + c) * MR, &t[xi], sizeof(T) * MR);
       }
@@ -182,13 +228,15 @@ inline const int64_t kWinogradPadBudget = [] {
   return (e && *e ? std::atoll(e) : __builtin_cpu_is("amd") ? int64_t(512) : int64_t(1024)) << 10;
 }();
 
-inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64_t threads) {
+template <int R>
+Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64_t threads) {
+  constexpr int kOut = out_edge<R>();
   Grid g;
   g.th = ceil_div(pl.OH, kOut);
   g.tw = ceil_div(pl.OW, kOut);
   g.per_image = g.th * g.tw;
-  g.Hp = kOut * g.th + 2;
-  g.Wp = kOut * g.tw + 2;
+  g.Hp = kOut * g.th + R - 1;
+  g.Wp = kOut * g.tw + R - 1;
   // Images per item: the fewest (up to a panel's lanes) whose tiles fill at least 90% of the panels'
   // lanes, as long as there are still two items per thread and their padded input planes stay within
   // kWinogradPadBudget (an 8 x 8 output has 4 tiles an image: 8 images fill the 32 lanes of an AVX-512 panel; a
@@ -207,9 +255,9 @@ inline Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64
 
 // Where the tiles of a pass lie in a stack of padded planes: tile t is tile t % per_image (row-major,
 // tw to a row) of image t / per_image, whose planes start image_stride apart; a P x P patch's corner
-// is at (4 ty, 4 tx) of a plane with row pitch `pitch`.
+// is at (m ty, m tx) of a plane with row pitch `pitch`, m = `edge`.
 struct PatchGrid {
-  int64_t per_image, tw, pitch, image_stride;
+  int64_t per_image, tw, pitch, image_stride, edge;
 };
 
 // The corners of tiles t0 .. t0 + nr (fewer where t_end comes first) in the first channel's plane:
@@ -223,7 +271,7 @@ inline int tile_corners(const PatchGrid& g, int64_t t0, int64_t t_end, int nr, i
   int64_t im = t0 / g.per_image, r = t0 % g.per_image, ty = r / g.tw, tx = r % g.tw;
   const int64_t th = g.per_image / g.tw;
   for (int l = 0; l < lanes; ++l) {
-    off[l] = im * g.image_stride + kOut * (ty * g.pitch + tx);
+    off[l] = im * g.image_stride + g.edge * (ty * g.pitch + tx);
     if (img) img[l] = im, ty_out[l] = ty, tx_out[l] = tx;
     if (++tx == g.tw) {
       tx = 0;
@@ -264,14 +312,16 @@ inline void gather_transform(const float* plane, const int64_t* corner, int lane
 }
 
 inline void input_v8(const V8* a, int s, V8* o, int os) { input_1d(a, s, o, os); }
-inline void grad_output_v8(const V8* a, int s, V8* o, int os) { grad_output_1d(a, s, o, os); }
+template <int R>
+inline void grad_output_v8(const V8* a, int s, V8* o, int os) { grad_output_1d<R>(a, s, o, os); }
 
 // The output transform of one output channel of a panel, fused with the store: m holds the 36
 // transformed points of tiles t0 .. t0 + NR as m[xi][l]; y = A^T m A (+ bias, then ReLU) is stored
-// where `out` says. Eight lanes at a time: the 16 outputs are 16 vectors of eight tiles, and two 8 x 8
-// transposes give each tile its four rows of four, stored as 16-byte runs.
+// where `out` says. Eight lanes at a time: a 4 x 4 tile's 16 outputs are 16 vectors of eight tiles, and
+// two 8 x 8 transposes give each tile its four rows of four, stored as 16-byte runs; a 2 x 2 tile's 4
+// outputs, one transpose (of them and four unused vectors) its two rows of two, stored as 8-byte runs.
 //
-// Where transform_scatter writes the tiles of a panel: lane l's 4 x 4 tile starts at off[l] from the
+// Where transform_scatter writes the tiles of a panel: lane l's m x m tile starts at off[l] from the
 // output channel's plane in the first image (rows `pitch` apart), and keeps its first rows[l] rows and
 // cols[l] columns (the tiles that cross the plane's right or bottom edge are cropped). Computed once per
 // panel (tile_outputs) and used for every output channel.
@@ -283,11 +333,12 @@ struct TileOut {
   int64_t pitch;
 };
 
-template <int NR>
+template <int NR, int R>
 inline void tile_outputs(const Grid& g, int64_t t0, int64_t t_end, int64_t image_stride, int64_t OH, int64_t OW,
                          TileOut<NR>& to) {
+  constexpr int kOut = out_edge<R>();
   int64_t corner[NR], img[NR], ty[NR], tx[NR];
-  const PatchGrid pg{g.per_image, g.tw, 0, 0};
+  const PatchGrid pg{g.per_image, g.tw, 0, 0, kOut};
   to.lanes = tile_corners(pg, t0, t_end, NR, corner, img, ty, tx);
   to.pitch = OW;
   for (int l = 0; l < to.lanes; ++l) {
@@ -298,26 +349,29 @@ inline void tile_outputs(const Grid& g, int64_t t0, int64_t t_end, int64_t image
   }
 }
 
-template <int NR>
+template <int NR, int R>
 inline void transform_scatter(const float* __restrict__ m, float bias, const Act<float>& act, float* __restrict__ base,
                               const TileOut<NR>& to) {
+  constexpr int kOut = out_edge<R>();
   for (int h = 0; h < NR / 8 && 8 * h < to.lanes; ++h) {
-    V8 in[kXi], tmp[kOut * kIn], y[kOut * kOut];
+    V8 in[kXi], tmp[kOut * kIn], y[8 * ((kOut * kOut + 7) / 8)];
     for (int k = 0; k < kXi; ++k) std::memcpy(&in[k], m + k * NR + 8 * h, sizeof(V8));
-    for (int l = 0; l < kIn; ++l) output_1d(in + l, kIn, tmp + l, kIn);
-    for (int i = 0; i < kOut; ++i) output_1d(tmp + i * kIn, 1, y + i * kOut, 1);
+    for (int l = 0; l < kIn; ++l) output_1d<R>(in + l, kIn, tmp + l, kIn);
+    for (int i = 0; i < kOut; ++i) output_1d<R>(tmp + i * kIn, 1, y + i * kOut, 1);
     for (int k = 0; k < kOut * kOut; ++k) y[k] = act(y[k] + bias);
     const int here = std::min(8, to.lanes - 8 * h);
-    for (int kb = 0; kb < 2; ++kb) {
+    // a transpose of eight vectors gives each lane the 8 / kOut tile rows they hold (2 of 4, or 2 of 2)
+    for (int kb = 0; kb < (kOut * kOut + 7) / 8; ++kb) {
       V8* rows = y + 8 * kb;  // tile rows 2 kb, 2 kb + 1
+      for (int k = kOut * kOut - 8 * kb; k < 8; ++k) rows[k] = V8{};
       transpose_square<float, 8>(rows);
       for (int j = 0; j < here; ++j) {
         const int l = 8 * h + j, nrow = to.rows[l] - 2 * kb;
         float* o = base + to.off[l] + 2 * kb * to.pitch;
         const float* v = reinterpret_cast<const float*>(&rows[j]);
         if (to.cols[l] == kOut) {
-          if (nrow > 0) std::memcpy(o, v, sizeof(V8) / 2);
-          if (nrow > 1) std::memcpy(o + to.pitch, v + kOut, sizeof(V8) / 2);
+          if (nrow > 0) std::memcpy(o, v, sizeof(float) * kOut);
+          if (nrow > 1) std::memcpy(o + to.pitch, v + kOut, sizeof(float) * kOut);
         } else {  // a tile across the right edge
           for (int x = 0; x < to.cols[l]; ++x) {
             if (nrow > 0) o[x] = v[x];
@@ -329,20 +383,22 @@ inline void transform_scatter(const float* __restrict__ m, float bias, const Act
   }
 }
 
-// A stride-1 3x3 convolution of a batch by Winograd F(4x4, 3x3): for every image and group, the
+// A stride-1 R x R convolution of a batch by Winograd F(m x m, R x R): for every image and group, the
 // group's C planes of `src` zero-padded and cropped as `pl` says, convolved with the group's
-// transformed filters u (transform_weights, M rows) into its M planes of `dst`, with bias and activation.
-inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, const float* u, int64_t M,
+// transformed filters u (transform_weights<float, R>, M rows) into its M planes of `dst`, with bias and
+// activation.
+template <int R>
+void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, const float* u, int64_t M,
                        float* dst, const Planes& pl, const float* bias, const Act<float>& act) {
   using T = float;
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   static_assert(NR % 8 == 0, "a panel is whole 8-lane blocks");
   typedef T VN __attribute__((vector_size(NR * sizeof(T))));  // one lane per tile of a panel
-  const Grid grid = make_grid(n, groups, pl, NR, at::get_num_threads());
+  const Grid grid = make_grid<R>(n, groups, pl, NR, at::get_num_threads());
   const int64_t m_panels = ceil_div(M, MR), chunks = ceil_div(n, grid.images);
   const int64_t in_plane = grid.Hp * grid.Wp;
   const int64_t panels = ceil_div(grid.images * grid.per_image, NR);
-  const PatchGrid patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
+  const PatchGrid patches{grid.per_image, grid.tw, grid.Wp, C * in_plane, out_edge<R>()};
   // One vector more than C per point: the 36 stores of a transformed patch are then not all 4 KiB apart
   // (which would put them in one L1 set for C = 64).
   const int64_t xi_stride = (C + 1) * NR;
@@ -384,10 +440,10 @@ inline void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, c
           }
         }
         TileOut<NR> to;
-        tile_outputs(grid, t0, tiles, pl.channels_out * pl.OH * pl.OW, pl.OH, pl.OW, to);
+        tile_outputs<NR, R>(grid, t0, tiles, pl.channels_out * pl.OH * pl.OW, pl.OH, pl.OW, to);
         for (int64_t co = 0; co < M; ++co)
-          transform_scatter<NR>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), act,
-                                dst + (n0 * pl.channels_out + gi * M + co) * pl.OH * pl.OW, to);
+          transform_scatter<NR, R>(reinterpret_cast<const T*>(m + co * kXi), bias ? bias[gi * M + co] : T(0), act,
+                                   dst + (n0 * pl.channels_out + gi * M + co) * pl.OH * pl.OW, to);
       }
     }
   });
@@ -404,28 +460,30 @@ inline int64_t grad_weight_chunks(int64_t n, int64_t bytes_per_chunk) {
   return std::max<int64_t>(1, std::min(n, fit));
 }
 
-// dW of a stride-1 3x3 convolution (groups of M filters over C channels; pl describes x as the input
+// dW of a stride-1 R x R convolution (groups of M filters over C channels; pl describes x as the input
 // and dy as the output, as for the forward pass):
 //   S[xi][co][c] = sum over tiles t of Z[xi][co][t] * V[xi][c][t],  Z = A dY_t A^T, V = B^T x_t B
 //   dW[co][c] = G^T S[.][co][c] G
 // Per (chunk of images, group) work item, passes of a few images are padded into scratch (x as for
-// the forward pass, dY to whole 4 x 4 tiles), and blocks of kBlock tiles are transformed with one
+// the forward pass, dY to whole m x m tiles), and blocks of kBlock tiles are transformed with one
 // tile per lane into V[xi][c][t] and Z[xi][co][t]. For each xi, V is transposed into panels of NR
 // channels and multiplied: A = Z's rows (MR output channels, read where they lie), B = the V panel,
 // the GEMM depth being the block's tiles; the MR x NR tile is added into the item's S. Chunks are
 // fixed by the batch size and the layer shape and their S are added in chunk order: bitwise the same
 // for any thread count.
-inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t C, const float* dy, int64_t M,
+template <int R>
+void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t C, const float* dy, int64_t M,
                               float* dw, const Planes& pl) {
   using T = float;
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   constexpr int64_t kBlock = 2 * NR;  // tiles per block: the depth of one GEMM
-  const Grid grid = make_grid(n, groups, pl, NR, 0);  // passes of images: the same for any thread count
+  constexpr int kOut = out_edge<R>();
+  const Grid grid = make_grid<R>(n, groups, pl, NR, 0);  // passes of images: the same for any thread count
   const int64_t m_panels = ceil_div(M, MR), Mp = m_panels * MR, c_panels = ceil_div(C, NR), Cp = c_panels * NR;
   const int64_t nchunks = grad_weight_chunks(n, groups * kXi * Mp * Cp * int64_t(sizeof(T)));
   const int64_t in_plane = grid.Hp * grid.Wp, Hq = kOut * grid.th, Wq = kOut * grid.tw, dy_plane = Hq * Wq;
-  const PatchGrid x_patches{grid.per_image, grid.tw, grid.Wp, C * in_plane};
-  const PatchGrid dy_patches{grid.per_image, grid.tw, Wq, M * dy_plane};
+  const PatchGrid x_patches{grid.per_image, grid.tw, grid.Wp, C * in_plane, kOut};
+  const PatchGrid dy_patches{grid.per_image, grid.tw, Wq, M * dy_plane, kOut};
   // A vector more than the channels per point, so that the 36 stores of a transformed patch do not fall
   // into one L1 set (C * kBlock floats is a multiple of 4 KiB).
   const int64_t v_stride = C * kBlock + NR, z_stride = M * kBlock + NR;
@@ -475,7 +533,7 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
                                         v_stride, input_v8);
             for (int64_t co = 0; co < M; ++co)
               gather_transform<NR, kOut>(dypad + co * dy_plane, dy_corner, lanes, Wq, z + co * kBlock + lane0,
-                                         z_stride, grad_output_v8);
+                                         z_stride, grad_output_v8<R>);
           }
           for (int xi = 0; xi < kXi; ++xi) {
             next_x.step(tb / kBlock * kXi + xi, blocks * kXi);
@@ -500,14 +558,14 @@ inline void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t
     for (int64_t row = b; row < e; ++row) {
       const int64_t gi = row / M, co = row % M;
       for (int64_t c = 0; c < C; ++c) {
-        T s[kXi], g[9];
+        T s[kXi], g[R * R];
         for (int xi = 0; xi < kXi; ++xi) {
           T sum = 0;
           for (int64_t ch = 0; ch < nchunks; ++ch) sum += sums[(((ch * groups + gi) * kXi + xi) * Mp + co) * Cp + c];
           s[xi] = sum;
         }
-        transform_2d<kIn, 3>(s, g, [](const T* a, int st, T* o, int os) { grad_weight_1d(a, st, o, os); });
-        std::memcpy(dw + (row * C + c) * 9, g, sizeof(g));
+        transform_2d<kIn, R>(s, g, [](const T* a, int st, T* o, int os) { grad_weight_1d<R>(a, st, o, os); });
+        std::memcpy(dw + (row * C + c) * R * R, g, sizeof(g));
       }
     }
   });
