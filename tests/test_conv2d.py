@@ -529,13 +529,17 @@ def test_conv2d_relu_is_relu_of_conv2d(backend, dtype):
 
 # (input, weight, stride, (top, bottom, left, right), dilation, groups): small outputs, where the automatic
 # choice takes the im2col path (FASTCONV_CPU_SMALLMAP), with strides (phase planes), dilation, groups, odd
-# plane sizes (image boundaries inside a panel), a 1x1 kernel and a batch that is not a whole number of blocks
+# plane sizes (image boundaries inside a panel), 1x1 kernels and a batch that is not a whole number of blocks
 SMALL_MAPS = [
     pytest.param(((37, 24, 4, 4), (40, 24, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1), id="4x4_pad1_37_images"),
     pytest.param(((9, 16, 3, 5), (12, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2), id="3x5_groups2"),
     pytest.param(((5, 8, 9, 9), (16, 8, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1), id="stride2"),
     pytest.param(((4, 6, 7, 8), (10, 6, 2, 3), (1, 3), (1, 0, 2, 1), (2, 1), 1), id="asym_stride_dilation"),
     pytest.param(((19, 32, 2, 2), (24, 32, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1), id="1x1_2x2"),
+    # 1x1 on 4x4 planes (whole vectors): the columns are the input planes read in place, two images a panel;
+    # an odd batch (the last panel's second vector past the block), groups
+    pytest.param(((37, 24, 4, 4), (40, 24, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1), id="1x1_4x4_in_place"),
+    pytest.param(((9, 16, 4, 4), (12, 8, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2), id="1x1_4x4_groups2"),
     pytest.param(((6, 20, 8, 8), (30, 20, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1), id="8x8_pad1"),
 ]
 

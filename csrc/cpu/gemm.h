@@ -211,6 +211,22 @@ struct ShiftedB {
   const int64_t* __restrict__ off;
   const T* at(int64_t k) const { return base + off[k]; }
 };
+// B[k][0..W) = lo[k * ld ..], B[k][W..NR) = hi[k * ld ..]: the two vectors of a row from two places (the
+// planes of two images, where a 1x1 convolution's columns are its input as it lies)
+template <typename T>
+struct SplitB {
+  const T* lo;
+  const T* hi;
+  int64_t ld;
+  const T* at(int64_t k) const { return lo + k * ld; }
+  const T* high(int64_t k) const { return hi + k * ld; }
+};
+
+// Whether a B source places its second vector itself (high(k)); otherwise it follows the first.
+template <typename B, typename = void>
+struct has_high : std::false_type {};
+template <typename B>
+struct has_high<B, std::void_t<decltype(std::declval<const B&>().high(int64_t(0)))>> : std::true_type {};
 
 // acc[MR][NR] = sum_k a(k, 0..MR) (outer) b(k, 0..NR), row i stored at acc_out + i * ld
 template <typename T, typename A, typename B>
@@ -223,9 +239,12 @@ inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_o
   for (int i = 0; i < MR; ++i) { c0[i] = V{}; c1[i] = V{}; }
   for (int64_t k = 0; k < kc; ++k) {
     const T* bk = b.at(k);
+    const T* bh;
+    if constexpr (has_high<B>::value) bh = b.high(k);
+    else bh = bk + W;
     V b0, b1;
     std::memcpy(&b0, bk, sizeof(V));
-    std::memcpy(&b1, bk + W, sizeof(V));
+    std::memcpy(&b1, bh, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const T ai = a.get(k, i);
