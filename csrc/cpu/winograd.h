@@ -329,6 +329,7 @@ template <int NR>
 struct TileOut {
   int64_t off[NR];
   int8_t rows[NR], cols[NR];
+  bool row_run[NR / 8];  // eight lanes 8 h .. 8 h + 7: whole tiles side by side in one tile row
   int lanes;
   int64_t pitch;
 };
@@ -347,6 +348,14 @@ inline void tile_outputs(const Grid& g, int64_t t0, int64_t t_end, int64_t image
     to.rows[l] = (int8_t)std::min<int64_t>(kOut, OH - y0);
     to.cols[l] = (int8_t)std::min<int64_t>(kOut, OW - x0);
   }
+  for (int h = 0; h < NR / 8; ++h) {
+    bool run = 8 * h + 8 <= to.lanes;
+    for (int j = 0; run && j < 8; ++j) {
+      const int l = 8 * h + j;
+      run = to.rows[l] == kOut && to.cols[l] == kOut && to.off[l] == to.off[8 * h] + kOut * j;
+    }
+    to.row_run[h] = run;
+  }
 }
 
 template <int NR, int R>
@@ -360,6 +369,21 @@ inline void transform_scatter(const float* __restrict__ m, float bias, const Act
     for (int i = 0; i < kOut; ++i) output_1d<R>(tmp + i * kIn, 1, y + i * kOut, 1);
     for (int k = 0; k < kOut * kOut; ++k) y[k] = act(y[k] + bias);
     const int here = std::min(8, to.lanes - 8 * h);
+    if constexpr (kOut == 2) {
+      // eight whole 2 x 2 tiles side by side: each output row is 16 floats, the two columns' vectors
+      // interleaved (two shuffles a row instead of a transpose and 16 two-float stores)
+      if (to.row_run[h]) {
+        typedef int32_t I8 __attribute__((vector_size(32)));
+        constexpr I8 lo{0, 8, 1, 9, 2, 10, 3, 11}, hi{4, 12, 5, 13, 6, 14, 7, 15};
+        float* o = base + to.off[8 * h];
+        for (int r = 0; r < 2; ++r) {
+          const V8 a = __builtin_shuffle(y[2 * r], y[2 * r + 1], lo), b = __builtin_shuffle(y[2 * r], y[2 * r + 1], hi);
+          std::memcpy(o + r * to.pitch, &a, sizeof(V8));
+          std::memcpy(o + r * to.pitch + 8, &b, sizeof(V8));
+        }
+        continue;
+      }
+    }
     // a transpose of eight vectors gives each lane the 8 / kOut tile rows they hold (2 of 4, or 2 of 2)
     for (int kb = 0; kb < (kOut * kOut + 7) / 8; ++kb) {
       V8* rows = y + 8 * kb;  // tile rows 2 kb, 2 kb + 1
