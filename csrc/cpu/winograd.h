@@ -206,7 +206,7 @@ struct Planes {
 };
 
 // The tile grid of one image and how a work item covers the batch. The input of `images` images is
-// copied zero-padded into an Hp x Wp scratch per plane that holds every patch (Hp = 4 th + 2), so the
+// copied zero-padded into an Hp x Wp scratch per plane that holds every patch (Hp = m th + R - 1), so the
 // gather needs no bounds checks; it stays in L2 while the item runs, and the input tensor is read in
 // long runs.
 struct Grid {
@@ -218,14 +218,16 @@ struct Grid {
 
 // `threads`: the threads to keep busy (0: none -- the grouping must then not depend on the thread count,
 // as the weight gradient's summation order follows it).
-// The padded input planes of one work item stay within this. On the Intel Xeon (2 MiB of L2 a core)
-// 1 MiB measured best on 4x4 maps, where an image is one tile and 28 images of 256 channels are needed
-// to fill a panel (grad input of 128 -> 256 at 4x4: 5.8 ms with 512 KiB, 3.1 ms with 1 MiB, 3.3 ms with
-// 1.5 MiB; 2 threads, batch 128); the AMD EPYCs (1 MiB of L2) keep the 512 KiB they were tuned with
-// (not re-measured). FASTCONV_WINOGRAD_PAD_KIB overrides both, for measurements.
+// The padded input planes of one work item stay within this: 1 MiB, which measured best on 4x4 maps, where
+// an image is one tile and 28 images of 256 channels are needed to fill a panel. Intel Xeon (2 MiB of L2 a
+// core), grad input of 128 -> 256 at 4x4: 5.8 ms with 512 KiB, 3.1 ms with 1 MiB, 3.3 ms with 1.5 MiB; AMD
+// EPYC Zen 4 (1 MiB of L2), with 512 KiB / 1 MiB / 1.25 MiB: 6.1 / 4.8 / 5.0 ms, and 256 -> 256 at 4x4 forward
+// 11.0 / 8.9 / 7.9 ms, grad input 11.0 / 7.9 / 8.2 ms, the larger maps unchanged (2 threads, batch 128, `FASTCONV_WINOGRAD_PAD_KIB=1024
+// python bench/conv_layers.py 128,256,4,3 256,256,4,3 64,128,8,3 32,64,16,3`). FASTCONV_WINOGRAD_PAD_KIB
+// overrides it, for measurements.
 inline const int64_t kWinogradPadBudget = [] {
   const char* e = std::getenv("FASTCONV_WINOGRAD_PAD_KIB");
-  return (e && *e ? std::atoll(e) : __builtin_cpu_is("amd") ? int64_t(512) : int64_t(1024)) << 10;
+  return (e && *e ? std::atoll(e) : int64_t(1024)) << 10;
 }();
 
 template <int R>
