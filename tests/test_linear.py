@@ -149,3 +149,17 @@ def test_linear_thread_count_invariance(backend):
     for other in results[1:]:
         for a, r in zip(results[0], other):
             assert_bitwise_equal(a, r)
+
+
+@pytest.mark.backends("cpu")
+@pytest.mark.parametrize("rows, fin, fout", [(128, 2304, 512), (7, 33, 40), (16, 8192, 64), (3, 1, 5), (100, 300, 101)])
+def test_linear_more_outputs_than_rows_same_bits(rows, fin, fout):
+    """With more outputs than rows the CPU forward computes Y^T = W X^T and transposes it (csrc/cpu/linear.cpp):
+    bitwise what the direct formulation gives, here on the same rows topped up past out_features (extra rows
+    change no other row's sums), and torch's values."""
+    g = torch.Generator().manual_seed(rows * fout + fin)
+    x, w, b = torch.randn(rows, fin, generator=g), torch.randn(fout, fin, generator=g), torch.randn(fout, generator=g)
+    y = ops.linear(x, w, b)
+    direct = ops.linear(torch.cat([x, torch.randn(fout, fin, generator=g)]), w, b)[:rows]
+    assert_bitwise_equal(y, direct)
+    torch.testing.assert_close(y, F.linear(x.double(), w.double(), b.double()).float(), **tol(torch.float32, fin))

@@ -1089,6 +1089,24 @@ at::Tensor bias_grad_impl(const BiasGradShape& shape, const at::Tensor& grad_out
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     using V = Tile<scalar_t>::V;
+    if (inner == 1) {
+      // one value per (row, channel) (a linear layer's bias, a 1x1 map): each channel's sum in double, row
+      // after row, as below, but a block of channels at a time along the rows (a stride-C walk per channel
+      // measured 185 us for 128 x 512)
+      constexpr int64_t kBlock = 256;
+      at::parallel_for(0, ceil_div(C, kBlock), grain_for(double(outer) * kBlock), [&](int64_t b, int64_t e) {
+        for (int64_t blk = b; blk < e; ++blk) {
+          const int64_t c0 = blk * kBlock, n = std::min(kBlock, C - c0);
+          double acc[kBlock] = {};
+          for (int64_t o = 0; o < outer; ++o) {
+            const scalar_t* __restrict__ row = src + o * C + c0;
+            for (int64_t j = 0; j < n; ++j) acc[j] += double(row[j]);
+          }
+          for (int64_t j = 0; j < n; ++j) dst[c0 + j] = static_cast<scalar_t>(acc[j]);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, C, grain_for(double(outer) * inner), [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         double s = 0;  // each row's sum (row_sum), then the rows in double, in order
