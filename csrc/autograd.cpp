@@ -56,13 +56,16 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
     ctx->saved_data["ignore_index"] = ignore_index;
     ctx->saved_data["label_smoothing"] = label_smoothing;
     ctx->mark_non_differentiable({lse});
+    // lse never has a gradient: without this, every backward would first allocate and zero one for it
+    // (aten::zeros, 4 of the ~60 us of a 128 x 10 forward and backward)
+    ctx->set_materialize_grads(false);
     return {loss, lse};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     at::Tensor grad_input;
-    if (ctx->needs_input_grad(0)) {
+    if (ctx->needs_input_grad(0) && grads[0].defined()) {  // (undefined: no gradient reached the loss)
       // Without create_graph nothing records the backward op: call its kernel below autograd (the
       // Python autograd of cross_entropy_backward, which refuses double backward, would only cost).
       std::optional<at::AutoDispatchBelowADInplaceOrView> below;

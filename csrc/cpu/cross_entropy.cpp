@@ -74,6 +74,14 @@ inline void exp_shifted(const T* __restrict__ src, T shift, T* __restrict__ dst,
       std::memcpy(dst + c, &e, sizeof(V));
     }
     if (c < n) {
+#if defined(__AVX512F__)
+      if constexpr (W == 16) {  // a masked load and store (lane by lane, the vector went through memory)
+        const __mmask16 k = (__mmask16)((1u << (n - c)) - 1);
+        const V v = (V)_mm512_maskz_loadu_ps(k, src + c);
+        _mm512_mask_storeu_ps(dst + c, k, (__m512)exp_lanes(v - shift));
+        return;
+      }
+#endif
       V v{};
       for (int l = 0; l < n - c; ++l) v[l] = src[c + l];
       const V e = exp_lanes(v - shift);
