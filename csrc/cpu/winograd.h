@@ -332,6 +332,8 @@ struct TileOut {
   int64_t off[NR];
   int8_t rows[NR], cols[NR];
   bool row_run[NR / 8];  // eight lanes 8 h .. 8 h + 7: whole tiles side by side in one tile row
+  bool whole[NR / 8];    // ... all whole tiles, in runs side by side (run_starts: bit j, lane 8 h + j starts one)
+  uint8_t run_starts[NR / 8];
   int lanes;
   int64_t pitch;
 };
@@ -351,12 +353,16 @@ inline void tile_outputs(const Grid& g, int64_t t0, int64_t t_end, int64_t image
     to.cols[l] = (int8_t)std::min<int64_t>(kOut, OW - x0);
   }
   for (int h = 0; h < NR / 8; ++h) {
-    bool run = 8 * h + 8 <= to.lanes;
-    for (int j = 0; run && j < 8; ++j) {
+    bool whole = 8 * h + 8 <= to.lanes;
+    uint8_t starts = 0;
+    for (int j = 0; whole && j < 8; ++j) {
       const int l = 8 * h + j;
-      run = to.rows[l] == kOut && to.cols[l] == kOut && to.off[l] == to.off[8 * h] + kOut * j;
+      whole = to.rows[l] == kOut && to.cols[l] == kOut;
+      if (j == 0 || to.off[l] != to.off[l - 1] + kOut) starts |= uint8_t(1u << j);
     }
-    to.row_run[h] = run;
+    to.whole[h] = whole;
+    to.run_starts[h] = starts;
+    to.row_run[h] = whole && starts == 1;
   }
 }
 
@@ -385,6 +391,30 @@ inline void transform_scatter(const float* __restrict__ m, float bias, const Act
         }
         continue;
       }
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+      // eight whole tiles in a few runs (a tile row ends among them): the same 16 floats a row, each run
+      // of tiles stored from its place in them by a permute and a masked store
+      if (to.whole[h]) {
+        typedef int32_t I8 __attribute__((vector_size(32)));
+        constexpr I8 lo{0, 8, 1, 9, 2, 10, 3, 11}, hi{4, 12, 5, 13, 6, 14, 7, 15};
+        for (int r = 0; r < 2; ++r) {
+          const V8 a = __builtin_shuffle(y[2 * r], y[2 * r + 1], lo), b = __builtin_shuffle(y[2 * r], y[2 * r + 1], hi);
+          const __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512((__m256)a), (__m256)b, 1);
+          for (int j0 = 0; j0 < 8;) {
+            int j1 = j0 + 1;
+            while (j1 < 8 && !(to.run_starts[h] >> j1 & 1)) ++j1;
+            const __m512 from = _mm512_permutexvar_ps(_mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7,
+                                                                                        6, 5, 4, 3, 2, 1, 0),
+                                                                       _mm512_set1_epi32(2 * j0)),
+                                                      v);
+            _mm512_mask_storeu_ps(base + to.off[8 * h + j0] + r * to.pitch, (__mmask16)((1u << (2 * (j1 - j0))) - 1),
+                                  from);
+            j0 = j1;
+          }
+        }
+        continue;
+      }
+#endif
     }
     // a transpose of eight vectors gives each lane the 8 / kOut tile rows they hold (2 of 4, or 2 of 2)
     for (int kb = 0; kb < (kOut * kOut + 7) / 8; ++kb) {
