@@ -188,6 +188,19 @@ struct RowsA {
   const T* row[Tile<T>::MR];
   T get(int64_t k, int i) const { return row[i][k]; }
 };
+// A[i][k] = row[i][j * stride + p] for k = k0 + j * 2^shift + p (p < 2^shift): rows that run on, image
+// after image, through planes of 2^shift values `stride` apart (a 1x1 convolution's input read in place as
+// the im2col rows of a block of images)
+template <typename T>
+struct ImageRowsA {
+  const T* row[Tile<T>::MR];
+  int shift;
+  int64_t stride, k0;
+  T get(int64_t k, int i) const {
+    const int64_t kk = k0 + k;
+    return row[i][(kk >> shift) * stride + (kk & ((int64_t(1) << shift) - 1))];
+  }
+};
 template <typename T>
 struct StridedA {
   const T* __restrict__ p;
