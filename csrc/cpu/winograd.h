@@ -508,12 +508,15 @@ void conv_batch(int64_t n, int64_t groups, const float* src, int64_t C, const fl
 // ---------------------------------------------------------------- grad weight
 
 // Number of image chunks of the weight-gradient reduction: up to 8, fewer where the chunks' sums
-// (36 points x the channel pairs each) would pass 64 MiB, but at least 2 -- a function of the shape
-// only, never of the thread count.
-inline int64_t grad_weight_chunks(int64_t n, int64_t bytes_per_chunk) {
+// (36 points x the channel pairs each) would pass 64 MiB (but not for that below 2) -- a function of the
+// shape only, never of the thread count.
+// A chunk also holds at least `min_images` images (a GEMM depth of 64 tiles): on 4x4 maps, one tile an
+// image, 8 chunks of 16 images made every GEMM 32 tiles deep of which 16 were padding, and each chunk's
+// sums (4.7 MB for 128 -> 256) were written and read back for 16 tiles' worth of products.
+inline int64_t grad_weight_chunks(int64_t n, int64_t bytes_per_chunk, int64_t min_images = 1) {
   constexpr int64_t kBudget = int64_t(64) << 20;
   const int64_t fit = std::clamp<int64_t>(kBudget / std::max<int64_t>(bytes_per_chunk, 1), 2, 8);
-  return std::max<int64_t>(1, std::min(n, fit));
+  return std::max<int64_t>(1, std::min({n, fit, n / std::max<int64_t>(min_images, 1)}));
 }
 
 // dW of a stride-1 R x R convolution (groups of M filters over C channels; pl describes x as the input
@@ -536,14 +539,17 @@ void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t C, con
   constexpr int kOut = out_edge<R>();
   const Grid grid = make_grid<R>(n, groups, pl, NR, 0);  // passes of images: the same for any thread count
   const int64_t m_panels = ceil_div(M, MR), Mp = m_panels * MR, c_panels = ceil_div(C, NR), Cp = c_panels * NR;
-  const int64_t nchunks = grad_weight_chunks(n, groups * kXi * Mp * Cp * int64_t(sizeof(T)));
+  const int64_t nchunks =
+      grad_weight_chunks(n, groups * kXi * Mp * Cp * int64_t(sizeof(T)), ceil_div(2 * NR, grid.per_image));
   const int64_t in_plane = grid.Hp * grid.Wp, Hq = kOut * grid.th, Wq = kOut * grid.tw, dy_plane = Hq * Wq;
   const PatchGrid x_patches{grid.per_image, grid.tw, grid.Wp, C * in_plane, kOut};
   const PatchGrid dy_patches{grid.per_image, grid.tw, Wq, M * dy_plane, kOut};
   // A vector more than the channels per point, so that the 36 stores of a transformed patch do not fall
   // into one L1 set (C * kBlock floats is a multiple of 4 KiB).
   const int64_t v_stride = C * kBlock + NR, z_stride = M * kBlock + NR;
-  std::vector<T, AlignedAllocator<T>> sums(nchunks * groups * kXi * Mp * Cp);
+  // the chunks' sums in the calling thread's scratch (slot 2: the items use 0, 1, 3, 4 and 5): tens of MB,
+  // which a fresh allocation would page-fault in on every call
+  T* sums = scratch<T>(2, nchunks * groups * kXi * Mp * Cp);
   const double flops = 2.0 * kXi * Mp * Cp * grid.per_image * n / nchunks;
   at::parallel_for(0, nchunks * groups, grain_for(flops), [&](int64_t begin, int64_t end) {
     T* v = scratch<T>(0, kXi * v_stride);  // [xi][c][t]
@@ -554,7 +560,7 @@ void grad_weight_batch(int64_t n, int64_t groups, const float* x, int64_t C, con
     alignas(64) T acc[MR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t gi = item % groups, chunk = item / groups;
-      T* S = sums.data() + item * kXi * Mp * Cp;  // item == chunk * groups + gi
+      T* S = sums + item * kXi * Mp * Cp;  // item == chunk * groups + gi
       std::memset(S, 0, sizeof(T) * kXi * Mp * Cp);
       const int64_t n_begin = chunk * n / nchunks, n_end = (chunk + 1) * n / nchunks;
       for (int64_t n0 = n_begin; n0 < n_end; n0 += grid.images) {
