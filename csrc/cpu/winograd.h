@@ -253,7 +253,7 @@ Grid make_grid(int64_t n, int64_t groups, const Planes& pl, int nr, int64_t thre
   // Then, with threads to keep busy, more images per item where that shortens the busiest thread's share
   // (items a thread times panels an item) within the same limits: a 4 x 4 output reaches 90% at 29 images,
   // which cuts a batch of 128 into 5 items, 3 on one of two threads and 2 on the other; 32 images make 4
-  // (128 -> 256 at 4x4: forward 3.5 -> 3.0 ms, grad input 4.6 -> 3.9 ms, AMD EPYC Zen 4, 2 threads).
+  // (128 -> 256 at 4x4: forward 3.4 -> 2.4-2.6 ms, grad input 4.4-5.0 -> 3.8-4.3 ms, AMD EPYC Zen 4, 2 threads).
   if (threads > 0) {
     auto share = [&](int64_t k) {
       return ceil_div(ceil_div(n, k) * groups, threads) * ceil_div(k * g.per_image, nr);
