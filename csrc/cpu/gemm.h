@@ -272,6 +272,26 @@ inline void micro_kernel(int64_t kc, const A a, const B b, T* __restrict__ acc_o
   }
 }
 
+// The first vector of each row only (acc[i][0..W)): for a panel of at most W valid columns (a layer of 10
+// outputs) half the FMAs of micro_kernel, each lane computed by the same operations (the same bits).
+template <typename T, typename A, typename B>
+inline void micro_kernel_half(int64_t kc, const A a, const B b, T* __restrict__ acc_out, int64_t ld = Tile<T>::NR) {
+  using Tl = Tile<T>;
+  using V = typename Tl::V;
+  constexpr int MR = Tl::MR;
+  V c0[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) c0[i] = V{};
+  for (int64_t k = 0; k < kc; ++k) {
+    V b0;
+    std::memcpy(&b0, b.at(k), sizeof(V));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) c0[i] += a.get(k, i) * b0;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) std::memcpy(acc_out + i * ld, &c0[i], sizeof(V));
+}
+
 // C[0..mr)[0..nr) (= or +=) acc, then the bias if this is the last k-block. Full-width
 // tiles take the vector path (two vectors a row); edge tiles a scalar one.
 template <typename T>

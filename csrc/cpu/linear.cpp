@@ -91,15 +91,20 @@ void gemm_block_rows(int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_c
           __builtin_prefetch(c + (m0 + i) * ldc + n0, 1);
           __builtin_prefetch(c + (m0 + i) * ldc + n0 + nr - 1, 1);
         }
+        // (a panel of at most W columns, the last of a narrow layer: one vector a row)
+        auto tile = [&](const auto& asrc) {
+          if (nr <= Tile<T>::W) micro_kernel_half<T>(kc, asrc, bsrc, acc);
+          else micro_kernel<T>(kc, asrc, bsrc, acc);
+        };
         if (a_cs == 1) {
           RowsA<T> asrc;  // rows past M repeat row m0; their results are not stored
           for (int i = 0; i < MR; ++i) asrc.row[i] = a + (m0 + (i < mr ? i : 0)) * a_rs + k0;
-          micro_kernel<T>(kc, asrc, bsrc, acc);
+          tile(asrc);
         } else if (mr == MR) {
-          micro_kernel<T>(kc, StridedA<T>{a + m0 + k0 * a_cs, a_cs}, bsrc, acc);
+          tile(StridedA<T>{a + m0 + k0 * a_cs, a_cs});
         } else {
           pack_a_strided(a + m0 + k0 * a_cs, mr, kc, int64_t(1), a_cs, edge_a);
-          micro_kernel<T>(kc, PackedA<T>{edge_a}, bsrc, acc);
+          tile(PackedA<T>{edge_a});
         }
         store_tile<T>(acc, mr, nr, c + m0 * ldc + n0, ldc, kb > 0, kb == nkb - 1, ep, m0, n0);
       }
