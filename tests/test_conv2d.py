@@ -581,13 +581,17 @@ def test_small_map_im2col_path_matches_torch_and_the_direct_path(monkeypatch, cf
 # ------------------------------------------------------------------ the weight gradient of a first layer
 
 # (input, weight, (top, bottom, left, right), dilation, groups): 3x3 stride-1 layers of 1-3 input channels a
-# group, which take the dot-product kernel (FASTCONV_CPU_FIRST_LAYER_GW); output channels that are no
-# multiple of the 3 a pass, a batch of uneven image chunks, row dilation, groups, odd sizes
+# group, which take the dot-product kernel (FASTCONV_CPU_FIRST_LAYER_GW), and 5x5 ones of up to 16 output
+# channels a group (with AVX-512; elsewhere both paths are the GEMM); output channels that are no multiple
+# of the 3 a pass, a batch of uneven image chunks, row dilation, groups, odd sizes
 FIRST_LAYERS = [
     pytest.param(((9, 1, 13, 11), (7, 1, 3, 3), (0, 0, 0, 0), (1, 1), 1), id="1ch_7out_9images"),
     pytest.param(((3, 3, 16, 17), (8, 3, 3, 3), (1, 1, 1, 1), (1, 1), 1), id="3ch_pad1"),
     pytest.param(((2, 2, 12, 9), (5, 2, 3, 3), (2, 0, 1, 2), (2, 1), 1), id="2ch_asym_dilated_rows"),
     pytest.param(((2, 6, 10, 10), (6, 3, 3, 3), (1, 1, 1, 1), (1, 1), 2), id="groups2"),
+    pytest.param(((9, 1, 14, 13), (6, 1, 5, 5), (2, 2, 2, 2), (1, 1), 1), id="5x5_1ch_6out_9images"),
+    pytest.param(((3, 3, 12, 11), (16, 3, 5, 5), (1, 2, 0, 3), (2, 1), 1), id="5x5_3ch_asym_dilated_rows"),
+    pytest.param(((2, 4, 9, 9), (10, 2, 5, 5), (2, 2, 2, 2), (1, 1), 2), id="5x5_groups2"),
 ]
 
 

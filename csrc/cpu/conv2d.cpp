@@ -504,12 +504,13 @@ void grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
 
 // ---------------------------------------------------------------- grad weight of a first layer
 //
-// A first layer's weight gradient (3x3 taps over 1-3 input channels: K = 9 or 27) is a small matrix
-// reduced over every pixel of the batch, and the tiled GEMM below must first transpose the whole of dY
-// into panels for it. Here instead each dW[co][c][kh][kw] is a dot product along the pixels, W pixels a
-// vector: CB output channels x CI input channels x 9 taps of accumulators in registers, each step one
+// A first layer's weight gradient (3x3 taps over 1-3 input channels: K = 9 or 27; with AVX-512 also 5x5:
+// K = 25 to 75) is a small matrix reduced over every pixel of the batch, and the tiled GEMM below must
+// first transpose the whole of dY into panels for it (whose NR lanes of output channels a layer of 6
+// fills a fifth of). Here instead each dW[co][c][kh][kw] is a dot product along the pixels, W pixels a
+// vector: CB output channels x CI input channels x R x R taps of accumulators in registers, each step one
 // vector of dY' (the gradient on the padded pitch, zero in the dropped columns) per output channel and
-// the three shifted vectors of each of the CI x 3 input rows. Each image's sums are added into its
+// the R shifted vectors of each of the CI x R input rows. Each image's sums are added into its
 // chunk's vector partials, which are summed across their lanes (in double) once per chunk; the chunks
 // are added in chunk order: deterministic, for any thread count.
 
@@ -525,22 +526,26 @@ inline bool first_layer_grad_weight_enabled() {
   return !(e && *e == '0');
 }
 
-// Whether grad_weight_first_layer takes the layer: 3x3 taps, unit stride, unit column dilation (the
-// three taps of a row are adjacent), at most 3 input channels a group.
+// Whether grad_weight_first_layer takes the layer: 3x3 taps, unit stride, unit column dilation (the taps
+// of a row are adjacent), at most 3 input channels a group; and 5x5 taps where the accumulators fit
+// (AVX-512) and there are at most 16 output channels a group, where the GEMM's panels of output channels
+// are mostly empty: AMD EPYC Zen 4, batch 128, grad weight ms, GEMM / dot products
+// (`FASTCONV_CPU_FIRST_LAYER_GW=0` / `=1 python bench/conv_layers.py 1,6,28,5 3,16,20,5 3,32,32,5`):
+// 1 -> 6 at 28x28 1.23 / 0.33, 3 -> 16 at 20x20 1.58 / 1.35, 3 -> 32 at 32x32 4.30 / 6.27.
 inline bool first_layer_grad_weight(const ConvShape& g) {
-  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dw == 1 && g.cin_g() <= 3 &&
-         first_layer_grad_weight_enabled();
+  const bool taps = (g.kh == 3 && g.kw == 3) || (g.kh == 5 && g.kw == 5 && kFirstLayerAcc >= 25 && g.cout_g() <= 16);
+  return taps && g.sh == 1 && g.sw == 1 && g.dw == 1 && g.cin_g() <= 3 && first_layer_grad_weight_enabled();
 }
 
-// part[cb][(ci * 3 + kh) * 3 + kw] += sum over the J (whole vectors) pixels j of dy[cb][j] * x[ci][kh][j + kw]
-template <typename T, int CI, int CB>
+// part[cb][(ci * R + kh) * R + kw] += sum over the J (whole vectors) pixels j of dy[cb][j] * x[ci][kh][j + kw]
+template <typename T, int CI, int CB, int R = 3>
 void first_layer_dots(const T* const* dy, const T* const* x, int64_t J, typename Tile<T>::V* __restrict__ part) {
   using V = typename Tile<T>::V;
-  constexpr int W = Tile<T>::W, KT = CI * 9;
+  constexpr int W = Tile<T>::W, KT = CI * R * R;
   const T* d[CB];
-  const T* r[CI * 3];
+  const T* r[CI * R];
   for (int b = 0; b < CB; ++b) d[b] = dy[b];
-  for (int t = 0; t < CI * 3; ++t) r[t] = x[t];
+  for (int t = 0; t < CI * R; ++t) r[t] = x[t];
   V acc[CB][KT];
 #pragma GCC unroll 32
   for (int b = 0; b < CB; ++b)
@@ -550,14 +555,14 @@ void first_layer_dots(const T* const* dy, const T* const* x, int64_t J, typename
     V gv[CB];
 #pragma GCC unroll 4
     for (int b = 0; b < CB; ++b) std::memcpy(&gv[b], d[b] + j, sizeof(V));
-#pragma GCC unroll 12
-    for (int t = 0; t < CI * 3; ++t)
-#pragma GCC unroll 3
-      for (int kw = 0; kw < 3; ++kw) {
+#pragma GCC unroll 15
+    for (int t = 0; t < CI * R; ++t)
+#pragma GCC unroll 5
+      for (int kw = 0; kw < R; ++kw) {
         V xv;
         std::memcpy(&xv, r[t] + j + kw, sizeof(V));
 #pragma GCC unroll 4
-        for (int b = 0; b < CB; ++b) acc[b][t * 3 + kw] += gv[b] * xv;
+        for (int b = 0; b < CB; ++b) acc[b][t * R + kw] += gv[b] * xv;
       }
   }
 #pragma GCC unroll 32
@@ -566,20 +571,22 @@ void first_layer_dots(const T* const* dy, const T* const* x, int64_t J, typename
     for (int t = 0; t < KT; ++t) part[b * KT + t] += acc[b][t];
 }
 
-template <typename T>
-void grad_weight_first_layer(const ConvShape& g, const T* dy, const T* x, T* dw, int64_t nchunks) {
+template <typename T, int R>
+void grad_weight_first_layer_r(const ConvShape& g, const T* dy, const T* x, T* dw, int64_t nchunks) {
   using V = typename Tile<T>::V;
-  constexpr int W = Tile<T>::W;
-  const int64_t C = g.cin_g(), K = C * 9, M = g.cout_g();
-  const int64_t Hp = g.oh + 2 * g.dh, Wp = g.ow + 2, J = round_up<T>(g.oh * Wp, W);  // (the extra pixels: zero dY')
-  // one input channel a pass, and as many output channels as the accumulators allow: 3 with AVX-512
+  constexpr int W = Tile<T>::W, RR = R * R;
+  const int64_t C = g.cin_g(), K = C * RR, M = g.cout_g();
+  const int64_t Hp = g.oh + (R - 1) * g.dh, Wp = g.ow + R - 1, J = round_up<T>(g.oh * Wp, W);  // (the extra pixels: zero dY')
+  // one input channel a pass, and as many output channels as the accumulators allow: 3x3 with AVX-512, 3
   // (3 dY vectors and 9 input vectors a step for 27 FMAs; 3 channels a pass, 27 input vectors for 27
-  // FMAs, measured 1.13x slower on 3 -> 32 at 32x32 than the tiled GEMM, this 0.85x)
-  constexpr int CI = 1, CB = kFirstLayerAcc / 9;
-  const auto dots = &first_layer_dots<T, CI, CB>;
+  // FMAs, measured 1.13x slower on 3 -> 32 at 32x32 than the tiled GEMM, this 0.85x); 5x5, 1 (1 dY vector
+  // and 25 input vectors a step for 25 FMAs)
+  constexpr int CI = 1, CB = kFirstLayerAcc / RR;
+  static_assert(CB >= 1, "a pass holds one output channel's taps");
+  const auto dots = &first_layer_dots<T, CI, CB, R>;
   std::vector<double> sums(nchunks * g.groups * M * K);
   at::parallel_for(0, nchunks * g.groups, 1, [&](int64_t begin, int64_t end) {
-    const int64_t plane = Hp * Wp, slack = J - g.oh * Wp + 2 + W;  // the last rows' taps read this far past
+    const int64_t plane = Hp * Wp, slack = J - g.oh * Wp + (R - 1) + W;  // the last rows' taps read this far past
     T* xpad = scratch<T>(3, C * plane + slack);
     T* dypad = scratch<T>(1, (M + 3) * J);  // (+ zero rows for a last, partial pass of CB channels)
     V* part = reinterpret_cast<V*>(scratch<T>(0, (M + 3) * K * W));  // [co][k] vector partials of the chunk
@@ -598,19 +605,19 @@ void grad_weight_first_layer(const ConvShape& g, const T* dy, const T* x, T* dw,
         for (int64_t co = 0; co < M; co += CB)
           for (int64_t c0 = 0; c0 < C; c0 += CI) {
             const T* drows[CB];
-            const T* xrows[CI * 3];
+            const T* xrows[CI * R];
             for (int b = 0; b < CB; ++b) drows[b] = dypad + (co + b) * J;
             for (int c = 0; c < CI; ++c)
-              for (int kh = 0; kh < 3; ++kh) xrows[c * 3 + kh] = xpad + (c0 + c) * plane + kh * g.dh * Wp;
-            // part rows of CB channels, their taps c0 * 9 .. (c0 + CI) * 9: a pass writes CB x CI * 9
+              for (int kh = 0; kh < R; ++kh) xrows[c * R + kh] = xpad + (c0 + c) * plane + kh * g.dh * Wp;
+            // part rows of CB channels, their taps c0 * R^2 .. (c0 + CI) * R^2: a pass writes CB x CI * R^2
             // consecutive partials only when CI == C; otherwise through a scratch block
             if (CI == C) {
               dots(drows, xrows, J, part + co * K);
             } else {
-              V tmp[CB * CI * 9] = {};
+              V tmp[CB * CI * RR] = {};
               dots(drows, xrows, J, tmp);
               for (int b = 0; b < CB; ++b)
-                for (int t = 0; t < CI * 9; ++t) part[(co + b) * K + c0 * 9 + t] += tmp[b * CI * 9 + t];
+                for (int t = 0; t < CI * RR; ++t) part[(co + b) * K + c0 * RR + t] += tmp[b * CI * RR + t];
             }
           }
       }
@@ -628,6 +635,14 @@ void grad_weight_first_layer(const ConvShape& g, const T* dy, const T* x, T* dw,
       for (int64_t ch = 0; ch < nchunks; ++ch) s += sums[(ch * g.groups + gi) * M * K + i];
       dw[gi * M * K + i] = static_cast<T>(s);
     }
+}
+
+// 5x5 (AVX-512: 25 accumulators fit) or 3x3.
+template <typename T>
+void grad_weight_first_layer(const ConvShape& g, const T* dy, const T* x, T* dw, int64_t nchunks) {
+  if constexpr (kFirstLayerAcc >= 25)
+    if (g.kh == 5) return grad_weight_first_layer_r<T, 5>(g, dy, x, dw, nchunks);
+  grad_weight_first_layer_r<T, 3>(g, dy, x, dw, nchunks);
 }
 
 // Unit-stride grad weight: dW^T[k][co] = sum_j xpad[off[k] + j] * dY'[j][co] over the padded-pitch
