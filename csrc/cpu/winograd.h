@@ -430,7 +430,7 @@ inline void transform_scatter(const float* __restrict__ m, float bias, const Act
       }
 #endif
     }
-    // a transpose of eight vectors gives each lane the 8 / kOut tile rows they hold (2 of 4, or 2 of 2)
+    // each transpose of eight vectors gives every lane two of its tile's rows (rows 2 kb and 2 kb + 1)
     for (int kb = 0; kb < (kOut * kOut + 7) / 8; ++kb) {
       V8* rows = y + 8 * kb;  // tile rows 2 kb, 2 kb + 1
       for (int k = kOut * kOut - 8 * kb; k < 8; ++k) rows[k] = V8{};
