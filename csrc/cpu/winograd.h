@@ -392,27 +392,31 @@ inline void transform_scatter(const float* __restrict__ m, float bias, const Act
     for (int k = 0; k < kOut * kOut; ++k) y[k] = act(y[k] + bias);
     const int here = std::min(8, to.lanes - 8 * h);
     if constexpr (kOut == 2) {
-      // eight whole 2 x 2 tiles side by side: each output row is 16 floats, the two columns' vectors
-      // interleaved (two shuffles a row instead of a transpose and 16 two-float stores)
-      if (to.row_run[h]) {
-        typedef int32_t I8 __attribute__((vector_size(32)));
-        constexpr I8 lo{0, 8, 1, 9, 2, 10, 3, 11}, hi{4, 12, 5, 13, 6, 14, 7, 15};
+      // Output row r of eight whole 2 x 2 tiles is 16 floats, the tiles' two columns interleaved: a (tiles
+      // 0-3) and b (tiles 4-7), two shuffles instead of a transpose and 16 two-float stores.
+      typedef int32_t I8 __attribute__((vector_size(32)));
+      constexpr I8 lo{0, 8, 1, 9, 2, 10, 3, 11}, hi{4, 12, 5, 13, 6, 14, 7, 15};
+      auto output_row = [&](int r, V8& a, V8& b) {
+        a = __builtin_shuffle(y[2 * r], y[2 * r + 1], lo);
+        b = __builtin_shuffle(y[2 * r], y[2 * r + 1], hi);
+      };
+      if (to.row_run[h]) {  // side by side in one tile row: two 8-float stores a row
         float* o = base + to.off[8 * h];
         for (int r = 0; r < 2; ++r) {
-          const V8 a = __builtin_shuffle(y[2 * r], y[2 * r + 1], lo), b = __builtin_shuffle(y[2 * r], y[2 * r + 1], hi);
+          V8 a, b;
+          output_row(r, a, b);
           std::memcpy(o + r * to.pitch, &a, sizeof(V8));
           std::memcpy(o + r * to.pitch + 8, &b, sizeof(V8));
         }
         continue;
       }
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-      // eight whole tiles in a few runs (a tile row ends among them): the same 16 floats a row, each run
-      // of tiles stored from its place in them by a permute and a masked store
+      // in a few runs (a tile row ends among them): each run of tiles stored from its place in the row's
+      // 16 floats by a permute and a masked store
       if (to.whole[h]) {
-        typedef int32_t I8 __attribute__((vector_size(32)));
-        constexpr I8 lo{0, 8, 1, 9, 2, 10, 3, 11}, hi{4, 12, 5, 13, 6, 14, 7, 15};
         for (int r = 0; r < 2; ++r) {
-          const V8 a = __builtin_shuffle(y[2 * r], y[2 * r + 1], lo), b = __builtin_shuffle(y[2 * r], y[2 * r + 1], hi);
+          V8 a, b;
+          output_row(r, a, b);
           const __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512((__m256)a), (__m256)b, 1);
           for (int j0 = 0; j0 < 8;) {
             int j1 = j0 + 1;
